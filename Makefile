@@ -1,0 +1,51 @@
+# The single entry point: make run | test | lint | typecheck | docs
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+RUFF_OPTS := --line-length 100 --target-version py310
+RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
+
+.PHONY: run test pytest lint format typecheck docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Runtime only (what `make run` needs).
+$(VENV)/.run-stamp: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[gevent]'
+	touch $@
+
+# Everything the checks need.
+$(VENV)/.dev-stamp: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[gevent,test,lint,docs]'
+	touch $@
+
+run: $(VENV)/.run-stamp
+	@echo "flask-sse-flush demo: open http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
+	$(BIN)/gunicorn --worker-class gevent --workers 1 --bind $(HOST):$(PORT) \
+		'flask_sse_flush.demo:create_app()'
+
+test: lint typecheck docs pytest
+
+pytest: $(VENV)/.dev-stamp
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-stamp
+	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests docs/conf.py
+	$(BIN)/ruff format --check $(RUFF_OPTS) flask_sse_flush tests docs/conf.py
+
+format: $(VENV)/.dev-stamp
+	$(BIN)/ruff check --fix $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests docs/conf.py
+	$(BIN)/ruff format $(RUFF_OPTS) flask_sse_flush tests docs/conf.py
+
+typecheck: $(VENV)/.dev-stamp
+	$(BIN)/mypy --strict flask_sse_flush
+
+docs: $(VENV)/.dev-stamp
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,230 @@
+"""The Server-Sent Events wire format: events and comments to bytes, and back.
+
+Pure functions and values: no I/O, no Flask. Encoding follows the WHATWG
+HTML standard, section "Server-sent events", so that what a browser's
+``EventSource`` parses is exactly what was sent:
+
+* only CR, LF and CRLF are line breaks (``str.splitlines`` also splits on
+  characters such as U+2028 or form feed, which the standard keeps as data);
+* every frame ends with a blank line, so one frame is one event;
+* a line break or NUL in an event name or id is refused, so no value can
+  forge a second field or a second event (SSE injection).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Event", "comment", "EventDecoder", "decode_events", "LINE_BREAK"]
+
+#: The line breaks of the SSE grammar, longest first so CRLF is one break.
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
+
+
+def _check_field(name: str, value: str) -> None:
+    match = _FORBIDDEN_IN_FIELD.search(value)
+    if match is not None:
+        raise ValueError(
+            f"SSE {name} must not contain CR, LF or NUL (found {match.group()!r} in "
+            f"{value!r}): it would end the field early and could forge another event"
+        )
+
+
+def _json(data: Any) -> str:
+    try:
+        # Compact and unescaped, as JavaScript's JSON.stringify writes it.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"Event data must be a str or JSON-serialisable, not {type(data).__name__}: {exc}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event.
+
+    :param data: the payload. A :class:`str` is sent as it is (each CR, LF or
+        CRLF starts a new ``data:`` line, which the client joins with ``\\n``);
+        anything else is serialised as compact JSON, as ``JSON.stringify``
+        would write it.
+    :param event: the event type (``event:`` field); ``None`` means the
+        browser's default, ``message``.
+    :param id: the event id (``id:`` field), which the browser sends back as
+        ``Last-Event-ID`` when it reconnects. An :class:`int` is turned into
+        its decimal string.
+    :param retry: the reconnection delay the browser should use, in
+        milliseconds.
+    :raises ValueError: ``event`` or ``id`` contains CR, LF or NUL, or
+        ``retry`` is negative.
+    :raises TypeError: ``data`` is neither a string nor JSON-serialisable.
+
+    ``bytes(event)`` and :meth:`encode` give one complete frame.
+    """
+
+    data: Any = ""
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.event is not None:
+            if not isinstance(self.event, str):
+                raise TypeError(f"Event name must be a str, not {type(self.event).__name__}")
+            _check_field("event name", self.event)
+        if self.id is not None:
+            if isinstance(self.id, int) and not isinstance(self.id, bool):
+                object.__setattr__(self, "id", str(self.id))
+            elif not isinstance(self.id, str):
+                raise TypeError(f"Event id must be a str or int, not {type(self.id).__name__}")
+            _check_field("event id", self.id)
+        if self.retry is not None:
+            if isinstance(self.retry, bool) or not isinstance(self.retry, int):
+                raise TypeError(f"retry must be an int (milliseconds), not {self.retry!r}")
+            if self.retry < 0:
+                raise ValueError(f"retry must be >= 0 milliseconds, not {self.retry}")
+        # Encode once, now: a bad value fails in the caller's frame rather than
+        # later inside the stream, and fan-out to many clients reuses the bytes.
+        object.__setattr__(self, "_frame", self._build())
+
+    @property
+    def text(self) -> str:
+        """The data as the client will see it: the string, or its JSON."""
+        return self.data if isinstance(self.data, str) else _json(self.data)
+
+    def json(self) -> Any:
+        """Parse :attr:`text` as JSON (handy for events read back in tests)."""
+        return json.loads(self.text)
+
+    def encode(self) -> bytes:
+        """Return the whole frame as UTF-8 bytes, ending with a blank line."""
+        frame: bytes = self.__dict__["_frame"]
+        return frame
+
+    def _build(self) -> bytes:
+        parts: list[str] = []
+        if self.event is not None:
+            parts.append(f"event: {self.event}\n")
+        if self.id is not None:
+            parts.append(f"id: {self.id}\n")
+        if self.retry is not None:
+            parts.append(f"retry: {self.retry}\n")
+        for line in LINE_BREAK.split(self.text):
+            # The parser drops one space after the colon, so "data: " + line
+            # keeps any leading spaces of the line itself.
+            parts.append(f"data: {line}\n" if line else "data:\n")
+        parts.append("\n")
+        return "".join(parts).encode("utf-8")
+
+    def __bytes__(self) -> bytes:
+        return self.encode()
+
+
+def comment(text: str = "") -> bytes:
+    """Return a comment frame, ``: text`` and a blank line.
+
+    Clients ignore comments; they keep idle connections (and the proxies on
+    the way) from timing out. Line breaks in ``text`` start new comment
+    lines, so a comment can never turn into an event.
+    """
+    lines = LINE_BREAK.split(text)
+    return "".join(f": {line}\n" if line else ":\n" for line in lines).encode("utf-8") + b"\n"
+
+
+class EventDecoder:
+    """Incremental SSE parser following the WHATWG "event stream" rules.
+
+    Feed it bytes as they arrive; it returns the events completed so far.
+    Comments and ``retry``-only frames dispatch nothing, as in a browser.
+    The ``id`` of a returned event is the ``id`` field of that event's own
+    block (``None`` if it had none), which is what a test wants to check;
+    :attr:`last_event_id` holds the browser's running value.
+    """
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""
+        self._first = True
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._saw_data = False
+        self.last_event_id = ""
+        #: The last valid ``retry`` value seen, in milliseconds.
+        self.retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Parse ``chunk`` and return the events it completed."""
+        # The incremental decoder keeps a UTF-8 sequence split across chunks.
+        text = self._utf8.decode(chunk)
+        if self._first and text:
+            if text.startswith("\ufeff"):
+                text = text[1:]
+            self._first = False
+        self._text += text
+        events: list[Event] = []
+        while True:
+            match = LINE_BREAK.search(self._text)
+            if match is None:
+                break
+            if match.group() == "\r" and match.end() == len(self._text):
+                break  # may be the first half of CRLF: wait for more
+            line = self._text[: match.start()]
+            self._text = self._text[match.end() :]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> Event | None:
+        if line == "":
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._saw_data = True
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\x00" not in value:
+                self.last_event_id = value
+                self._id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self.retry = self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> Event | None:
+        try:
+            if not self._saw_data:
+                return None
+            return Event(
+                data="\n".join(self._data),
+                event=self._event or None,
+                id=self._id,
+                retry=self._retry,
+            )
+        finally:
+            self._data = []
+            self._event = ""
+            self._id = None
+            self._retry = None
+            self._saw_data = False
+
+
+def decode_events(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """Yield the events in an iterable of byte chunks, as each completes."""
+    decoder = EventDecoder()
+    for chunk in chunks:
+        yield from decoder.feed(chunk)

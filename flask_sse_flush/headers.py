@@ -1,0 +1,44 @@
+"""The response headers that keep every layer from buffering an event stream."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from flask import has_request_context, request
+from werkzeug.wrappers import Response as BaseResponse
+
+from .transport import set_tcp_nodelay
+
+__all__ = ["SSE_HEADERS", "setup_sse_headers"]
+
+#: Headers every event stream carries. ``Connection`` is absent on purpose:
+#: it is hop-by-hop, which PEP 3333 forbids applications to set (``wsgiref``
+#: rejects it, gunicorn drops it); HTTP/1.1 connections persist by default.
+SSE_HEADERS: dict[str, str] = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    # no-transform: proxies must not recompress or rewrite the body.
+    "Cache-Control": "no-cache, no-transform",
+    # nginx: pass the body through as it arrives (proxy_buffering off).
+    "X-Accel-Buffering": "no",
+}
+
+R = TypeVar("R", bound=BaseResponse)
+
+
+def setup_sse_headers(response: R) -> R:
+    """Make ``response`` an unbuffered event stream and return it.
+
+    Sets the :data:`SSE_HEADERS`, drops any ``Content-Length`` and, inside a
+    request, sets ``TCP_NODELAY`` on the client socket
+    (:func:`~flask_sse_flush.set_tcp_nodelay`). The Python counterpart of
+    ``setupSSEHeaders(res)``.
+
+    :param response: a Flask or Werkzeug response.
+    """
+    for name, value in SSE_HEADERS.items():
+        response.headers[name] = value
+    response.headers.pop("Content-Length", None)
+    response.headers.pop("Connection", None)
+    if has_request_context():
+        set_tcp_nodelay(request.environ)
+    return response

@@ -1,0 +1,212 @@
+"""``EventStream``: one HTTP connection's frames, keepalives and end.
+
+The response body is a generator that yields **one frame per iteration**.
+WSGI servers write each yielded chunk with one ``send()`` and flush it, so
+an event never waits for the next one and never leaves in two pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from flask import Response
+
+from ._concurrency import Empty, new_channel, new_lock
+from .exceptions import StreamClosed
+from .frames import Event, comment
+from .headers import setup_sse_headers
+
+__all__ = ["EventStream", "sse_response", "opening_frame", "KEEPALIVE"]
+
+log = logging.getLogger(__name__)
+
+#: The keepalive frame, as the original ``sendKeepalive`` wrote it.
+KEEPALIVE = comment("keepalive")
+_FRAME_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+_END = object()
+
+C = TypeVar("C", bound=Callable[[], Any])
+
+
+def opening_frame(retry: int | None = None) -> bytes:
+    """The first frame of every stream.
+
+    WSGI servers send the status line and headers only together with the
+    first body chunk, so a stream that waited for its first event would
+    leave the client without headers until then (Node has
+    ``res.flushHeaders()`` for this). A comment, or a ``retry`` field, is
+    sent at once and dispatches no event.
+    """
+    if retry is None:
+        return comment("stream open")
+    if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+        raise ValueError(f"retry must be a non-negative int (milliseconds), not {retry!r}")
+    return b"retry: %d\n\n" % retry
+
+
+def _as_frame(item: Event | bytes) -> bytes:
+    if isinstance(item, Event):
+        return item.encode()
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        frame = bytes(item)
+        if not frame.endswith(_FRAME_ENDS):
+            raise ValueError(
+                "a raw frame must be complete, ending with a blank line "
+                f"(b'\\n\\n'); got {frame[-20:]!r}. Send an Event to have it framed."
+            )
+        return frame
+    raise TypeError(f"expected an Event or bytes, not {type(item).__name__}")
+
+
+class EventStream:
+    """A channel from any thread or greenlet to one client connection.
+
+    Send events with :meth:`send` (or the ``send_*`` helpers) from anywhere;
+    return :meth:`response` from a Flask view. The body yields an opening
+    frame at once, then each event as its own chunk, a keepalive comment
+    after ``keepalive`` seconds without one, and ends after :meth:`close`.
+
+    When the client disconnects, the server stops the body: the stream
+    closes and runs the :meth:`on_close` callbacks, so a job can stop too.
+    A WSGI server notices a disconnect only when a write fails, so the
+    keepalive period bounds how long that takes.
+
+    :param keepalive: seconds of silence before a ``: keepalive`` comment;
+        ``None`` disables keepalives.
+    :param retry: if given, the reconnection delay (milliseconds) announced
+        to the browser in the opening frame.
+    """
+
+    def __init__(self, keepalive: float | None = 15.0, *, retry: int | None = None) -> None:
+        if keepalive is not None and not keepalive > 0:
+            raise ValueError(f"keepalive must be a positive number of seconds or None, not {keepalive!r}")
+        self.keepalive = keepalive
+        self._opening = opening_frame(retry)
+        self._channel = new_channel()
+        self._lock = new_lock()
+        self._closed = False
+        self._finished = False
+        self._started = False
+        self._callbacks: list[Callable[[], Any]] = []
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream accepts no more events."""
+        return self._closed
+
+    def send(self, event: Event | bytes) -> None:
+        """Queue one event (or one complete raw frame) for the client.
+
+        Safe from any thread or greenlet; never blocks.
+
+        :raises StreamClosed: the stream was closed or its client left.
+        """
+        frame = _as_frame(event)
+        if self._closed:
+            raise StreamClosed("the stream is closed; its client will receive nothing more")
+        self._channel.put(frame)
+
+    def close(self) -> None:
+        """End the stream once the events already sent have gone out.
+
+        Idempotent; safe from any thread or greenlet.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._channel.put(_END)
+
+    def on_close(self, callback: C) -> C:
+        """Call ``callback()`` once when the stream ends, for any reason.
+
+        Usable as a decorator. A callback registered after the end runs at
+        once. Exceptions from callbacks are logged, not raised.
+        """
+        with self._lock:
+            if not self._finished:
+                self._callbacks.append(callback)
+                return callback
+        _run_callback(callback)
+        return callback
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The body: one ``bytes`` frame per iteration. Iterate it once."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError("an EventStream's body can be iterated only once")
+            self._started = True
+        return self._frames()
+
+    def _frames(self) -> Iterator[bytes]:
+        try:
+            yield self._opening
+            while True:
+                try:
+                    item = self._channel.get(self.keepalive)
+                except Empty:
+                    yield KEEPALIVE
+                    continue
+                if item is _END:
+                    return
+                yield item
+        finally:
+            # Runs on normal end and on GeneratorExit (the server closing the
+            # body after a failed write, i.e. a client disconnect).
+            self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = self._closed = True
+            callbacks, self._callbacks = self._callbacks, []
+        self._channel.close()
+        for callback in callbacks:
+            _run_callback(callback)
+
+    def response(self) -> Response:
+        """Return the streaming :class:`flask.Response` for this stream.
+
+        Call it inside the request: it also sets ``TCP_NODELAY`` on the
+        client socket before the first frame.
+        """
+        response = Response(iter(self))
+        # Also covers a body the server never started iterating, whose
+        # generator ``finally`` would never run.
+        response.call_on_close(self._finish)
+        return setup_sse_headers(response)
+
+
+def _run_callback(callback: Callable[[], Any]) -> None:
+    try:
+        callback()
+    except Exception:
+        log.exception("EventStream close callback %r failed", callback)
+
+
+def sse_response(events: Iterable[Event | bytes], *, retry: int | None = None) -> Response:
+    """Wrap any iterable of :class:`Event` (or raw frames) in a stream response.
+
+    Each item becomes one chunk, after an opening frame that sends the
+    headers at once. There are no keepalives (nothing can interleave with a
+    plain iterable): use :class:`EventStream` for long silences.
+
+    :param events: the events, produced lazily as they happen.
+    :param retry: reconnection delay (milliseconds) to announce.
+    """
+
+    def body() -> Iterator[bytes]:
+        iterator = iter(events)
+        try:
+            yield opening_frame(retry)
+            for item in iterator:
+                yield _as_frame(item)
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
+
+    return setup_sse_headers(Response(body()))

@@ -1,0 +1,108 @@
+"""The client socket behind each WSGI server, and ``TCP_NODELAY`` on it.
+
+Nagle's algorithm holds a small segment back while an earlier one is
+unacknowledged; the receiver's delayed ACK waits up to 40 ms (Linux) or
+200 ms (Windows) for more data. An event written in more than one
+``send()`` (werkzeug's dev server writes chunk size, data and CRLF
+separately) therefore stalls for a round of delayed ACK on a real network.
+``TCP_NODELAY`` turns Nagle off for that one connection.
+
+Where each server keeps the socket:
+
+========================  ==================================================
+gunicorn (sync, gthread,  ``environ["gunicorn.socket"]``; gunicorn also sets
+gevent, eventlet)         ``TCP_NODELAY`` on its listener, which accepted
+                          sockets inherit on Linux
+gunicorn ``gevent_pywsgi`` ``environ["gunicorn.sock"]``
+werkzeug dev server       ``environ["werkzeug.socket"]``
+uWSGI                     ``uwsgi.connection_fd()``
+gevent.pywsgi, others     found through ``wsgi.input``'s file object, when it
+                          wraps the socket
+waitress                  not exposed; waitress sets ``TCP_NODELAY`` on its
+                          listener by default (``socket_options``)
+========================  ==================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["client_socket", "set_tcp_nodelay"]
+
+log = logging.getLogger(__name__)
+
+_ENVIRON_KEYS = ("gunicorn.socket", "gunicorn.sock", "werkzeug.socket")
+# Attribute chains from a server's wsgi.input to the socket, for servers
+# that do not publish it (gevent.pywsgi: Input.rfile -> BufferedReader.raw
+# -> SocketIO._sock). Bounded, so an odd input object costs little.
+_INPUT_PATHS = (("rfile", "raw", "_sock"), ("raw", "_sock"), ("_sock",), ("rfile", "_sock"))
+
+
+def _looks_like_socket(obj: object) -> bool:
+    return callable(getattr(obj, "setsockopt", None)) and callable(
+        getattr(obj, "getsockopt", None)
+    )
+
+
+def client_socket(environ: Mapping[str, Any]) -> Any | None:
+    """Return the client connection's socket object, or ``None`` if hidden.
+
+    :param environ: the WSGI environ of the current request.
+    """
+    for key in _ENVIRON_KEYS:
+        sock = environ.get(key)
+        if _looks_like_socket(sock):
+            return sock
+    stream = environ.get("wsgi.input")
+    for path in _INPUT_PATHS:
+        obj: object = stream
+        for attr in path:
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if obj is not None and _looks_like_socket(obj):
+            return obj
+    return None
+
+
+def _uwsgi_nodelay() -> bool:
+    try:
+        import uwsgi
+    except ImportError:
+        return False
+    fd = uwsgi.connection_fd()
+    # fromfd duplicates the descriptor; options set on the copy apply to the
+    # one shared connection, and closing the copy leaves uWSGI's fd alone.
+    with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return _set(sock)
+
+
+def _set(sock: Any) -> bool:
+    family = getattr(sock, "family", None)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        # A unix socket (a server behind a local proxy) has no Nagle delay.
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def set_tcp_nodelay(environ: Mapping[str, Any]) -> bool:
+    """Turn off Nagle's algorithm on the request's client socket.
+
+    Never raises: a server that hides its socket, a unix socket, or a
+    test client without any socket all give ``False``.
+
+    :param environ: the WSGI environ of the current request.
+    :returns: ``True`` if ``TCP_NODELAY`` is now set on the connection.
+    """
+    try:
+        sock = client_socket(environ)
+        if sock is None:
+            return _uwsgi_nodelay()
+        return _set(sock)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.debug("could not set TCP_NODELAY: %s", exc)
+        return False
