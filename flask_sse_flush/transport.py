@@ -35,10 +35,13 @@ __all__ = ["client_socket", "set_tcp_nodelay"]
 log = logging.getLogger(__name__)
 
 _ENVIRON_KEYS = ("gunicorn.socket", "gunicorn.sock", "werkzeug.socket")
-# Attribute chains from a server's wsgi.input to the socket, for servers
-# that do not publish it (gevent.pywsgi: Input.rfile -> BufferedReader.raw
-# -> SocketIO._sock). Bounded, so an odd input object costs little.
-_INPUT_PATHS = (("rfile", "raw", "_sock"), ("raw", "_sock"), ("_sock",), ("rfile", "_sock"))
+# Attributes that lead from a server's wsgi.input to its socket, for servers
+# that do not publish it: gevent.pywsgi (Input.rfile -> BufferedReader.raw ->
+# SocketIO._sock), wsgiref (BufferedReader.raw._sock), and wrappers such as
+# wsgiref.validate's (InputWrapper.input). Searched a few levels deep only,
+# so an odd input object costs little.
+_INPUT_ATTRS = ("rfile", "raw", "_sock", "input", "stream", "sock", "socket")
+_INPUT_DEPTH = 4
 
 
 def _looks_like_socket(obj: object) -> bool:
@@ -56,15 +59,13 @@ def client_socket(environ: Mapping[str, Any]) -> Any | None:
         sock = environ.get(key)
         if _looks_like_socket(sock):
             return sock
-    stream = environ.get("wsgi.input")
-    for path in _INPUT_PATHS:
-        obj: object = stream
-        for attr in path:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if obj is not None and _looks_like_socket(obj):
-            return obj
+    level: list[object] = [environ.get("wsgi.input")]
+    for _ in range(_INPUT_DEPTH):
+        found = [getattr(obj, attr, None) for obj in level for attr in _INPUT_ATTRS]
+        level = [obj for obj in found if obj is not None]
+        for obj in level:
+            if isinstance(obj, socket.socket) or _looks_like_socket(obj):
+                return obj
     return None
 
 

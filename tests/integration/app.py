@@ -1,0 +1,100 @@
+"""The app the integration tests serve from real servers.
+
+Its render job logs, to a file named in the payload, the wall-clock time at
+which it sends each progress report, so a test in another process can tell
+when each event was sent and compare it with when it arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, request
+
+from flask_sse_flush import Cancelled, EventStream, Progress, create_render_blueprint, send_event
+from flask_sse_flush._concurrency import gevent_is_active
+from flask_sse_flush.transport import client_socket
+
+
+def _log(path: str | None, record: dict[str, Any]) -> None:
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
+    log = payload.get("log")
+    steps = int(payload.get("steps", 5))
+    interval = float(payload.get("interval", 0.05))
+    _log(log, {"started": time.time()})
+    time.sleep(float(payload.get("delay_first", 0)))
+    try:
+        for i in range(steps):
+            percent = round(100 * (i + 1) / steps)
+            _log(log, {"percent": percent, "sent": time.time()})
+            progress(percent, "rendering")
+            time.sleep(interval)
+    except Cancelled:
+        _log(log, {"cancelled": time.time()})
+        raise
+    if payload.get("fail"):
+        raise RuntimeError(str(payload["fail"]))
+    return {"filename": "out.mp4", "url": "/download/out.mp4"}
+
+
+def _nodelay(environ: dict[str, Any]) -> int | None:
+    sock = client_socket(environ)
+    if sock is None:
+        return None
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def record_nodelay(app: Callable[..., Iterable[bytes]], log_dir: str) -> Callable[..., Any]:
+    """WSGI middleware: log the socket's TCP_NODELAY before and after the app."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        before = _nodelay(environ)
+        result = app(environ, start_response)
+        record = {"path": environ.get("PATH_INFO"), "before": before, "after": _nodelay(environ)}
+        _log(str(Path(log_dir) / "nodelay.jsonl"), record)
+        return result
+
+    return wrapped
+
+
+def create_app(log_dir: str | None = None) -> Any:
+    app = Flask(__name__)
+    app.register_blueprint(create_render_blueprint(render, keepalive=1.0))
+
+    @app.get("/timed")
+    def timed() -> Any:
+        """Events carrying their own send time, from a thread beside the stream."""
+        count = int(request.args.get("count", 20))
+        interval = float(request.args.get("interval", 0.02))
+        stream = EventStream(keepalive=1.0)
+
+        def produce() -> None:
+            for i in range(count):
+                time.sleep(interval)
+                send_event(stream, "tick", {"i": i, "sent": time.time()})
+            stream.close()
+
+        response = stream.response()
+        thread_class: Any = threading.Thread
+        if request.args.get("native") and gevent_is_active():
+            # A real OS thread beside the hub: its sends must wake the hub.
+            from gevent.monkey import get_original
+
+            thread_class = get_original("threading", "Thread")
+        thread_class(target=produce, daemon=True).start()
+        return response
+
+    if log_dir:
+        app.wsgi_app = record_nodelay(app.wsgi_app, log_dir)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,207 @@
+"""Real servers on 127.0.0.1 and a raw-socket client that timestamps each event."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from flask_sse_flush import Event
+from flask_sse_flush.frames import EventDecoder
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(kind: str, port: int, log_dir: Path) -> list[str]:
+    if kind.startswith("gunicorn"):
+        worker = kind.split("-", 1)[1]  # gunicorn-gevent -> gevent
+        return [
+            sys.executable, "-m", "gunicorn",
+            "--worker-class", worker, "--workers", "1",
+            "--bind", f"{HOST}:{port}", "--chdir", str(HERE),
+            "--graceful-timeout", "1", "--log-level", "warning",
+            f"app:create_app({str(log_dir)!r})",
+        ]  # fmt: skip
+    return [sys.executable, str(HERE / "serve.py"), kind, str(port), str(log_dir)]
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    log_dir: Path
+    process: subprocess.Popen[bytes]
+
+    def log_file(self, name: str) -> Path:
+        return self.log_dir / name
+
+    def read_log(self, name: str) -> list[dict[str, Any]]:
+        path = self.log_file(name)
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@contextlib.contextmanager
+def running_server(kind: str, log_dir: Path, timeout: float = 30.0) -> Iterator[Server]:
+    """Start a real server on a free loopback port; stop it however the test ends."""
+    port = free_port()
+    output = (log_dir / "server.out").open("wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        server_command(kind, port, log_dir), stdout=output, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{kind} exited with {process.returncode}: "
+                    + (log_dir / "server.out").read_text(errors="replace")[-3000:]
+                )
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{kind} did not listen on {port} within {timeout} s")
+            time.sleep(0.05)
+        yield Server(kind, port, log_dir, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        output.close()
+
+
+def stream_path(payload: dict[str, Any]) -> str:
+    return "/render/stream?data=" + quote(json.dumps(payload))
+
+
+@dataclass
+class Arrival:
+    event: Event
+    at: float  # time.time() when its last byte arrived
+
+
+@dataclass
+class RawResponse:
+    """An HTTP response read off a raw socket, with arrival times."""
+
+    sock: socket.socket
+    requested_at: float
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    headers_at: float = 0.0
+    _buffer: bytes = b""
+    _chunked: bool = False
+    _done: bool = False
+
+    def _recv(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self._buffer += data
+        return True
+
+    def read_head(self) -> None:
+        while b"\r\n\r\n" not in self._buffer:
+            if not self._recv():
+                raise ConnectionError(f"connection closed before headers: {self._buffer!r}")
+        self.headers_at = time.time()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+
+    def body_chunks(self) -> Iterator[bytes]:
+        """Yield body bytes as they arrive, with chunked framing removed."""
+        while not self._done:
+            if self._chunked:
+                while b"\r\n" not in self._buffer:
+                    if not self._recv():
+                        return
+                size_line, rest = self._buffer.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    self._done = True
+                    return
+                self._buffer = rest
+                while len(self._buffer) < size + 2:
+                    if not self._recv():
+                        return
+                chunk, self._buffer = self._buffer[:size], self._buffer[size + 2 :]
+                yield chunk
+            elif "content-length" in self.headers:
+                size = int(self.headers["content-length"])
+                while len(self._buffer) < size:
+                    if not self._recv():
+                        break
+                self._done = True
+                yield self._buffer[:size]
+            else:
+                if self._buffer:
+                    chunk, self._buffer = self._buffer, b""
+                    yield chunk
+                if not self._recv():
+                    self._done = True
+
+    def body(self) -> bytes:
+        return b"".join(self.body_chunks())
+
+    def json(self) -> Any:
+        return json.loads(self.body())
+
+    def arrivals(self) -> Iterator[Arrival]:
+        decoder = EventDecoder()
+        for chunk in self.body_chunks():
+            now = time.time()
+            for event in decoder.feed(chunk):
+                yield Arrival(event, now)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def raw_get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 15.0
+) -> Iterator[RawResponse]:
+    """GET ``path`` over a plain socket and read the status line and headers."""
+    sock = socket.create_connection((HOST, port), timeout)
+    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}", "Accept: text/event-stream"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    response = RawResponse(sock, requested_at=time.time())
+    try:
+        sock.sendall(request)
+        response.read_head()
+        yield response
+    finally:
+        sock.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
