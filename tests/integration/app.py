@@ -86,13 +86,13 @@ def create_app(log_dir: str | None = None) -> Any:
             stream.close()
 
         response = stream.response()
-        thread_class: Any = threading.Thread
         if request.args.get("native") and gevent_is_active():
             # A real OS thread beside the hub: its sends must wake the hub.
-            from gevent.monkey import get_original
+            import gevent
 
-            thread_class = get_original("threading", "Thread")
-        thread_class(target=produce, daemon=True).start()
+            gevent.get_hub().threadpool.spawn(produce)
+        else:
+            threading.Thread(target=produce, daemon=True).start()
         return response
 
     if log_dir:

@@ -1,0 +1,272 @@
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+from wsgiref.util import setup_testing_defaults
+from wsgiref.validate import validator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush.testing import iter_events, parse_events
+
+
+def url(payload: Any, prefix: str = "") -> str:
+    return f"{prefix}/render/stream?data={quote(json.dumps(payload))}"
+
+
+class Recorder:
+    """A render callable that records its calls and can be steered."""
+
+    def __init__(self, steps: int = 3, interval: float = 0.0) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.steps = steps
+        self.interval = interval
+        self.cancelled = threading.Event()
+        self.thread_names: list[str] = []
+
+    def __call__(self, payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
+        self.calls.append(payload)
+        self.thread_names.append(threading.current_thread().name)
+        try:
+            for i in range(self.steps):
+                progress(50, "bundling")  # repeated on purpose: sent once
+                progress(round(100 * (i + 1) / self.steps), "rendering")
+                time.sleep(self.interval)
+        except Cancelled:
+            self.cancelled.set()
+            raise
+        if "fail" in payload:
+            raise RuntimeError(payload["fail"])
+        return {"filename": "a.mp4", "url": "/download/a.mp4"}
+
+
+def make_app(render: Any, **options: Any) -> Flask:
+    app = Flask(__name__)
+    app.register_blueprint(create_render_blueprint(render, **options))
+    return app
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def client(recorder: Recorder) -> FlaskClient:
+    return make_app(recorder).test_client()
+
+
+def test_stream_carries_progress_then_complete_with_ids(
+    client: FlaskClient, recorder: Recorder
+) -> None:
+    response = client.get(url({"month": 5}), buffered=False)
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    events = parse_events(response)
+    assert [(e.event, e.json()) for e in events] == [
+        ("progress", {"progress": 50, "phase": "bundling"}),
+        ("progress", {"progress": 33, "phase": "rendering"}),
+        ("progress", {"progress": 50, "phase": "bundling"}),
+        ("progress", {"progress": 67, "phase": "rendering"}),
+        ("progress", {"progress": 50, "phase": "bundling"}),
+        ("progress", {"progress": 100, "phase": "rendering"}),
+        ("complete", {"filename": "a.mp4", "url": "/download/a.mp4"}),
+    ]
+    assert recorder.calls == [{"month": 5}]
+    job = events[0].id.rsplit("-", 1)[0]  # type: ignore[union-attr]
+    assert [e.id for e in events] == [f"{job}-{n}" for n in range(1, 8)]
+
+
+def test_repeated_progress_is_dropped() -> None:
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        for _ in range(5):
+            progress(10, "bundling")
+        progress(10.9, "bundling")  # floors to 10: still a repeat
+        progress(10, "rendering")
+        return {}
+
+    events = parse_events(make_app(render).test_client().get(url({}), buffered=False))
+    assert [e.json() for e in events[:-1]] == [
+        {"progress": 10, "phase": "bundling"},
+        {"progress": 10, "phase": "rendering"},
+    ]
+    assert events[-1].event == "complete"
+
+
+def test_render_exception_becomes_one_error_event(client: FlaskClient) -> None:
+    events = parse_events(client.get(url({"fail": "out of disk"}), buffered=False))
+    assert events[-1].event == "error"
+    assert events[-1].json() == {"message": "out of disk"}
+    assert [e.event for e in events].count("error") == 1
+    assert "complete" not in [e.event for e in events]
+
+
+def test_render_returning_a_non_dict_is_an_error() -> None:
+    events = parse_events(
+        make_app(lambda p, progress: ["nope"]).test_client().get(url({}), buffered=False)
+    )
+    assert [e.event for e in events] == ["error"]
+    assert "must return a dict" in events[0].json()["message"]
+
+
+def test_events_flow_while_the_job_works() -> None:
+    gate = threading.Event()
+
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        progress(1, "bundling")
+        assert gate.wait(5), "the test never read the first event"
+        progress(2, "bundling")
+        return {}
+
+    response = make_app(render).test_client().get(url({}), buffered=False)
+    events = iter_events(response)
+    first = next(events)  # would deadlock if the job ran in the generator's thread
+    assert first.json() == {"progress": 1, "phase": "bundling"}
+    gate.set()
+    assert [e.event for e in events] == ["progress", "complete"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "fragment"),
+    [
+        ("/render/stream", 400, "missing query parameter 'data'"),
+        ("/render/stream?data=", 400, "missing query parameter 'data'"),
+        ("/render/stream?data=%7Bbad", 400, "not valid JSON"),
+        ("/render/stream?data=NaN", 400, "not valid JSON"),
+        ("/render/stream?data=%5B%5D", 400, "must be a JSON object"),
+        ("/render/stream?data=%22s%22", 400, "must be a JSON object"),
+        ("/render/stream?data=" + "%5B" * 10_000 + "%5D" * 10_000, 400, "not valid JSON"),
+        ("/render/stream?data=" + "%5B" * 100_000, 413, "payload too large"),
+    ],
+)
+def test_bad_input_is_a_json_400_and_no_job(
+    client: FlaskClient, recorder: Recorder, query: str, status: int, fragment: str
+) -> None:
+    response = client.get(query)
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert fragment in response.get_json()["error"]
+    assert recorder.calls == []
+
+
+def test_payload_over_max_payload_is_413(recorder: Recorder) -> None:
+    client = make_app(recorder, max_payload=100).test_client()
+    response = client.get(url({"x": "y" * 200}))
+    assert response.status_code == 413
+    assert "at most 100 bytes" in response.get_json()["error"]
+    assert recorder.calls == []
+
+
+def test_max_payload_from_app_config(recorder: Recorder) -> None:
+    app = make_app(recorder)
+    app.config["SSE_FLUSH_MAX_PAYLOAD"] = 10
+    assert app.test_client().get(url({"x": "y" * 20})).status_code == 413
+
+
+@pytest.mark.parametrize("error", [ValueError("month must be 1-12"), KeyError("month")])
+def test_validate_hook_rejection_is_a_400(recorder: Recorder, error: Exception) -> None:
+    def validate(payload: dict[str, Any]) -> None:
+        raise error
+
+    client = make_app(recorder, validate=validate).test_client()
+    response = client.get(url({"month": 13}))
+    assert response.status_code == 400
+    assert response.get_json() == {"error": str(error)}
+    assert recorder.calls == []
+
+
+def test_validate_hook_may_transform_the_payload(recorder: Recorder) -> None:
+    client = make_app(recorder, validate=lambda p: {**p, "checked": True}).test_client()
+    parse_events(client.get(url({"a": 1}), buffered=False))
+    assert recorder.calls == [{"a": 1, "checked": True}]
+
+
+def test_url_prefix_and_keepalive_from_config() -> None:
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        time.sleep(0.35)
+        return {}
+
+    app = make_app(render, url_prefix="/api")
+    app.config["SSE_FLUSH_KEEPALIVE"] = 0.1
+    response = app.test_client().get(url({}, prefix="/api"), buffered=False)
+    chunks = list(response.iter_encoded())
+    response.close()
+    assert chunks[0] == b": stream open\n\n"
+    assert chunks.count(b": keepalive\n\n") >= 2
+    assert chunks[-1].startswith(b"event: complete")
+    assert app.test_client().get(url({})).status_code == 404
+
+
+def test_retry_option_in_the_opening_frame(recorder: Recorder) -> None:
+    client = make_app(recorder, retry=3000).test_client()
+    response = client.get(url({}), buffered=False)
+    assert next(response.iter_encoded()) == b"retry: 3000\n\n"
+    response.close()
+
+
+def test_spawn_option_runs_the_job(recorder: Recorder) -> None:
+    started: list[str] = []
+
+    def spawn(job: Any) -> None:
+        started.append("job")
+        threading.Thread(target=job, name="custom-pool").start()
+
+    client = make_app(recorder, spawn=spawn).test_client()
+    events = parse_events(client.get(url({}), buffered=False))
+    assert started == ["job"]
+    assert recorder.thread_names == ["custom-pool"]
+    assert events[-1].event == "complete"
+
+
+def test_client_disconnect_cancels_the_job() -> None:
+    recorder = Recorder(steps=1000, interval=0.005)
+    response = make_app(recorder).test_client().get(url({}), buffered=False)
+    events = iter_events(response)
+    next(events)
+    events.close()  # closes the response, as a server does when the client leaves
+    assert recorder.cancelled.wait(5)
+
+
+def test_render_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="callable"):
+        create_render_blueprint("not a function")  # type: ignore[arg-type]
+
+
+def _call_validated(app: Flask, query: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call ``app`` through the stdlib WSGI conformance checker."""
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"], _, environ["QUERY_STRING"] = query.partition("?")
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen["status"], seen["headers"] = status, headers
+        return lambda data: None
+
+    result = validator(app)(environ, start_response)
+    try:
+        body: Iterator[bytes] = iter(result)
+        data = b"".join(body)
+    finally:
+        result.close()  # type: ignore[attr-defined]
+    return seen["status"], seen["headers"], data
+
+
+def test_conforms_to_pep_3333_under_wsgiref_validator(recorder: Recorder) -> None:
+    app = make_app(recorder)
+    status, headers, body = _call_validated(app, url({"a": 1}))
+    assert status == "200 OK"
+    names = {name.lower() for name, _ in headers}
+    assert "connection" not in names
+    events = parse_events(body)
+    assert [e.event for e in events][-1] == "complete"
+    status, headers, body = _call_validated(app, "/render/stream?data=%5B%5D")
+    assert status.startswith("400")
+    assert "must be a JSON object" in json.loads(body)["error"]

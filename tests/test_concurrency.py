@@ -1,0 +1,150 @@
+"""Channels between any thread or greenlet and a stream's reader.
+
+The gevent cases run in a child process, because monkey-patching is for
+the whole process and must happen before anything else is imported.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from flask_sse_flush._concurrency import Empty, gevent_is_active, new_channel
+
+pytest.importorskip("gevent")
+
+
+def run_under_gevent(code: str) -> str:
+    script = "from gevent import monkey\nmonkey.patch_all()\n" + textwrap.dedent(code)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_thread_channel_many_writers_one_reader() -> None:
+    assert not gevent_is_active()
+    channel = new_channel()
+
+    def write(base: int) -> None:
+        for i in range(1000):
+            channel.put((base, i))
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    received = [channel.get(5) for _ in range(4000)]
+    for thread in threads:
+        thread.join()
+    for base in range(4):
+        assert [i for b, i in received if b == base] == list(range(1000))
+    with pytest.raises(Empty):
+        channel.get(0.01)
+
+
+def test_hub_channel_from_native_threads_and_greenlets() -> None:
+    out = run_under_gevent(
+        """
+        import time
+        import gevent
+        from gevent.monkey import get_original
+        from flask_sse_flush._concurrency import Empty, gevent_is_active, new_channel
+
+        assert gevent_is_active()
+        channel = new_channel()
+        assert type(channel).__name__ == "_HubChannel"
+        pool = gevent.get_hub().threadpool  # real OS threads
+        native_ident = get_original("_thread", "get_ident")
+        hub_thread = native_ident()
+
+        def native(base):
+            assert native_ident() != hub_thread
+            for i in range(2000):
+                channel.put((base, i))
+
+        def green(base):
+            for i in range(2000):
+                channel.put((base, i))
+                if i % 100 == 0:
+                    gevent.sleep(0)
+
+        # A greenlet that must keep running while the reader waits: proves the
+        # reader yields to the hub instead of blocking it.
+        ticks = []
+        ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(20)])
+        threads = [pool.spawn(native, n) for n in range(3)]
+        greenlets = [gevent.spawn(green, n) for n in (10, 11)]
+        received = [channel.get(10) for _ in range(5 * 2000)]
+        for t in threads:
+            t.get()
+        gevent.joinall(greenlets, raise_error=True)
+        for base in (0, 1, 2, 10, 11):
+            assert [i for b, i in received if b == base] == list(range(2000)), base
+
+        started = time.monotonic()
+        try:
+            channel.get(0.1)
+        except Empty:
+            waited = time.monotonic() - started
+            assert 0.08 < waited < 1.0, waited
+        else:
+            raise AssertionError("expected Empty")
+        ticker.join()
+        assert len(ticks) == 20
+
+        # Latency of a wake-up from a native thread.
+        def later():
+            get_original("time", "sleep")(0.05)
+            channel.put(time.time())
+        waiter = pool.spawn(later)
+        sent = channel.get(5)
+        waiter.get()
+        print("native-wakeup-ms", (time.time() - sent) * 1000)
+
+        # Closing while a native thread still sends must not crash the process.
+        def late_sender():
+            for i in range(10000):
+                channel.put(i)
+        t = pool.spawn(late_sender)
+        channel.close()
+        t.get()
+        channel.close()
+        print("ok")
+        """
+    )
+    assert out.strip().endswith("ok")
+    wakeup_ms = float(out.split("native-wakeup-ms")[1].split()[0])
+    assert wakeup_ms < 100
+
+
+def test_event_stream_under_gevent_keepalive_and_native_sender() -> None:
+    out = run_under_gevent(
+        """
+        import time
+        import gevent
+        from flask_sse_flush import Event, EventStream
+
+        stream = EventStream(keepalive=0.1)
+        body = iter(stream)
+        assert next(body) == b": stream open\\n\\n"
+        started = time.monotonic()
+        assert next(body) == b": keepalive\\n\\n"
+        assert 0.08 < time.monotonic() - started < 1.0
+
+        def produce():
+            for i in range(3):
+                stream.send(Event(str(i)))
+            stream.close()
+
+        done = gevent.get_hub().threadpool.spawn(produce)
+        assert list(body) == [b"data: 0\\n\\n", b"data: 1\\n\\n", b"data: 2\\n\\n"]
+        done.get()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

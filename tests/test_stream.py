@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from flask_sse_flush import Event, EventStream, StreamClosed, sse_response
+from flask_sse_flush.stream import KEEPALIVE, opening_frame
+from flask_sse_flush.testing import parse_events
+
+
+def test_opening_frame_then_one_chunk_per_event_then_end() -> None:
+    stream = EventStream(keepalive=None)
+    body = iter(stream)
+    assert next(body) == b": stream open\n\n"
+    stream.send(Event("a", event="x"))
+    stream.send(Event({"b": 1}))
+    stream.close()
+    assert list(body) == [b"event: x\ndata: a\n\n", b'data: {"b":1}\n\n']
+    assert stream.closed
+
+
+def test_retry_is_announced_in_the_opening_frame() -> None:
+    assert next(iter(EventStream(retry=2500))) == b"retry: 2500\n\n"
+    with pytest.raises(ValueError, match="retry"):
+        opening_frame(-1)
+
+
+def test_events_sent_before_iteration_are_kept_in_order() -> None:
+    stream = EventStream(keepalive=None)
+    for i in range(100):
+        stream.send(Event(str(i)))
+    stream.close()
+    frames = list(stream)[1:]
+    assert frames == [Event(str(i)).encode() for i in range(100)]
+
+
+def test_keepalive_after_silence_and_only_then() -> None:
+    stream = EventStream(keepalive=0.2)
+    body = iter(stream)
+    next(body)
+    started = time.monotonic()
+    assert next(body) == KEEPALIVE
+    assert 0.15 <= time.monotonic() - started < 1.0
+    # An event resets the silence: it comes out first, immediately.
+    stream.send(Event("x"))
+    started = time.monotonic()
+    assert next(body) == b"data: x\n\n"
+    assert time.monotonic() - started < 0.1
+    stream.close()
+    assert list(body) == []
+
+
+def test_send_from_another_thread_wakes_the_reader_at_once() -> None:
+    stream = EventStream(keepalive=None)
+    body = iter(stream)
+    next(body)
+    arrived: list[float] = []
+
+    def producer() -> None:
+        for i in range(5):
+            time.sleep(0.05)
+            stream.send(Event({"sent": time.monotonic(), "i": i}))
+        stream.close()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    frames = []
+    for frame in body:
+        arrived.append(time.monotonic())
+        frames.append(frame)
+    thread.join()
+    assert len(frames) == 5
+    sent = [parse_events(frame)[0].json() for frame in frames]
+    for when, record in zip(arrived, sent, strict=True):
+        assert when - record["sent"] < 0.05
+
+
+def test_send_after_close_raises() -> None:
+    stream = EventStream()
+    stream.close()
+    stream.close()  # idempotent
+    with pytest.raises(StreamClosed):
+        stream.send(Event("late"))
+
+
+def test_raw_frames_must_be_complete() -> None:
+    stream = EventStream()
+    stream.send(b": hi\n\n")
+    with pytest.raises(ValueError, match="blank line"):
+        stream.send(b"data: half")
+    with pytest.raises(TypeError):
+        stream.send("data: str\n\n")  # type: ignore[arg-type]
+
+
+def test_keepalive_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="keepalive"):
+        EventStream(keepalive=0)
+
+
+def test_disconnect_runs_close_callbacks_once_and_releases_the_stream() -> None:
+    stream = EventStream(keepalive=None)
+    calls: list[str] = []
+    stream.on_close(lambda: calls.append("a"))
+    body = iter(stream)
+    next(body)
+    body.close()  # what a WSGI server does when the client has gone
+    assert calls == ["a"]
+    assert stream.closed
+    with pytest.raises(StreamClosed):
+        stream.send(Event("x"))
+    # Registered after the end: runs at once.
+    stream.on_close(lambda: calls.append("b"))
+    assert calls == ["a", "b"]
+
+
+def test_a_failing_callback_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = EventStream(keepalive=None)
+    calls: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    stream.on_close(boom)
+    stream.on_close(lambda: calls.append("ok"))
+    stream.close()
+    list(stream)
+    assert calls == ["ok"]
+    assert "boom" in caplog.text
+
+
+def test_body_can_be_iterated_only_once() -> None:
+    stream = EventStream()
+    iter(stream)
+    with pytest.raises(RuntimeError, match="once"):
+        iter(stream)
+
+
+def test_response_closed_without_iteration_still_runs_cleanup() -> None:
+    app = Flask(__name__)
+    calls: list[str] = []
+    with app.test_request_context():
+        stream = EventStream()
+        stream.on_close(lambda: calls.append("closed"))
+        response = stream.response()
+    response.close()
+    assert calls == ["closed"]
+
+
+def test_no_thread_is_left_behind_after_a_disconnect() -> None:
+    before = threading.active_count()
+    for _ in range(20):
+        stream = EventStream(keepalive=0.01)
+        body = iter(stream)
+        next(body)
+        next(body)
+        body.close()
+    gc.collect()
+    assert threading.active_count() == before
+
+
+def test_response_headers() -> None:
+    app = Flask(__name__)
+    with app.test_request_context():
+        response = EventStream().response()
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache, no-transform"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Connection" not in response.headers
+    assert "Content-Length" not in response.headers
+    assert response.is_streamed
+
+
+def test_sse_response_wraps_any_iterable_and_closes_it() -> None:
+    closed: list[bool] = []
+
+    def events() -> Iterator[Event | bytes]:
+        try:
+            yield Event("one", id="1")
+            yield b": raw\n\n"
+            yield Event("two", id="2")
+        finally:
+            closed.append(True)
+
+    app = Flask(__name__)
+
+    @app.get("/s")
+    def view() -> object:
+        return sse_response(events(), retry=1000)
+
+    response = app.test_client().get("/s", buffered=False)
+    chunks = list(response.iter_encoded())
+    response.close()
+    assert chunks == [
+        b"retry: 1000\n\n",
+        b"id: 1\ndata: one\n\n",
+        b": raw\n\n",
+        b"id: 2\ndata: two\n\n",
+    ]
+    assert closed == [True]
+    assert response.headers["X-Accel-Buffering"] == "no"
+
+
+def test_sse_response_closes_the_source_on_early_disconnect() -> None:
+    closed: list[bool] = []
+
+    def events() -> Iterator[Event]:
+        try:
+            while True:
+                yield Event("tick")
+        finally:
+            closed.append(True)
+
+    app = Flask(__name__)
+    app.add_url_rule("/s", view_func=lambda: sse_response(events()))
+    response = app.test_client().get("/s", buffered=False)
+    body = response.iter_encoded()
+    next(body)
+    next(body)
+    response.close()
+    assert closed == [True]
