@@ -26,6 +26,7 @@ from .transport import set_tcp_nodelay
 __version__ = "0.1.0"
 
 __all__ = [
+    "SSE_HEADERS",
     "Cancelled",
     "Event",
     "EventStream",
@@ -34,7 +35,6 @@ __all__ = [
     "Progress",
     "RenderJob",
     "SSEFlushError",
-    "SSE_HEADERS",
     "StreamClosed",
     "__version__",
     "comment",

@@ -19,7 +19,7 @@ from .exceptions import InvalidPayload, PayloadTooLarge
 from .jobs import RenderFunction, RenderJob
 from .stream import EventStream
 
-__all__ = ["create_render_blueprint", "parse_payload", "Spawn", "Validator"]
+__all__ = ["Spawn", "Validator", "create_render_blueprint", "parse_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -160,4 +160,3 @@ def create_render_blueprint(
 
 def _start_job(job: Callable[[], None]) -> None:
     start_beside(job, name="flask-sse-flush render")
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SSEFlushError", "StreamClosed", "Cancelled", "InvalidPayload", "PayloadTooLarge"]
+__all__ = ["Cancelled", "InvalidPayload", "PayloadTooLarge", "SSEFlushError", "StreamClosed"]
 
 
 class SSEFlushError(Exception):

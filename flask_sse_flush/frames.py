@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Event", "comment", "EventDecoder", "decode_events", "LINE_BREAK"]
+__all__ = ["LINE_BREAK", "Event", "EventDecoder", "comment", "decode_events"]
 
 #: The line breaks of the SSE grammar, longest first so CRLF is one break.
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -36,14 +36,19 @@ def _check_field(name: str, value: str) -> None:
         )
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _json(data: Any) -> str:
     try:
         # Compact and unescaped, as JavaScript's JSON.stringify writes it.
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"Event data must be a str or JSON-serialisable, not {type(data).__name__}: {exc}"
         ) from exc
+    # UTF-8 cannot carry a lone surrogate; JSON.stringify escapes it, so do we.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,9 @@ class Event:
         its decimal string.
     :param retry: the reconnection delay the browser should use, in
         milliseconds.
-    :raises ValueError: ``event`` or ``id`` contains CR, LF or NUL, or
-        ``retry`` is negative.
+    :raises ValueError: ``event`` or ``id`` contains CR, LF or NUL, a string
+        contains a lone surrogate (UTF-8 cannot carry one), or ``retry`` is
+        negative.
     :raises TypeError: ``data`` is neither a string nor JSON-serialisable.
 
     ``bytes(event)`` and :meth:`encode` give one complete frame.
@@ -78,12 +84,14 @@ class Event:
             if not isinstance(self.event, str):
                 raise TypeError(f"Event name must be a str, not {type(self.event).__name__}")
             _check_field("event name", self.event)
-        if self.id is not None:
-            if isinstance(self.id, int) and not isinstance(self.id, bool):
-                object.__setattr__(self, "id", str(self.id))
-            elif not isinstance(self.id, str):
-                raise TypeError(f"Event id must be a str or int, not {type(self.id).__name__}")
-            _check_field("event id", self.id)
+        given: object = self.id  # an int is accepted at run time, for convenience
+        if given is not None:
+            if isinstance(given, int) and not isinstance(given, bool):
+                given = str(given)
+                object.__setattr__(self, "id", given)
+            elif not isinstance(given, str):
+                raise TypeError(f"Event id must be a str or int, not {type(given).__name__}")
+            _check_field("event id", given)
         if self.retry is not None:
             if isinstance(self.retry, bool) or not isinstance(self.retry, int):
                 raise TypeError(f"retry must be an int (milliseconds), not {self.retry!r}")
@@ -107,6 +115,19 @@ class Event:
         frame: bytes = self.__dict__["_frame"]
         return frame
 
+    @classmethod
+    def _parsed(cls, data: str, event: str | None, id: str | None, retry: int | None) -> Event:
+        """An event as a parser read it, without the checks meant for senders.
+
+        A stream may legally carry, say, a NUL in an event name; reading it
+        back must not fail.
+        """
+        self = object.__new__(cls)
+        for name, value in (("data", data), ("event", event), ("id", id), ("retry", retry)):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_frame", self._build())
+        return self
+
     def _build(self) -> bytes:
         parts: list[str] = []
         if self.event is not None:
@@ -120,7 +141,13 @@ class Event:
             # keeps any leading spaces of the line itself.
             parts.append(f"data: {line}\n" if line else "data:\n")
         parts.append("\n")
-        return "".join(parts).encode("utf-8")
+        try:
+            return "".join(parts).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"Event contains a lone surrogate ({exc.object[exc.start : exc.end]!r}), "
+                "which UTF-8 cannot carry; pass data as an object to have it JSON-escaped"
+            ) from None
 
     def __bytes__(self) -> bytes:
         return self.encode()
@@ -156,6 +183,9 @@ class EventDecoder:
         self._id: str | None = None
         self._retry: int | None = None
         self._saw_data = False
+        self._skip_lf = False
+        #: The browser's ``lastEventId``: the last ``id`` field seen, kept
+        #: across events.
         self.last_event_id = ""
         #: The last valid ``retry`` value seen, in milliseconds.
         self.retry: int | None = None
@@ -164,23 +194,28 @@ class EventDecoder:
         """Parse ``chunk`` and return the events it completed."""
         # The incremental decoder keeps a UTF-8 sequence split across chunks.
         text = self._utf8.decode(chunk)
-        if self._first and text:
+        if not text:
+            return []
+        if self._skip_lf:
+            # The previous chunk ended in CR, already taken as a line break:
+            # an LF right after it belongs to that same CRLF.
+            self._skip_lf = False
+            if text.startswith("\n"):
+                text = text[1:]
+        if self._first:
+            self._first = False
             if text.startswith("\ufeff"):
                 text = text[1:]
-            self._first = False
-        self._text += text
+        buffer = self._text + text
         events: list[Event] = []
-        while True:
-            match = LINE_BREAK.search(self._text)
-            if match is None:
-                break
-            if match.group() == "\r" and match.end() == len(self._text):
-                break  # may be the first half of CRLF: wait for more
-            line = self._text[: match.start()]
-            self._text = self._text[match.end() :]
-            event = self._line(line)
+        start = 0
+        for match in LINE_BREAK.finditer(buffer):
+            event = self._line(buffer[start : match.start()])
+            start = match.end()
             if event is not None:
                 events.append(event)
+        self._skip_lf = buffer.endswith("\r")
+        self._text = buffer[start:]
         return events
 
     def _line(self, line: str) -> Event | None:
@@ -196,20 +231,18 @@ class EventDecoder:
             self._saw_data = True
         elif name == "event":
             self._event = value
-        elif name == "id":
-            if "\x00" not in value:
-                self.last_event_id = value
-                self._id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self.retry = self._retry = int(value)
+        elif name == "id" and "\x00" not in value:
+            self.last_event_id = value
+            self._id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = self._retry = int(value)
         return None
 
     def _dispatch(self) -> Event | None:
         try:
             if not self._saw_data:
                 return None
-            return Event(
+            return Event._parsed(
                 data="\n".join(self._data),
                 event=self._event or None,
                 id=self._id,

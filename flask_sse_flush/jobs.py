@@ -6,24 +6,24 @@ only needs a ``publish(event)`` callable. Nothing here imports Flask.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict
 
+from ._concurrency import new_lock
 from .exceptions import Cancelled, StreamClosed
 from .frames import Event
 
 __all__ = [
-    "ProgressData",
     "CompleteData",
     "ErrorData",
+    "JobState",
     "Progress",
+    "ProgressData",
     "RenderFunction",
     "RenderJob",
-    "JobState",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,51 +145,66 @@ class RenderJob:
         self.error: str | None = None
         self._render = render
         self._publish = publish
-        self._seq = itertools.count(1)
+        self._next = 1
+        # Numbering and publishing happen under one lock, so that reports
+        # from several threads still leave in id order.
+        self._lock = new_lock()
         self.progress = Progress(self._on_progress)
 
     def cancel(self) -> None:
         """Ask the job to stop: its next ``progress()`` call raises."""
         self.progress.cancel()
 
-    def _event(self, name: str, data: Any) -> Event:
-        return Event(data, event=name, id=f"{self.id}-{next(self._seq)}")
+    def _publish_next(self, name: str, data: Any) -> None:
+        """Number the event and publish it; a number is used only once it is sent."""
+        with self._lock:
+            event = Event(data, event=name, id=f"{self.id}-{self._next}")
+            self._next += 1
+            self._publish(event)
 
     def _on_progress(self, percent: int, phase: str) -> None:
         data: ProgressData = {"progress": percent, "phase": phase}
         try:
-            self._publish(self._event("progress", data))
+            self._publish_next("progress", data)
         except StreamClosed:
             self.cancel()
             raise Cancelled("the client went away") from None
 
-    def _finish(self, event: Event) -> None:
+    def _finish(self, name: str, data: Any) -> None:
         try:
-            self._publish(event)
+            self._publish_next(name, data)
         except StreamClosed:
             log.debug("job %s ended (%s) after its client left", self.id, self.state)
+        except Exception:
+            log.exception("job %s could not publish its %s event", self.id, name)
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self._finish("error", {"message": message})
 
     def run(self) -> None:
-        """Run the render to its end; never raises."""
+        """Run the render to its end and publish the terminal event; never raises."""
         self.state = "running"
         try:
             result = self._render(self.payload, self.progress)
+            if self.progress.cancelled:
+                # The render caught Cancelled and returned: still cancelled.
+                raise Cancelled("the job was cancelled")
             if not isinstance(result, Mapping):
                 raise TypeError(
                     f"render must return a dict (the complete event's data), "
                     f"not {type(result).__name__}"
                 )
-            complete = self._event("complete", dict(result))
+            complete = dict(result)
+            Event(complete)  # fails here, as a render error, if not JSON-serialisable
         except Cancelled as exc:
             self.state = "cancelled"
-            self.error = f"cancelled: {error_message(exc)}"
-            self._finish(self._event("error", {"message": self.error}))
+            self._fail(f"cancelled: {error_message(exc)}")
         except Exception as exc:
             log.exception("render job %s failed", self.id)
             self.state = "error"
-            self.error = error_message(exc)
-            self._finish(self._event("error", {"message": self.error}))
+            self._fail(error_message(exc))
         else:
             self.state = "complete"
-            self.result = complete.data
-            self._finish(complete)
+            self.result = complete
+            self._finish("complete", complete)

@@ -16,14 +16,14 @@ from .jobs import CompleteData, ErrorData, ProgressData
 from .stream import KEEPALIVE, EventStream
 
 __all__ = [
-    "setup_sse_headers",
-    "send_event",
-    "send_progress_event",
-    "send_complete_event",
-    "send_error_event",
-    "send_keepalive",
     "map_bundle_progress",
     "map_render_progress",
+    "send_complete_event",
+    "send_error_event",
+    "send_event",
+    "send_keepalive",
+    "send_progress_event",
+    "setup_sse_headers",
 ]
 
 
@@ -82,10 +82,17 @@ def _js_round(x: float) -> int:
 
 
 def map_bundle_progress(p: float) -> int:
-    """Map bundling progress 0–100 to overall 0–25: ``Math.floor(p * 0.25)``."""
+    """Map bundling progress (0 to 100) to overall progress (0 to 25).
+
+    ``mapBundleProgress``: ``Math.floor(p * 0.25)``.
+    """
     return math.floor(_number(p, "map_bundle_progress") * 0.25)
 
 
 def map_render_progress(p: float) -> int:
-    """Map rendering progress 0–1 to overall 25–100: ``25 + Math.round(p * 75)``."""
+    """Map rendering progress (0 to 1) to overall progress (25 to 100).
+
+    ``mapRenderProgress``: ``25 + Math.round(p * 75)``, rounding halves up
+    as JavaScript does.
+    """
     return 25 + _js_round(_number(p, "map_render_progress") * 75)

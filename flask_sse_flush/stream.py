@@ -18,7 +18,7 @@ from .exceptions import StreamClosed
 from .frames import Event, comment
 from .headers import setup_sse_headers
 
-__all__ = ["EventStream", "sse_response", "opening_frame", "KEEPALIVE"]
+__all__ = ["KEEPALIVE", "EventStream", "opening_frame", "sse_response"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ class EventStream:
 
     def __init__(self, keepalive: float | None = 15.0, *, retry: int | None = None) -> None:
         if keepalive is not None and not keepalive > 0:
-            raise ValueError(f"keepalive must be a positive number of seconds or None, not {keepalive!r}")
+            raise ValueError(
+                f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
+            )
         self.keepalive = keepalive
         self._opening = opening_frame(retry)
         self._channel = new_channel()

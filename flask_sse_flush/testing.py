@@ -13,19 +13,19 @@ These read what a browser would: they parse with the WHATWG rules
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any, Union
+from collections.abc import Generator, Iterable, Iterator
+from typing import Any
 
 from werkzeug.wrappers import Response as BaseResponse
 
 from .frames import Event, decode_events
 
-__all__ = ["iter_events", "parse_events", "iter_chunks"]
+__all__ = ["iter_chunks", "iter_events", "parse_events"]
 
 #: What :func:`iter_events` and :func:`parse_events` read: a Werkzeug or
 #: Flask (test) response, an object with ``iter_bytes()`` (httpx), raw
 #: ``bytes``/``str``, or any iterable of ``bytes`` chunks.
-StreamSource = Union[BaseResponse, bytes, str, Iterable[bytes], Any]
+StreamSource = BaseResponse | bytes | str | Iterable[bytes] | Any
 
 
 def iter_chunks(source: StreamSource) -> Iterator[bytes]:
@@ -37,13 +37,14 @@ def iter_chunks(source: StreamSource) -> Iterator[bytes]:
     elif isinstance(source, BaseResponse):
         yield from source.iter_encoded()
     elif callable(getattr(source, "iter_bytes", None)):
-        yield from source.iter_bytes()
+        client_response: Any = source  # httpx.Response and look-alikes
+        yield from client_response.iter_bytes()
     else:
         for chunk in source:
             yield chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
 
 
-def iter_events(source: StreamSource) -> Iterator[Event]:
+def iter_events(source: StreamSource) -> Generator[Event, None, None]:
     """Yield each :class:`~flask_sse_flush.Event` of ``source`` as it completes.
 
     Reads incrementally: with ``client.get(..., buffered=False)`` the first

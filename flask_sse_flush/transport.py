@@ -9,18 +9,19 @@ separately) therefore stalls for a round of delayed ACK on a real network.
 
 Where each server keeps the socket:
 
-========================  ==================================================
-gunicorn (sync, gthread,  ``environ["gunicorn.socket"]``; gunicorn also sets
-gevent, eventlet)         ``TCP_NODELAY`` on its listener, which accepted
-                          sockets inherit on Linux
-gunicorn ``gevent_pywsgi`` ``environ["gunicorn.sock"]``
-werkzeug dev server       ``environ["werkzeug.socket"]``
-uWSGI                     ``uwsgi.connection_fd()``
-gevent.pywsgi, others     found through ``wsgi.input``'s file object, when it
-                          wraps the socket
-waitress                  not exposed; waitress sets ``TCP_NODELAY`` on its
-                          listener by default (``socket_options``)
-========================  ==================================================
+==========================  ================================================
+server                      where the socket is
+==========================  ================================================
+gunicorn sync, gthread,     ``environ["gunicorn.socket"]``; gunicorn also
+gevent, eventlet            sets ``TCP_NODELAY`` on its listener, which
+                            accepted sockets inherit on Linux
+gunicorn ``gevent_pywsgi``  ``environ["gunicorn.sock"]``
+werkzeug dev server         ``environ["werkzeug.socket"]``
+uWSGI                       ``uwsgi.connection_fd()``
+gevent.pywsgi, wsgiref      found through ``wsgi.input``'s file object
+waitress                    not exposed; waitress sets ``TCP_NODELAY`` on its
+                            listener by default (``socket_options``)
+==========================  ================================================
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ _INPUT_DEPTH = 4
 
 
 def _looks_like_socket(obj: object) -> bool:
-    return callable(getattr(obj, "setsockopt", None)) and callable(
-        getattr(obj, "getsockopt", None)
-    )
+    return callable(getattr(obj, "setsockopt", None)) and callable(getattr(obj, "getsockopt", None))
 
 
 def client_socket(environ: Mapping[str, Any]) -> Any | None:

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "transport": set(),
     "headers": {"transport"},
     "stream": {"_concurrency", "exceptions", "frames", "headers"},
-    "jobs": {"exceptions", "frames"},
+    "jobs": {"_concurrency", "exceptions", "frames"},
     "blueprint": {"_concurrency", "exceptions", "jobs", "stream"},
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames"},

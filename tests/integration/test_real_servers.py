@@ -137,5 +137,3 @@ def test_keepalive_comments_keep_their_period(server: Server) -> None:
     start = chunks[0][0]
     assert keepalives[0] - start == pytest.approx(1.0, abs=0.3)
     assert keepalives[1] - keepalives[0] == pytest.approx(1.0, abs=0.3)
-
-
