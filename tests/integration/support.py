@@ -28,11 +28,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _gunicorn_has(setting: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return any(known.name == setting for known in KNOWN_SETTINGS)
+
+
 def server_command(kind: str, port: int, log_dir: Path) -> list[str]:
     if kind.startswith("gunicorn"):
         worker = kind.split("-", 1)[1]  # gunicorn-gevent -> gevent
+        # Newer gunicorns open a control socket at a fixed path; servers that
+        # tests start side by side must not share it.
+        extra = ["--no-control-socket"] if _gunicorn_has("control_socket_disable") else []
         return [
-            sys.executable, "-m", "gunicorn",
+            sys.executable, "-m", "gunicorn", *extra,
             "--worker-class", worker, "--workers", "1",
             "--bind", f"{HOST}:{port}", "--chdir", str(HERE),
             "--graceful-timeout", "1", "--log-level", "warning",
