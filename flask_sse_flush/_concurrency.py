@@ -1,27 +1,38 @@
 """The one place that knows whether gevent runs this process.
 
 Everything else asks this module for "a channel" (a queue that any thread
-or greenlet may put into, read by the stream's generator) and to "start
-this beside me" (run a job concurrently with the stream that reports it).
+or greenlet may put into, read by one stream's generator), "a lock", and
+to "run this job" in a native OS thread or a greenlet.
 
 Under ``gunicorn -k gevent`` the standard library is monkey-patched:
 ``threading``, ``queue`` and ``time.sleep`` belong to gevent and are only
-safe inside the hub's own OS thread. A job may still report from a native
-thread (a thread pool, a C extension's callback), so the gevent channel
-wakes its reader through a loop *async watcher*, the one primitive libev
-and libuv make safe to signal from any OS thread. Without gevent, plain
-``threading`` primitives do the job.
+safe inside the hub's own OS thread. A job runs in a *native* thread so
+that CPU-bound or blocking work cannot stall the hub, and its reports must
+cross back to the hub: the gevent channel wakes its reader through a loop
+*async watcher*, the one primitive libev and libuv make safe to signal
+from any OS thread. Without gevent, plain ``threading`` primitives do.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["Channel", "Empty", "gevent_is_active", "new_channel", "new_lock", "start_beside"]
+__all__ = [
+    "Channel",
+    "Empty",
+    "gevent_is_active",
+    "new_channel",
+    "new_lock",
+    "start_greenlet",
+    "start_native_thread",
+]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -31,12 +42,21 @@ class Empty(Exception):
 
 
 class Channel(Protocol[T]):
-    """A many-writer, one-reader FIFO; ``put`` never blocks."""
+    """A many-writer, one-reader FIFO whose ``put`` never blocks.
 
-    def put(self, item: T) -> None: ...
+    An item put with a ``level`` key is a level, not a log entry (progress
+    is one): when more than ``limit`` items wait, only the newest item of
+    each level stays queued. Items without a key are never dropped.
+    """
+
+    def put(self, item: T, level: Hashable | None = None) -> None: ...
 
     def get(self, timeout: float | None) -> T:
         """Return the next item; raise :class:`Empty` after ``timeout`` seconds."""
+        ...
+
+    def pending(self) -> int:
+        """How many items wait to be read."""
         ...
 
     def close(self) -> None: ...
@@ -48,64 +68,125 @@ def gevent_is_active() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
-class _ThreadChannel(Generic[T]):
+def _original(module: str, name: str) -> Any:
+    from gevent.monkey import get_original
+
+    return get_original(module, name)
+
+
+def new_lock() -> Any:
+    """Return a lock that is safe across OS threads even under gevent.
+
+    Hold it only for a few statements: a greenlet that blocks on it would
+    block its whole hub.
+    """
+    if gevent_is_active():
+        return _original("_thread", "allocate_lock")()
+    return threading.Lock()
+
+
+class _Queue(Generic[T]):
+    """The bounded, coalescing FIFO both channels share; callers hold a lock."""
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"a channel's limit must be at least 1, not {limit}")
+        self.limit = limit
+        self.items: collections.deque[tuple[Hashable | None, T]] = collections.deque()
+        self._warned = False
+
+    def push(self, item: T, level: Hashable | None) -> None:
+        self.items.append((level, item))
+        # Only a level can make room (by replacing its older self), so only a
+        # level triggers coalescing; an end marker never drops what waits.
+        if level is not None and self.limit is not None and len(self.items) > self.limit:
+            self._coalesce()
+
+    def _coalesce(self) -> None:
+        # Keep, for each level, only its newest item; keep every other item.
+        # Runs once per `limit` puts at most, so it costs O(1) per put.
+        newest: dict[Hashable, int] = {}
+        for index, (level, _) in enumerate(self.items):
+            if level is not None:
+                newest[level] = index
+        kept = [
+            entry
+            for index, entry in enumerate(self.items)
+            if entry[0] is None or newest[entry[0]] == index
+        ]
+        self.items = collections.deque(kept)
+        if self.limit is not None and len(kept) > self.limit and not self._warned:
+            self._warned = True
+            log.warning("a slow client has %d events queued that cannot be coalesced", len(kept))
+
+    def pop(self) -> T:
+        return self.items.popleft()[1]
+
+
+class _ThreadChannel(_Queue[T]):
     """A channel for ordinary OS threads."""
 
-    def __init__(self) -> None:
-        self._items: collections.deque[T] = collections.deque()
+    def __init__(self, limit: int | None) -> None:
+        super().__init__(limit)
         self._ready = threading.Condition(threading.Lock())
 
-    def put(self, item: T) -> None:
+    def put(self, item: T, level: Hashable | None = None) -> None:
         with self._ready:
-            self._items.append(item)
+            self.push(item, level)
             self._ready.notify()
 
     def get(self, timeout: float | None) -> T:
         with self._ready:
-            if not self._ready.wait_for(lambda: self._items, timeout):
+            if not self._ready.wait_for(lambda: self.items, timeout):
                 raise Empty
-            return self._items.popleft()
+            return self.pop()
+
+    def pending(self) -> int:
+        return len(self.items)
 
     def close(self) -> None:
         pass
 
 
-class _HubChannel(Generic[T]):
+class _HubChannel(_Queue[T]):
     """A channel read by a greenlet, written from any greenlet or OS thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None) -> None:
         import gevent
         import gevent.event
-        from gevent.monkey import get_original
 
-        self._items: collections.deque[T] = collections.deque()
+        super().__init__(limit)
         self._hub: Any = gevent.get_hub()
-        self._get_ident: Callable[[], int] = get_original("_thread", "get_ident")
-        # Guards the watcher against a foreign thread signalling it while the
-        # reader closes it; a native lock, because gevent's would switch.
-        self._lock: Any = get_original("_thread", "allocate_lock")()
+        self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
+        # A native lock: the writer may be another OS thread. Held only for a
+        # few statements, so the hub never waits on it for long.
+        self._lock: Any = _original("_thread", "allocate_lock")()
         self._ready: Any = gevent.event.Event()
         self._watcher: Any = self._hub.loop.async_()
         self._watcher.start(self._ready.set)
         self._closed = False
 
-    def put(self, item: T) -> None:
-        self._items.append(item)  # deque.append is atomic across threads
-        if self._get_ident() == self._hub.thread_ident:
-            self._ready.set()
-            return
+    def put(self, item: T, level: Hashable | None = None) -> None:
         with self._lock:
-            if not self._closed:
+            self.push(item, level)
+            if self._get_ident() == self._hub.thread_ident:
+                self._ready.set()
+            elif not self._closed:
                 self._watcher.send()
 
     def get(self, timeout: float | None) -> T:
-        while not self._items:
-            self._ready.clear()
-            if self._items:  # arrived between the check and the clear
-                break
+        while True:
+            with self._lock:
+                if self.items:
+                    return self.pop()
+                self._ready.clear()
+            # Nothing can be lost between the unlock and the wait: a put in
+            # between sets the event (directly or through the watcher).
             if not self._ready.wait(timeout):
                 raise Empty
-        return self._items.popleft()
+
+    def pending(self) -> int:
+        return len(self.items)
 
     def close(self) -> None:
         with self._lock:
@@ -116,31 +197,35 @@ class _HubChannel(Generic[T]):
             self._watcher.close()
 
 
-def new_channel() -> Channel[Any]:
-    """Return a channel suited to the current process (gevent or threads)."""
-    if gevent_is_active():
-        return _HubChannel()
-    return _ThreadChannel()
+def new_channel(limit: int | None = None) -> Channel[Any]:
+    """Return a channel suited to the current process (gevent or threads).
 
-
-def start_beside(target: Callable[[], None], name: str) -> None:
-    """Run ``target`` concurrently with the caller and return at once.
-
-    Under gevent this is a greenlet (patched ``threading.Thread`` is one);
-    otherwise a daemon OS thread, so a job never holds the interpreter open
-    at exit.
+    :param limit: how many items may wait before levels are coalesced;
+        ``None`` for no limit.
     """
+    if gevent_is_active():
+        return _HubChannel(limit)
+    return _ThreadChannel(limit)
+
+
+def start_native_thread(target: Callable[[], None], name: str) -> None:
+    """Run ``target`` in a new OS thread, even under gevent.
+
+    Under gevent, ``threading.Thread`` makes a greenlet: a CPU-bound or
+    blocking job in it would stall every stream of the worker. The
+    original ``_thread.start_new_thread`` makes a real thread, which the
+    GIL time-slices against the hub (every 5 ms by default).
+    """
+    if gevent_is_active():
+        _original("_thread", "start_new_thread")(target, ())
+        return
     threading.Thread(target=target, name=name, daemon=True).start()
 
 
-def new_lock() -> Any:
-    """Return a lock that is safe across OS threads even under gevent.
+def start_greenlet(target: Callable[[], None], name: str) -> None:
+    """Run ``target`` as a greenlet under gevent, as a daemon thread otherwise.
 
-    Hold it only for a few statements: a greenlet that blocks on it would
-    block its whole hub.
+    For I/O-bound jobs under gevent: cheaper than a thread, but a job that
+    computes or blocks without yielding stalls the hub.
     """
-    if gevent_is_active():
-        from gevent.monkey import get_original
-
-        return get_original("_thread", "allocate_lock")()
-    return threading.Lock()
+    threading.Thread(target=target, name=name, daemon=True).start()

@@ -1,8 +1,9 @@
-"""``create_render_blueprint``: the ``/render/stream`` endpoint.
+"""``create_render_blueprint``: render jobs and their event streams over HTTP.
 
 Validation happens before a single SSE byte is sent: bad input gets a
-``400`` with a JSON body and no job starts. Only then is the job started
-beside the stream, whose events flow as the job reports them.
+JSON error and no job starts. Jobs run off the request (a native thread by
+default), publish to a broker, and every stream is a subscriber of a job:
+attached at the start, after a ``Last-Event-ID``, or to a detached job.
 """
 
 from __future__ import annotations
@@ -10,16 +11,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, TypeAlias, Union
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 
-from ._concurrency import start_beside
+from ._concurrency import new_lock, start_greenlet, start_native_thread
+from .brokers.base import Broker, parse_event_id
+from .brokers.memory import MemoryBroker
 from .exceptions import InvalidPayload, PayloadTooLarge
 from .jobs import RenderFunction, RenderJob
 from .stream import EventStream
 
-__all__ = ["Spawn", "Validator", "create_render_blueprint", "parse_payload"]
+__all__ = [
+    "DisconnectPolicy",
+    "Executor",
+    "RenderService",
+    "Spawn",
+    "Validator",
+    "create_render_blueprint",
+    "parse_payload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +41,16 @@ log = logging.getLogger(__name__)
 Validator = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
 #: ``spawn(job)``: start ``job()`` concurrently and return without waiting.
 Spawn = Callable[[Callable[[], None]], object]
+#: How jobs run: ``"thread"`` (a native OS thread, even under gevent),
+#: ``"greenlet"`` (under gevent; for I/O-bound jobs), or a :data:`Spawn`.
+Executor: TypeAlias = Union[Literal["thread", "greenlet"], Spawn]  # noqa: UP007
+#: What a client's disconnect does to its job.
+DisconnectPolicy: TypeAlias = Literal["continue", "cancel"]
 
 DEFAULT_KEEPALIVE = 15.0
 DEFAULT_MAX_PAYLOAD = 64 * 1024
+DEFAULT_MAX_JOBS = 32
+RETRY_AFTER_SECONDS = 5
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -40,27 +58,32 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def parse_payload(
-    raw: str | None, validate: Validator | None = None, *, max_payload: int | None = None
+    raw: str | None,
+    validate: Validator | None = None,
+    *,
+    max_payload: int | None = None,
+    source: str = "query parameter 'data'",
 ) -> dict[str, Any]:
-    """Turn the ``data`` query parameter into a render payload.
+    """Turn the ``data`` query parameter (or a request body) into a render payload.
 
     :param raw: the URL-decoded ``data`` value, or ``None`` if absent.
     :param validate: the app's validation hook, if any.
     :param max_payload: the largest accepted size, in UTF-8 bytes.
+    :param source: what ``raw`` is, for error messages.
     :raises InvalidPayload: the payload is missing, not a JSON object, or
         rejected by ``validate``; the message says which.
     :raises PayloadTooLarge: ``raw`` is longer than ``max_payload`` bytes.
     """
     if raw is None or raw == "":
-        raise InvalidPayload("missing query parameter 'data': a URL-encoded JSON object")
+        raise InvalidPayload(f"missing {source}: a JSON object is required")
     if max_payload is not None and len(raw.encode("utf-8", "surrogatepass")) > max_payload:
-        raise PayloadTooLarge(f"payload too large: 'data' may be at most {max_payload} bytes")
+        raise PayloadTooLarge(f"payload too large: {source} may be at most {max_payload} bytes")
     try:
         payload = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        raise InvalidPayload(f"'data' is not valid JSON: {exc}") from None
+        raise InvalidPayload(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise InvalidPayload(f"'data' must be a JSON object, not {type(payload).__name__}")
+        raise InvalidPayload(f"{source} must be a JSON object, not {type(payload).__name__}")
     if validate is not None:
         try:
             checked = validate(payload)
@@ -82,8 +105,79 @@ def _option(value: Any, key: str, default: Any) -> Any:
     return current_app.config.get(f"SSE_FLUSH_{key}", default)
 
 
-def _json_error(status: int, message: str) -> tuple[Response, int]:
-    return jsonify(error=message), status
+def _json_error(status: int, message: str, **headers: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def _spawner(executor: Executor) -> Spawn:
+    if executor == "thread":
+        return lambda job: start_native_thread(job, name="flask-sse-flush job")
+    if executor == "greenlet":
+        return lambda job: start_greenlet(job, name="flask-sse-flush job")
+    if callable(executor):
+        return executor
+    raise ValueError(f"executor must be 'thread', 'greenlet' or a callable, not {executor!r}")
+
+
+class RenderService:
+    """The state behind one render blueprint: its broker and running jobs.
+
+    Found at ``app.extensions["sse_flush"][<blueprint name>]`` once the
+    blueprint is registered.
+    """
+
+    def __init__(
+        self,
+        render: RenderFunction,
+        broker: Broker,
+        spawn: Spawn,
+        on_disconnect: DisconnectPolicy,
+    ) -> None:
+        self.render = render
+        self.broker = broker
+        self.on_disconnect = on_disconnect
+        self._spawn = spawn
+        self._lock = new_lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Jobs of this blueprint queued or running in this process."""
+        return self._running
+
+    def start(self, payload: dict[str, Any], max_jobs: int | None) -> RenderJob | None:
+        """Create and start a job; ``None`` if ``max_jobs`` are already running."""
+        with self._lock:
+            if max_jobs is not None and self._running >= max_jobs:
+                return None
+            self._running += 1
+        try:
+            job = RenderJob(self.render, payload, self.broker)
+            self._spawn(lambda: self._run(job))
+        except BaseException:
+            self._finished()
+            raise
+        log.debug("started render job %s", job.id)
+        return job
+
+    def _run(self, job: RenderJob) -> None:
+        try:
+            job.run()
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def detach(self, job_id: str, stream: EventStream) -> None:
+        """A stream has ended: unsubscribe it, and apply the disconnect policy."""
+        remaining = self.broker.unsubscribe(job_id, stream)
+        if remaining == 0 and self.on_disconnect == "cancel" and self.broker.cancel(job_id):
+            log.debug("cancelled job %s: its last client left", job_id)
 
 
 def create_render_blueprint(
@@ -94,69 +188,180 @@ def create_render_blueprint(
     keepalive: float | None = None,
     retry: int | None = None,
     validate: Validator | None = None,
-    spawn: Spawn | None = None,
+    broker: Broker | None = None,
+    executor: Executor = "thread",
+    on_disconnect: DisconnectPolicy = "continue",
     max_payload: int | None = None,
+    max_jobs: int | None = None,
+    buffer: int | None = 256,
 ) -> Blueprint:
-    """Return a blueprint that streams a render job's progress over SSE.
+    """Return a blueprint that runs render jobs and streams their progress.
 
-    ``GET /render/stream?data=<url-encoded JSON object>`` validates the
-    payload, starts ``render(payload, progress)`` beside the stream and
-    streams ``progress`` events ``{"progress": int, "phase": str}``, then one
-    ``complete`` event (the dict ``render`` returned) or one ``error`` event
-    ``{"message": str}``. Every event has an id. Bad input gets
-    ``400``/``413`` with ``{"error": "..."}`` and starts nothing.
+    Routes (under ``url_prefix``):
 
-    If the client disconnects, the job is cancelled: its next ``progress()``
-    call raises :class:`~flask_sse_flush.Cancelled`.
+    ``GET /render/stream?data=<url-encoded JSON object>``
+        Validate the payload, start ``render(payload, progress)`` and stream
+        its ``progress`` events ``{"progress": int, "phase": str}``, then one
+        ``complete`` (the dict ``render`` returned) or ``error``
+        ``{"message": str}``. Every event has an id ``<job>-<n>``.
+    ``GET /render/stream?job=<id>``
+        Attach to a running or recent job: its events so far, then live.
+    ``Last-Event-ID`` header (or ``lastEventId`` query parameter)
+        On either form, resume the job that id names with exactly the events
+        after it: ``render`` never runs twice for one logical request. Once
+        the terminal event has been delivered: ``204 No Content``, which
+        tells ``EventSource`` to stop reconnecting.
+    ``POST /render`` with a JSON object body
+        Start a detached job: ``202`` with ``{"id", "stream", "status"}``.
+    ``GET /render/<id>``
+        ``{"id", "state", "progress", "phase", "result", "error"}``.
+    ``DELETE /render/<id>``
+        Cancel cooperatively: the job's next ``progress()`` raises
+        :class:`~flask_sse_flush.Cancelled`; its stream ends with an
+        ``error`` event saying so. ``202``, or ``409`` if it had ended.
+
+    Errors are JSON ``{"error": "..."}``: ``400`` bad input or a garbage
+    ``Last-Event-ID``, ``404`` unknown (or purged) job, ``413`` payload over
+    ``max_payload``, ``429`` (with ``Retry-After``) over ``max_jobs``.
 
     :param render: ``render(payload, progress) -> dict``.
-    :param name: the blueprint's name (``url_for`` prefix).
-    :param url_prefix: mount point; the route is ``<url_prefix>/render/stream``.
+    :param name: the blueprint's name (``url_for`` prefix; the key in
+        ``app.extensions["sse_flush"]``).
+    :param url_prefix: mount point of the routes.
     :param keepalive: seconds of silence before a keepalive comment; else
         ``SSE_FLUSH_KEEPALIVE``, else 15.
     :param retry: reconnection delay (ms) announced to browsers; else
         ``SSE_FLUSH_RETRY``, else none (the browser's default).
     :param validate: a :data:`Validator` hook.
-    :param spawn: how a job is started beside its stream, e.g.
-        ``ThreadPoolExecutor(8).submit``; by default a greenlet under
-        gevent, a daemon thread otherwise.
-    :param max_payload: largest ``data`` accepted, in bytes; else
-        ``SSE_FLUSH_MAX_PAYLOAD``, else 65536. Larger gets ``413``.
+    :param broker: where job events and status live; a new
+        :class:`~flask_sse_flush.brokers.MemoryBroker` by default.
+    :param executor: how jobs run: ``"thread"`` (default; a native OS thread
+        even under gevent, so CPU-bound or blocking work never stalls the
+        worker's other streams), ``"greenlet"`` (I/O-bound jobs under
+        gevent), or a callable such as ``ThreadPoolExecutor(8).submit``.
+    :param on_disconnect: ``"continue"`` (default: the job runs on, so a
+        reconnect can resume it) or ``"cancel"`` (cancel the job when its
+        last client leaves).
+    :param max_payload: largest payload accepted, in bytes; else
+        ``SSE_FLUSH_MAX_PAYLOAD``, else 65536.
+    :param max_jobs: most jobs running at once in this process; else
+        ``SSE_FLUSH_MAX_JOBS``, else 32.
+    :param buffer: events that may wait for a slow client before its
+        queued progress events are coalesced to the latest.
     """
     if not callable(render):
         raise TypeError(f"render must be callable, not {type(render).__name__}")
-    start: Spawn = spawn if spawn is not None else _start_job
-
+    if on_disconnect not in ("continue", "cancel"):
+        raise ValueError(f"on_disconnect must be 'continue' or 'cancel', not {on_disconnect!r}")
+    service = RenderService(
+        render, broker if broker is not None else MemoryBroker(), _spawner(executor), on_disconnect
+    )
     blueprint = Blueprint(name, __name__, url_prefix=url_prefix)
 
-    @blueprint.get("/render/stream")
-    def render_stream() -> Any:
-        limit = _option(max_payload, "MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
-        try:
-            payload = parse_payload(request.args.get("data"), validate, max_payload=limit)
-        except InvalidPayload as exc:
-            return _json_error(exc.status, str(exc))
+    @blueprint.record_once
+    def register(state: Any) -> None:
+        app: Flask = state.app
+        app.extensions.setdefault("sse_flush", {})[name] = service
 
+    def read_payload(raw: str | None, source: str) -> dict[str, Any]:
+        limit = _option(max_payload, "MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
+        return parse_payload(raw, validate, max_payload=limit, source=source)
+
+    def start(payload: dict[str, Any]) -> RenderJob | Response:
+        limit = _option(max_jobs, "MAX_JOBS", DEFAULT_MAX_JOBS)
+        job = service.start(payload, limit)
+        if job is None:
+            return _json_error(
+                429,
+                f"too many render jobs running (at most {limit}); try again later",
+                **{"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return job
+
+    def attach(job_id: str, after: int) -> Response:
+        status = service.broker.status(job_id)
+        if status is None:
+            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+        if after > status.last_seq:
+            return _json_error(400, f"Last-Event-ID is ahead of job {job_id!r}'s events")
+        if status.final_seq is not None and after >= status.final_seq:
+            # The terminal event was delivered: 204 stops EventSource's retries.
+            return Response(status=204)
         stream = EventStream(
             keepalive=_option(keepalive, "KEEPALIVE", DEFAULT_KEEPALIVE),
             retry=_option(retry, "RETRY", None),
+            buffer=buffer,
         )
-        job = RenderJob(render, payload, stream.send)
-        stream.on_close(job.cancel)
-        response = stream.response()
+        stream.on_close(lambda: service.detach(job_id, stream))
+        if not service.broker.subscribe(job_id, stream, after):
+            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+        return stream.response()
 
-        def run() -> None:
+    @blueprint.get("/render/stream")
+    def render_stream() -> Response:
+        last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
+        job_param = request.args.get("job")
+        if last_id:
             try:
-                job.run()
-            finally:
-                stream.close()
+                job_id, after = parse_event_id(last_id.strip())
+            except ValueError as exc:
+                return _json_error(400, f"bad Last-Event-ID: {exc}")
+            if job_param is not None and job_param != job_id:
+                return _json_error(400, "Last-Event-ID names another job than ?job=")
+            return attach(job_id, after)
+        if job_param is not None:
+            return attach(job_param, 0)
+        try:
+            payload = read_payload(request.args.get("data"), "query parameter 'data'")
+        except InvalidPayload as exc:
+            return _json_error(exc.status, str(exc))
+        job = start(payload)
+        return job if isinstance(job, Response) else attach(job.id, 0)
 
-        start(run)
-        log.debug("started render job %s", job.id)
+    @blueprint.post("/render")
+    def render_detached() -> Response:
+        limit = _option(max_payload, "MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
+        too_large = _json_error(413, f"payload too large: the body may be at most {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            return too_large
+        body = request.stream.read(limit + 1)
+        if len(body) > limit:
+            return too_large
+        try:
+            payload = read_payload(body.decode("utf-8"), "the request body")
+        except UnicodeDecodeError:
+            return _json_error(400, "the request body must be a UTF-8 JSON object")
+        except InvalidPayload as exc:
+            return _json_error(exc.status, str(exc))
+        job = start(payload)
+        if isinstance(job, Response):
+            return job
+        status_url = url_for(".job_status", job_id=job.id)
+        response = jsonify(
+            id=job.id, stream=url_for(".render_stream", job=job.id), status=status_url
+        )
+        response.status_code = 202
+        response.headers["Location"] = status_url
+        return response
+
+    @blueprint.get("/render/<job_id>")
+    def job_status(job_id: str) -> Response:
+        status = service.broker.status(job_id)
+        if status is None:
+            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+        return jsonify(status.to_json())
+
+    @blueprint.delete("/render/<job_id>")
+    def cancel_job(job_id: str) -> Response:
+        status = service.broker.status(job_id)
+        if status is None:
+            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+        if not service.broker.cancel(job_id):
+            response = jsonify({**status.to_json(), "error": f"job {job_id!r} has already ended"})
+            response.status_code = 409
+            return response
+        response = jsonify((service.broker.status(job_id) or status).to_json())
+        response.status_code = 202
         return response
 
     return blueprint
-
-
-def _start_job(job: Callable[[], None]) -> None:
-    start_beside(job, name="flask-sse-flush render")

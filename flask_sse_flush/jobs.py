@@ -10,10 +10,11 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
 from ._concurrency import new_lock
-from .exceptions import Cancelled, StreamClosed
+from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
+from .exceptions import Cancelled
 from .frames import Event
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-JobState = Literal["queued", "running", "complete", "error", "cancelled"]
 
 
 class ProgressData(TypedDict):
@@ -109,24 +108,33 @@ class Progress:
 RenderFunction = Callable[[dict[str, Any], Progress], Mapping[str, Any]]
 
 
+def _cancelled_message(exc: Cancelled) -> str:
+    reason = str(exc)
+    if "cancel" in reason.lower():
+        return reason
+    return f"the job was cancelled: {reason}" if reason else "the job was cancelled"
+
+
 def error_message(exc: BaseException) -> str:
     """The text of an ``error`` event for ``exc``, as ``error.message`` was."""
     return str(exc) or type(exc).__name__
 
 
 class RenderJob:
-    """One run of a render callable, publishing its events in order.
+    """One run of a render callable, publishing its events through a broker.
 
     Events are ``progress`` (:class:`ProgressData`), then exactly one
     ``complete`` (the mapping ``render`` returned) or ``error``
     (:class:`ErrorData`). Each has an id ``"<job id>-<n>"``, ``n`` counting
     from 1, so an id names both the job and the place in it.
 
+    Creating a job registers it with the broker in state ``queued``; the
+    broker's :meth:`~flask_sse_flush.brokers.Broker.cancel` reaches
+    :meth:`cancel`. :meth:`run` may run in any thread or greenlet.
+
     :param render: the render callable.
     :param payload: the validated request payload.
-    :param publish: receives each :class:`~flask_sse_flush.Event`. If it
-        raises :class:`~flask_sse_flush.StreamClosed`, nobody is listening:
-        the job is cancelled.
+    :param broker: where the job's events and status go.
     :param job_id: the job's id; a random hex string by default.
     """
 
@@ -134,58 +142,64 @@ class RenderJob:
         self,
         render: RenderFunction,
         payload: dict[str, Any],
-        publish: Callable[[Event], object],
+        broker: Broker,
         *,
         job_id: str | None = None,
     ) -> None:
         self.id = job_id if job_id is not None else uuid.uuid4().hex
         self.payload = payload
-        self.state: JobState = "queued"
-        self.result: dict[str, Any] | None = None
-        self.error: str | None = None
+        self.broker = broker
         self._render = render
-        self._publish = publish
         self._next = 1
         # Numbering and publishing happen under one lock, so that reports
         # from several threads still leave in id order.
         self._lock = new_lock()
         self.progress = Progress(self._on_progress)
+        broker.create(self.id)
+        broker.on_cancel(self.id, self.cancel)
+
+    def status(self) -> JobStatus:
+        """The job's current status, as the broker has it."""
+        status = self.broker.status(self.id)
+        if status is None:
+            raise KeyError(f"job {self.id} is no longer known to its broker")
+        return status
 
     def cancel(self) -> None:
         """Ask the job to stop: its next ``progress()`` call raises."""
         self.progress.cancel()
 
-    def _publish_next(self, name: str, data: Any) -> None:
+    def _publish(self, name: str, data: Any, change: StatusChange, *, final: bool = False) -> None:
         """Number the event and publish it; a number is used only once it is sent."""
         with self._lock:
-            event = Event(data, event=name, id=f"{self.id}-{self._next}")
-            self._next += 1
-            self._publish(event)
+            seq = self._next
+            event = Event(data, event=name, id=event_id(self.id, seq))
+            self.broker.publish(self.id, seq, event, change=change, final=final)
+            self._next = seq + 1
 
     def _on_progress(self, percent: int, phase: str) -> None:
         data: ProgressData = {"progress": percent, "phase": phase}
-        try:
-            self._publish_next("progress", data)
-        except StreamClosed:
-            self.cancel()
-            raise Cancelled("the client went away") from None
+        self._publish("progress", data, {"progress": percent, "phase": phase})
 
-    def _finish(self, name: str, data: Any) -> None:
+    def _end(self, name: str, data: Any, change: StatusChange) -> None:
         try:
-            self._publish_next(name, data)
-        except StreamClosed:
-            log.debug("job %s ended (%s) after its client left", self.id, self.state)
+            self._publish(name, data, change, final=True)
+            return
         except Exception:
             log.exception("job %s could not publish its %s event", self.id, name)
-
-    def _fail(self, message: str) -> None:
-        self.error = message
-        self._finish("error", {"message": message})
+        # Never leave subscribers waiting on a job that has stopped.
+        message = f"the job ended but its {name} event could not be published"
+        try:
+            self._publish(
+                "error", {"message": message}, {"state": "error", "error": message}, final=True
+            )
+        except Exception:
+            log.exception("job %s could not publish its error event either", self.id)
 
     def run(self) -> None:
         """Run the render to its end and publish the terminal event; never raises."""
-        self.state = "running"
         try:
+            self.broker.update(self.id, {"state": "running"})
             result = self._render(self.payload, self.progress)
             if self.progress.cancelled:
                 # The render caught Cancelled and returned: still cancelled.
@@ -198,13 +212,11 @@ class RenderJob:
             complete = dict(result)
             Event(complete)  # fails here, as a render error, if not JSON-serialisable
         except Cancelled as exc:
-            self.state = "cancelled"
-            self._fail(f"cancelled: {error_message(exc)}")
+            message = _cancelled_message(exc)
+            self._end("error", {"message": message}, {"state": "cancelled", "error": message})
         except Exception as exc:
             log.exception("render job %s failed", self.id)
-            self.state = "error"
-            self._fail(error_message(exc))
+            message = error_message(exc)
+            self._end("error", {"message": message}, {"state": "error", "error": message})
         else:
-            self.state = "complete"
-            self.result = complete
-            self._finish("complete", complete)
+            self._end("complete", complete, {"state": "complete", "result": complete})

@@ -8,7 +8,7 @@ an event never waits for the next one and never leaves in two pieces.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
 from flask import Response
@@ -73,20 +73,36 @@ class EventStream:
     A WSGI server notices a disconnect only when a write fails, so the
     keepalive period bounds how long that takes.
 
+    A client that reads slower than events are sent cannot make the stream
+    grow without bound: once more than ``buffer`` events wait, queued events
+    whose type is in ``coalesce`` (progress is a level, not a log) are
+    reduced to the newest of each type. Other events are never dropped.
+
     :param keepalive: seconds of silence before a ``: keepalive`` comment;
         ``None`` disables keepalives.
     :param retry: if given, the reconnection delay (milliseconds) announced
         to the browser in the opening frame.
+    :param buffer: how many events may wait for a slow client before
+        coalescing starts; ``None`` for no bound.
+    :param coalesce: the event types that only matter as their latest value.
     """
 
-    def __init__(self, keepalive: float | None = 15.0, *, retry: int | None = None) -> None:
+    def __init__(
+        self,
+        keepalive: float | None = 15.0,
+        *,
+        retry: int | None = None,
+        buffer: int | None = 256,
+        coalesce: Collection[str] = ("progress",),
+    ) -> None:
         if keepalive is not None and not keepalive > 0:
             raise ValueError(
                 f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
             )
         self.keepalive = keepalive
         self._opening = opening_frame(retry)
-        self._channel = new_channel()
+        self._coalesce = frozenset(coalesce)
+        self._channel = new_channel(buffer)
         self._lock = new_lock()
         self._closed = False
         self._finished = False
@@ -108,7 +124,13 @@ class EventStream:
         frame = _as_frame(event)
         if self._closed:
             raise StreamClosed("the stream is closed; its client will receive nothing more")
-        self._channel.put(frame)
+        level = event.event if isinstance(event, Event) and event.event in self._coalesce else None
+        self._channel.put(frame, level)
+
+    @property
+    def pending(self) -> int:
+        """How many frames wait to be written to the client."""
+        return self._channel.pending()
 
     def close(self) -> None:
         """End the stream once the events already sent have gone out.

@@ -211,27 +211,59 @@ def test_retry_option_in_the_opening_frame(recorder: Recorder) -> None:
     response.close()
 
 
-def test_spawn_option_runs_the_job(recorder: Recorder) -> None:
+def test_executor_option_may_be_a_callable(recorder: Recorder) -> None:
     started: list[str] = []
 
     def spawn(job: Any) -> None:
         started.append("job")
         threading.Thread(target=job, name="custom-pool").start()
 
-    client = make_app(recorder, spawn=spawn).test_client()
+    client = make_app(recorder, executor=spawn).test_client()
     events = parse_events(client.get(url({}), buffered=False))
     assert started == ["job"]
     assert recorder.thread_names == ["custom-pool"]
     assert events[-1].event == "complete"
 
 
-def test_client_disconnect_cancels_the_job() -> None:
+@pytest.mark.parametrize("executor", ["thread", "greenlet"])
+def test_named_executors_run_the_job_beside_the_stream(executor: str) -> None:
+    recorder = Recorder()
+    client = make_app(recorder, executor=executor).test_client()
+    events = parse_events(client.get(url({}), buffered=False))
+    assert events[-1].event == "complete"
+    assert recorder.thread_names[0] != threading.current_thread().name
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="executor"):
+        create_render_blueprint(Recorder(), executor="process")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_disconnect"):
+        create_render_blueprint(Recorder(), on_disconnect="stop")  # type: ignore[arg-type]
+
+
+def test_disconnect_with_cancel_policy_cancels_the_job() -> None:
     recorder = Recorder(steps=1000, interval=0.005)
-    response = make_app(recorder).test_client().get(url({}), buffered=False)
+    app = make_app(recorder, on_disconnect="cancel")
+    response = app.test_client().get(url({}), buffered=False)
     events = iter_events(response)
     next(events)
     events.close()  # closes the response, as a server does when the client leaves
     assert recorder.cancelled.wait(5)
+
+
+def test_disconnect_by_default_lets_the_job_continue() -> None:
+    recorder = Recorder(steps=20, interval=0.005)
+    app = make_app(recorder)
+    response = app.test_client().get(url({}), buffered=False)
+    events = iter_events(response)
+    job = next(events).id.rsplit("-", 1)[0]  # type: ignore[union-attr]
+    events.close()
+    service = app.extensions["sse_flush"]["sse_flush"]
+    deadline = time.monotonic() + 5
+    while service.broker.status(job).state != "complete" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.broker.status(job).state == "complete"
+    assert not recorder.cancelled.is_set()
 
 
 def test_render_must_be_callable() -> None:

@@ -1,5 +1,5 @@
-"""``Progress`` and ``RenderJob``: deduplication, event order, ids, errors and
-cancellation."""
+"""``Progress`` and ``RenderJob``: deduplication, event order, ids, errors,
+cancellation, and the job's status as its broker records it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from flask_sse_flush import Cancelled, Event, Progress, RenderJob, SSEFlushError, StreamClosed
+from flask_sse_flush import Cancelled, Event, Progress, RenderJob, SSEFlushError
+from flask_sse_flush.brokers import JobStatus, MemoryBroker, StatusChange
 
 # -- Progress ---------------------------------------------------------------
 
@@ -96,6 +97,22 @@ def test_progress_raises_cancelled_after_cancel() -> None:
 
 # -- RenderJob ----------------------------------------------------------------
 
+
+class Collector:
+    """A subscriber that keeps every event it is sent."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.closed = False
+
+    def send(self, event: Event) -> None:
+        assert not self.closed, "an event was sent after close()"
+        self.events.append(event)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 Summary = list[tuple[str | None, str | None, Any]]
 
 
@@ -113,15 +130,49 @@ def seq_numbers(events: list[Event], job_id: str) -> list[int]:
     return numbers
 
 
-def run_job(render: Any, *, job_id: str = "job") -> tuple[RenderJob, list[Event]]:
-    events: list[Event] = []
-    job = RenderJob(render, {"input": 1}, events.append, job_id=job_id)
-    assert job.state == "queued"
+def status_of(broker: MemoryBroker, job: RenderJob) -> JobStatus:
+    status = broker.status(job.id)
+    assert status is not None
+    return status
+
+
+def start_job(
+    render: Any, *, job_id: str = "job", payload: dict[str, Any] | None = None
+) -> tuple[RenderJob, MemoryBroker, Collector]:
+    broker = MemoryBroker()
+    job = RenderJob(render, {"input": 1} if payload is None else payload, broker, job_id=job_id)
+    subscriber = Collector()
+    assert broker.subscribe(job.id, subscriber)
+    return job, broker, subscriber
+
+
+def run_job(
+    render: Any, *, job_id: str = "job", payload: dict[str, Any] | None = None
+) -> tuple[JobStatus, list[Event]]:
+    job, broker, subscriber = start_job(render, job_id=job_id, payload=payload)
+    assert status_of(broker, job).state == "queued"
     job.run()
-    return job, events
+    status = status_of(broker, job)
+    # Every outcome ends the job: the subscriber is closed after the last event.
+    assert subscriber.closed
+    assert status.ended
+    assert status.last_seq == status.final_seq == len(subscriber.events)
+    return status, subscriber.events
 
 
 RESULT = {"filename": "out.mp4", "url": "https://cdn.example/out.mp4"}
+
+
+def test_render_job_registers_itself_queued() -> None:
+    broker = MemoryBroker()
+    job = RenderJob(lambda p, g: RESULT, {}, broker, job_id="q")
+    status = status_of(broker, job)
+    assert status.state == "queued"
+    assert status.last_seq == 0
+    assert status.final_seq is None
+    assert job.status() == status
+    with pytest.raises(ValueError):
+        RenderJob(lambda p, g: RESULT, {}, broker, job_id="q")  # the id is taken
 
 
 def test_render_job_publishes_progress_then_one_complete() -> None:
@@ -129,28 +180,43 @@ def test_render_job_publishes_progress_then_one_complete() -> None:
 
     def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
         seen["payload"] = payload
-        seen["state"] = job.state
+        seen["state"] = status_of(broker, job).state
         progress(0, "bundling")
         progress(0, "bundling")
         progress(25, "bundling")
         progress(25, "rendering")
+        seen["mid"] = status_of(broker, job)
         progress(100, "rendering")
         return RESULT
 
-    events: list[Event] = []
-    job = RenderJob(render, {"input": 1}, events.append, job_id="j")
+    job, broker, subscriber = start_job(render, job_id="j")
     job.run()
-    assert seen == {"payload": {"input": 1}, "state": "running"}
-    assert summary(events) == [
+    assert seen["payload"] == {"input": 1}
+    assert seen["state"] == "running"
+    mid: JobStatus = seen["mid"]
+    assert (mid.state, mid.progress, mid.phase, mid.last_seq) == ("running", 25, "rendering", 3)
+    assert summary(subscriber.events) == [
         ("progress", "j-1", {"progress": 0, "phase": "bundling"}),
         ("progress", "j-2", {"progress": 25, "phase": "bundling"}),
         ("progress", "j-3", {"progress": 25, "phase": "rendering"}),
         ("progress", "j-4", {"progress": 100, "phase": "rendering"}),
         ("complete", "j-5", RESULT),
     ]
-    assert job.state == "complete"
-    assert job.result == RESULT
-    assert job.error is None
+    assert subscriber.closed
+    status = status_of(broker, job)
+    assert status.state == "complete"
+    assert status.result == RESULT
+    assert status.error is None
+    assert (status.progress, status.phase) == (100, "rendering")
+    assert (status.last_seq, status.final_seq) == (5, 5)
+    assert status.to_json() == {
+        "id": "j",
+        "state": "complete",
+        "progress": 100,
+        "phase": "rendering",
+        "result": RESULT,
+        "error": None,
+    }
 
 
 def test_render_job_frames_are_exact() -> None:
@@ -165,19 +231,39 @@ def test_render_job_frames_are_exact() -> None:
     ]
 
 
+def test_a_late_subscriber_gets_the_whole_job_replayed() -> None:
+    def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
+        progress(50, "rendering")
+        return RESULT
+
+    job, broker, early = start_job(render, job_id="late")
+    job.run()
+    late = Collector()
+    assert broker.subscribe(job.id, late)
+    assert summary(late.events) == summary(early.events)
+    assert [e.id for e in late.events] == ["late-1", "late-2"]
+    assert late.closed
+
+
 def test_render_job_default_id_is_random_hex() -> None:
-    published: list[Event] = []
-    a = RenderJob(lambda p, g: RESULT, {}, published.append)
-    b = RenderJob(lambda p, g: RESULT, {}, published.append)
+    broker = MemoryBroker()
+    a = RenderJob(lambda p, g: RESULT, {}, broker)
+    b = RenderJob(lambda p, g: RESULT, {}, broker)
     assert a.id != b.id
     int(a.id, 16)
+    subscriber = Collector()
+    assert broker.subscribe(a.id, subscriber)
     a.run()
-    assert [e.id for e in published] == [f"{a.id}-1"]
+    assert [e.id for e in subscriber.events] == [f"{a.id}-1"]
+    assert status_of(broker, b).state == "queued"  # untouched by a's run
 
 
 def test_render_job_accepts_any_mapping() -> None:
-    _, events = run_job(lambda p, g: MappingProxyType(dict(RESULT)))
+    status, events = run_job(lambda p, g: MappingProxyType(dict(RESULT)))
     assert summary(events) == [("complete", "job-1", RESULT)]
+    assert status.state == "complete"
+    assert status.result == RESULT
+    assert type(status.result) is dict
 
 
 def test_render_exception_becomes_one_error_event() -> None:
@@ -185,33 +271,43 @@ def test_render_exception_becomes_one_error_event() -> None:
         progress(10, "bundling")
         raise RuntimeError("ffmpeg exited with 1")
 
-    job, events = run_job(render)
+    status, events = run_job(render)
     assert summary(events) == [
         ("progress", "job-1", {"progress": 10, "phase": "bundling"}),
         ("error", "job-2", {"message": "ffmpeg exited with 1"}),
     ]
-    assert job.state == "error"
-    assert job.error == "ffmpeg exited with 1"
-    assert job.result is None
+    assert status.state == "error"
+    assert status.error == "ffmpeg exited with 1"
+    assert status.result is None
+    assert status.to_json() == {
+        "id": "job",
+        "state": "error",
+        "progress": 10,
+        "phase": "bundling",
+        "result": None,
+        "error": "ffmpeg exited with 1",
+    }
 
 
 def test_render_exception_without_message_still_has_a_message() -> None:
     def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
         raise KeyError
 
-    job, events = run_job(render)
+    status, events = run_job(render)
     assert [e.event for e in events] == ["error"]
     assert events[0].data["message"]
-    assert job.state == "error"
+    assert status.state == "error"
+    assert status.error == events[0].data["message"]
 
 
 @pytest.mark.parametrize("result", [None, ["filename"], "done", 42])
 def test_render_returning_a_non_dict_is_an_error(result: object) -> None:
-    job, events = run_job(lambda p, g: result)
+    status, events = run_job(lambda p, g: result)
     assert [e.event for e in events] == ["error"]
     assert isinstance(events[0].data["message"], str) and events[0].data["message"]
-    assert job.state == "error"
-    assert job.result is None
+    assert status.state == "error"
+    assert status.result is None
+    assert status.error == events[0].data["message"]
 
 
 def test_render_returning_a_non_json_dict_is_an_error() -> None:
@@ -219,12 +315,11 @@ def test_render_returning_a_non_json_dict_is_an_error() -> None:
         progress(50, "rendering")
         return {"filename": "a", "url": object()}
 
-    job, events = run_job(render)
+    status, events = run_job(render)
     assert [e.event for e in events] == ["progress", "error"]
-    numbers = seq_numbers(events, "job")
-    assert numbers == sorted(set(numbers))
-    assert job.state == "error"
-    assert job.result is None
+    assert status.state == "error"
+    assert status.result is None
+    assert status.error
 
 
 def test_ids_stay_consecutive_when_the_result_cannot_be_encoded() -> None:
@@ -238,7 +333,7 @@ def test_ids_stay_consecutive_when_the_result_cannot_be_encoded() -> None:
     assert [e.id for e in events] == ["job-1", "job-2"]
 
 
-def test_ids_are_strictly_increasing_in_every_outcome() -> None:
+def test_ids_are_consecutive_in_every_outcome() -> None:
     def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
         for percent in range(0, 101, 7):
             progress(percent, "rendering")
@@ -247,11 +342,31 @@ def test_ids_are_strictly_increasing_in_every_outcome() -> None:
         return RESULT
 
     for fail in (False, True):
-        events: list[Event] = []
-        RenderJob(render, {"fail": fail}, events.append, job_id="k").run()
-        assert seq_numbers(events, "k") == list(range(1, len(events) + 1))
-        assert [e.event for e in events].count("progress") == len(events) - 1
+        status, events = run_job(render, job_id=f"k{int(fail)}", payload={"fail": fail})
+        assert seq_numbers(events, f"k{int(fail)}") == list(range(1, len(events) + 1))
+        assert [e.event for e in events].count("progress") == len(events) - 1 == 15
         assert events[-1].event == ("error" if fail else "complete")
+        assert status.state == ("error" if fail else "complete")
+
+
+def test_progress_from_many_threads_leaves_in_id_order() -> None:
+    def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
+        def report(phase: str) -> None:
+            for percent in range(101):
+                progress(percent, phase)
+
+        workers = [threading.Thread(target=report, args=(f"p{i}",)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(5)
+        assert not any(worker.is_alive() for worker in workers)
+        return RESULT
+
+    status, events = run_job(render, job_id="m")
+    assert seq_numbers(events, "m") == list(range(1, len(events) + 1))
+    assert events[-1].event == "complete"
+    assert status.state == "complete"
 
 
 def test_cancel_mid_run_from_another_thread() -> None:
@@ -270,24 +385,39 @@ def test_cancel_mid_run_from_another_thread() -> None:
             raise
         return RESULT
 
-    events: list[Event] = []
-    job = RenderJob(render, {}, events.append, job_id="c")
+    job, broker, subscriber = start_job(render, job_id="c")
     worker = threading.Thread(target=job.run)
     worker.start()
     try:
         assert started.wait(5)
-        job.cancel()
+        assert broker.cancel(job.id)  # reaches the job through broker.on_cancel
     finally:
         go_on.set()
         worker.join(5)
     assert not worker.is_alive()
     assert len(raised) == 1
-    assert job.state == "cancelled"
-    assert job.result is None
-    assert [e.event for e in events] == ["progress", "error"]
-    assert [e.id for e in events] == ["c-1", "c-2"]
-    assert "cancel" in events[-1].data["message"].lower()
-    assert job.error is not None and "cancel" in job.error.lower()
+    status = status_of(broker, job)
+    assert status.state == "cancelled"
+    assert status.result is None
+    assert [e.event for e in subscriber.events] == ["progress", "error"]
+    assert [e.id for e in subscriber.events] == ["c-1", "c-2"]
+    assert "cancel" in subscriber.events[-1].data["message"].lower()
+    assert status.error is not None and "cancel" in status.error.lower()
+    assert subscriber.closed
+    assert not broker.cancel(job.id)  # it has ended
+
+
+def test_job_cancel_method_also_cancels() -> None:
+    def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
+        job.cancel()
+        progress(1, "rendering")
+        return RESULT  # pragma: no cover - progress must raise
+
+    job, broker, subscriber = start_job(render, job_id="d")
+    job.run()
+    assert status_of(broker, job).state == "cancelled"
+    assert [e.event for e in subscriber.events] == ["error"]
+    assert [e.id for e in subscriber.events] == ["d-1"]
 
 
 def test_render_that_catches_cancelled_and_returns_still_ends_cancelled() -> None:
@@ -298,7 +428,7 @@ def test_render_that_catches_cancelled_and_returns_still_ends_cancelled() -> Non
 
     def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
         progress(10, "rendering")
-        job.cancel()
+        assert broker.cancel(job.id)
         try:
             progress(20, "rendering")
         except Cancelled:
@@ -306,66 +436,80 @@ def test_render_that_catches_cancelled_and_returns_still_ends_cancelled() -> Non
             return RESULT
         return RESULT  # pragma: no cover - progress must raise
 
-    events: list[Event] = []
-    job = RenderJob(render, {}, events.append, job_id="r")
+    job, broker, subscriber = start_job(render, job_id="r")
     job.run()
     assert cleaned == [True]
-    assert job.state == "cancelled"
-    assert [e.event for e in events] == ["progress", "error"]
-    assert "cancel" in events[-1].data["message"].lower()
+    status = status_of(broker, job)
+    assert status.state == "cancelled"
+    assert status.result is None
+    assert [e.event for e in subscriber.events] == ["progress", "error"]
+    assert "cancel" in subscriber.events[-1].data["message"].lower()
 
 
-def test_stream_closed_on_publish_cancels_the_job() -> None:
-    published: list[Event] = []
-    seen: list[str] = []
+class FailingBroker(MemoryBroker):
+    """A memory broker whose ``publish`` raises for the chosen event types."""
 
-    def publish(event: Event) -> None:
-        if published:  # the client leaves after the first event
-            raise StreamClosed("gone")
-        published.append(event)
+    def __init__(self, failing: set[str | None]) -> None:
+        super().__init__()
+        self.failing = failing
+        self.attempts: list[str | None] = []
 
-    def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
-        progress(10, "rendering")
-        seen.append("first ok")
-        try:
-            progress(20, "rendering")
-        except Cancelled:
-            seen.append("cancelled")
-        try:
-            progress(30, "rendering")
-        except Cancelled:
-            seen.append("cancelled again")
-            raise
-        return RESULT  # pragma: no cover - progress must raise
-
-    job = RenderJob(render, {}, publish, job_id="s")
-    job.run()  # must not raise
-    assert seen == ["first ok", "cancelled", "cancelled again"]
-    assert job.progress.cancelled
-    assert job.state == "cancelled"
-    assert summary(published) == [("progress", "s-1", {"progress": 10, "phase": "rendering"})]
-
-
-def test_stream_closed_on_the_complete_event_does_not_raise() -> None:
-    def publish(event: Event) -> None:
-        raise StreamClosed("gone")
-
-    job = RenderJob(lambda p, g: RESULT, {}, publish, job_id="t")
-    job.run()
-    assert job.state == "complete"
-    assert job.result == RESULT
+    def publish(
+        self,
+        job_id: str,
+        seq: int,
+        event: Event,
+        *,
+        change: StatusChange | None = None,
+        final: bool = False,
+    ) -> None:
+        self.attempts.append(event.event)
+        if event.event in self.failing:
+            raise RuntimeError("broker down")
+        super().publish(job_id, seq, event, change=change, final=final)
 
 
 def test_run_never_raises_even_if_publish_fails() -> None:
     # RenderJob.run is documented as "never raises": it runs on a background
     # thread or greenlet, where an escaping exception is lost or crashes it.
-    def publish(event: Event) -> None:
-        raise RuntimeError("broker down")
-
     def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
         progress(10, "rendering")
-        return RESULT
+        return RESULT  # pragma: no cover - progress fails to publish
 
-    job = RenderJob(render, {}, publish, job_id="u")
+    broker = FailingBroker({"progress", "complete", "error"})
+    job = RenderJob(render, {}, broker, job_id="u")
     job.run()
-    assert job.state == "error"
+    # The progress report failed, which failed the render; the error event
+    # and its fallback could not be published either, and nothing escaped.
+    assert broker.attempts == ["progress", "error", "error"]
+
+
+def test_a_failed_publish_does_not_use_up_an_id() -> None:
+    # The progress event never reached the broker, so the error event that
+    # follows is number 1: ids stay consecutive.
+    def render(payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
+        progress(10, "rendering")
+        return RESULT  # pragma: no cover - progress fails to publish
+
+    broker = FailingBroker({"progress"})
+    job = RenderJob(render, {}, broker, job_id="v")
+    subscriber = Collector()
+    assert broker.subscribe(job.id, subscriber)
+    job.run()
+    assert [(e.event, e.id) for e in subscriber.events] == [("error", "v-1")]
+    assert "broker down" in subscriber.events[0].data["message"]
+    status = status_of(broker, job)
+    assert status.state == "error"
+    assert status.final_seq == 1
+
+
+def test_run_never_raises_if_the_complete_event_cannot_be_published() -> None:
+    broker = FailingBroker({"complete"})
+    job = RenderJob(lambda p, g: RESULT, {}, broker, job_id="w")
+    job.run()
+    # The subscribers are not left waiting: a fallback error event ends the job.
+    assert broker.attempts == ["complete", "error"]
+    status = broker.status("w")
+    assert status is not None
+    assert status.state == "error"
+    assert "could not be published" in (status.error or "")

@@ -1,14 +1,16 @@
 """Imports flow one way, and only some modules may know about Flask.
 
-Bottom up: exceptions, frames <- _concurrency, transport, headers <- stream,
-jobs <- blueprint, mirror <- testing, demo, __init__. ``frames``, ``jobs``
-and ``_concurrency`` stay framework-free so a job worker without an app can
-use them.
+Bottom up: exceptions, frames <- _concurrency, transport, headers, brokers
+<- stream, jobs <- blueprint, mirror <- testing, demo, __init__. ``frames``,
+``jobs``, the brokers and ``_concurrency`` stay framework-free so a job
+worker without an app can use them.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,16 @@ ALLOWED: dict[str, set[str]] = {
     "transport": set(),
     "headers": {"transport"},
     "stream": {"_concurrency", "exceptions", "frames", "headers"},
-    "jobs": {"_concurrency", "exceptions", "frames"},
-    "blueprint": {"_concurrency", "exceptions", "jobs", "stream"},
+    "jobs": {"_concurrency", "brokers", "exceptions", "frames"},
+    "brokers/base": {"frames"},
+    "brokers/memory": {"_concurrency", "base", "exceptions", "frames"},
+    "brokers/__init__": {"base", "memory"},
+    "blueprint": {"_concurrency", "brokers", "exceptions", "jobs", "stream"},
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames"},
 }
 MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo"}
+FRAMEWORK_FREE = {"frames", "jobs", "_concurrency", "exceptions", "transport"}
 FRAMEWORKS = {"flask", "werkzeug"}
 
 
@@ -58,6 +64,7 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
 
 def test_every_module_is_classified() -> None:
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    modules |= {f"brokers/{p.stem}" for p in (PACKAGE / "brokers").glob("*.py")}
     assert modules == set(ALLOWED), "add new modules to ALLOWED with their layer"
 
 
@@ -67,6 +74,25 @@ def test_imports_flow_one_way(module: str) -> None:
     assert own <= ALLOWED[module], f"{module} imports {sorted(own - ALLOWED[module])}"
     if module not in MAY_IMPORT_FLASK:
         assert not other & FRAMEWORKS, f"{module} must stay framework-free"
+
+
+@pytest.mark.parametrize("module", sorted(FRAMEWORK_FREE | {"brokers"}))
+def test_framework_free_modules_import_without_flask(module: str) -> None:
+    """Not even indirectly: a job worker with no Flask installed can use them."""
+    code = (
+        "import sys, importlib\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('flask', 'werkzeug'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import types, pathlib\n"
+        f"pkg = types.ModuleType('flask_sse_flush'); pkg.__path__ = [{str(PACKAGE)!r}]\n"
+        "sys.modules['flask_sse_flush'] = pkg\n"
+        f"importlib.import_module('flask_sse_flush.{module}')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_library_never_patches_gevent_on_import() -> None:

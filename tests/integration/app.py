@@ -28,11 +28,46 @@ def _log(path: str | None, record: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
 
 
+def _cpu_bound(payload: dict[str, Any], progress: Progress) -> None:
+    """Hold the GIL in pure Python, reporting every `every` seconds."""
+    log, every, until = payload.get("log"), float(payload["every"]), time.time() + payload["cpu"]
+    report, i = time.time() + every, 0
+    while time.time() < until:
+        if time.time() >= report:
+            _log(log, {"percent": i, "sent": time.time()})
+            progress(min(i, 99), "rendering")
+            i, report = i + 1, report + every
+        sum(range(200))  # busy: no I/O, no sleep, the GIL held
+
+
+def _flood(payload: dict[str, Any], progress: Progress) -> None:
+    """Report `flood` times as fast as possible; every report differs from the last."""
+    for i in range(int(payload["flood"])):
+        progress(i % 100, "rendering")
+    progress(100, "rendering")
+    _log(payload.get("log"), {"flooded": time.time()})
+
+
 def render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
     log = payload.get("log")
+    _log(log, {"started": time.time()})
+    if "cpu" in payload:
+        _cpu_bound(payload, progress)
+        return {"filename": "cpu.mp4", "url": "/download/cpu.mp4"}
+    if "flood" in payload:
+        _flood(payload, progress)
+        return {"filename": "flood.mp4", "url": "/download/flood.mp4"}
+    if "block" in payload:
+        # A blocking call gevent does not patch: it would freeze a greenlet's hub.
+        blocking_sleep: Any = time.sleep
+        if gevent_is_active():
+            from gevent.monkey import get_original
+
+            blocking_sleep = get_original("time", "sleep")
+        progress(1, "blocked")
+        blocking_sleep(float(payload["block"]))
     steps = int(payload.get("steps", 5))
     interval = float(payload.get("interval", 0.05))
-    _log(log, {"started": time.time()})
     time.sleep(float(payload.get("delay_first", 0)))
     try:
         for i in range(steps):
@@ -71,6 +106,11 @@ def record_nodelay(app: Callable[..., Iterable[bytes]], log_dir: str) -> Callabl
 def create_app(log_dir: str | None = None) -> Any:
     app = Flask(__name__)
     app.register_blueprint(create_render_blueprint(render, keepalive=1.0))
+    app.register_blueprint(
+        create_render_blueprint(
+            render, name="cancelling", url_prefix="/cancelling", on_disconnect="cancel"
+        )
+    )
 
     @app.get("/timed")
     def timed() -> Any:

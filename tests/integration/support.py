@@ -194,13 +194,26 @@ class RawResponse:
 
 @contextlib.contextmanager
 def raw_get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 15.0
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    *,
+    method: str = "GET",
+    body: bytes = b"",
+    rcvbuf: int | None = None,
 ) -> Iterator[RawResponse]:
-    """GET ``path`` over a plain socket and read the status line and headers."""
-    sock = socket.create_connection((HOST, port), timeout)
-    lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}", "Accept: text/event-stream"]
+    """Send a request over a plain socket and read the status line and headers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect((HOST, port))
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{port}", "Accept: text/event-stream"]
+    if body or method == "POST":
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
     response = RawResponse(sock, requested_at=time.time())
     try:
         sock.sendall(request)
@@ -208,6 +221,24 @@ def raw_get(
         yield response
     finally:
         sock.close()
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The server's worker processes (gunicorn's children), or the server itself."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == server.process.pid:
+                children.append(int(stat.parent.name))
+    return children or [server.process.pid]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -108,10 +108,10 @@ def test_bad_input_gets_a_json_400_and_no_stream(server: Server, query: str, fra
         assert fragment in response.json()["error"]
 
 
-def test_client_disconnect_cancels_the_job(server: Server) -> None:
+def test_client_disconnect_cancels_the_job_under_the_cancel_policy(server: Server) -> None:
     log = server.log_file(_log_name())
     payload = {"log": str(log), "steps": 200, "interval": 0.02}
-    with raw_get(server.port, stream_path(payload)) as response:
+    with raw_get(server.port, "/cancelling" + stream_path(payload)) as response:
         next(response.arrivals())
     # The server notices at its next failed write, then the job's next report.
     deadline = time.monotonic() + 5

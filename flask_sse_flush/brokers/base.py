@@ -1,0 +1,181 @@
+"""The ``Broker`` protocol: what every event store behind the streams promises.
+
+A broker keeps each job's event log and status, replays a log after a
+given event id, fans new events out to subscribers, and carries
+cancellation to wherever the job runs. The in-memory broker serves one
+process; a Redis Streams broker (planned) will serve many workers and
+hosts with the same promises, checked by the same test suite.
+
+Event ids are ``"<job id>-<n>"``: ``n`` counts the job's events from 1, so
+an id names the job *and* the place in it. That is what lets a reconnecting
+``EventSource`` (which sends back only ``Last-Event-ID``) resume the very
+job it was watching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypedDict
+
+from ..frames import Event
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Broker",
+    "JobState",
+    "JobStatus",
+    "StatusChange",
+    "Subscriber",
+    "event_id",
+    "parse_event_id",
+]
+
+JobState = Literal["queued", "running", "complete", "error", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"complete", "error", "cancelled"})
+
+_JOB_ID = re.compile(r"[A-Za-z0-9_.:]{1,128}")
+_MAX_SEQ = 2**63 - 1
+
+
+def event_id(job_id: str, seq: int) -> str:
+    """The id of a job's ``seq``-th event."""
+    return f"{job_id}-{seq}"
+
+
+def parse_event_id(text: str) -> tuple[str, int]:
+    """Split an event id (e.g. a ``Last-Event-ID``) into job id and number.
+
+    :raises ValueError: ``text`` is not an id this library produced.
+    """
+    job_id, dash, seq = text.rpartition("-")
+    if (
+        not dash
+        or not _JOB_ID.fullmatch(job_id)
+        or not (seq.isascii() and seq.isdigit())
+        or len(seq) > 19
+        or not 0 <= int(seq) <= _MAX_SEQ
+    ):
+        raise ValueError(f"not an event id of this server: {text[:80]!r}")
+    return job_id, int(seq)
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Whether ``job_id`` can name a job (and so appear in event ids)."""
+    return bool(_JOB_ID.fullmatch(job_id))
+
+
+class StatusChange(TypedDict, total=False):
+    """Fields of a :class:`JobStatus` to change together with a publish."""
+
+    state: JobState
+    progress: int
+    phase: str
+    result: dict[str, Any]
+    error: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one job, as ``GET /render/<id>`` reports it."""
+
+    id: str
+    state: JobState = "queued"
+    progress: int | None = None
+    phase: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    #: The number of the last event published (0 before the first).
+    last_seq: int = 0
+    #: The number of the terminal event, once the job has ended.
+    final_seq: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the job reached ``complete``, ``error`` or ``cancelled``."""
+        return self.state in TERMINAL_STATES
+
+    def changed(self, change: StatusChange | None, **fields: Any) -> JobStatus:
+        """Return a copy with ``change`` and ``fields`` applied."""
+        return dataclasses.replace(self, **(change or {}), **fields)
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON shape: id, state, progress, phase, result, error."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "progress": self.progress,
+            "phase": self.phase,
+            "result": self.result,
+            "error": self.error,
+        }
+
+
+class Subscriber(Protocol):
+    """Where a broker delivers a job's events: an :class:`~flask_sse_flush.EventStream`.
+
+    ``send`` must not block; it raises :class:`~flask_sse_flush.StreamClosed`
+    once the subscriber has gone, and the broker then forgets it.
+    """
+
+    def send(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """The event log, status and fan-out of every job."""
+
+    def create(self, job_id: str) -> JobStatus:
+        """Start a job's log in state ``queued``.
+
+        :raises ValueError: the id is taken or cannot name a job.
+        """
+        ...
+
+    def publish(
+        self,
+        job_id: str,
+        seq: int,
+        event: Event,
+        *,
+        change: StatusChange | None = None,
+        final: bool = False,
+    ) -> None:
+        """Append event number ``seq`` to the log and send it to every subscriber.
+
+        ``change`` is applied to the status in the same step. ``final``
+        marks the job's last event: subscribers are closed after it and the
+        log is kept for the retention period, then purged.
+        """
+        ...
+
+    def update(self, job_id: str, change: StatusChange) -> JobStatus:
+        """Change a job's status without an event."""
+        ...
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """A job's status, or ``None`` if it is unknown or purged."""
+        ...
+
+    def subscribe(self, job_id: str, subscriber: Subscriber, after: int = 0) -> bool:
+        """Send the logged events numbered above ``after``, then every new one.
+
+        Replay and attachment are one step: no event is missed or sent
+        twice. A job that has ended closes the subscriber after its replay.
+        Returns ``False`` for an unknown job.
+        """
+        ...
+
+    def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
+        """Detach ``subscriber``; return how many subscribers the job has left."""
+        ...
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the job to stop; ``False`` if it is unknown or has ended."""
+        ...
+
+    def on_cancel(self, job_id: str, callback: Any) -> None:
+        """Call ``callback()`` when the job is cancelled (at once if it was)."""
+        ...

@@ -1,0 +1,556 @@
+"""The ``Broker`` contract, written once and run against every broker.
+
+:class:`BrokerContract` uses only the public protocol, so a Redis broker
+keeps the same promises by subclassing it with its own ``make_broker``.
+Tests that look inside one broker live in that broker's subclass.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from flask_sse_flush import Event, StreamClosed
+from flask_sse_flush.brokers import Broker, MemoryBroker, event_id, parse_event_id
+
+TIMEOUT = 10.0
+
+
+class Collector:
+    """A subscriber that records what it is sent; thread-safe enough for lists."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.closed = threading.Event()
+        self.sent_after_close = 0
+        # Events sent from the thread that made the subscriber: the replay
+        # inside subscribe(), as opposed to live events from a publisher.
+        self.owner = threading.get_ident()
+        self.replayed = 0
+
+    def send(self, event: Event) -> None:
+        if self.closed.is_set():
+            self.sent_after_close += 1
+        if threading.get_ident() == self.owner:
+            self.replayed += 1
+        self.events.append(event)
+
+    def close(self) -> None:
+        self.closed.set()
+
+    @property
+    def seqs(self) -> list[int]:
+        return [parse_event_id(e.id)[1] for e in self.events if e.id is not None]
+
+
+class Gone:
+    """A subscriber whose client has left: every ``send`` raises StreamClosed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.closed = False
+
+    def send(self, event: Event) -> None:
+        self.calls += 1
+        raise StreamClosed("the client left")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def ev(job_id: str, seq: int, name: str = "progress", data: Any = None) -> Event:
+    return Event({"n": seq} if data is None else data, event=name, id=event_id(job_id, seq))
+
+
+class BrokerContract:
+    """Promises every broker keeps; subclass and implement :meth:`make_broker`."""
+
+    def make_broker(self, **kwargs: Any) -> Broker:
+        raise NotImplementedError
+
+    # -- create / status -----------------------------------------------------
+
+    def test_create_starts_a_queued_job(self) -> None:
+        broker = self.make_broker()
+        created = broker.create("job")
+        assert created.id == "job"
+        assert created.state == "queued"
+        status = broker.status("job")
+        assert status is not None
+        assert (status.state, status.progress, status.phase) == ("queued", None, None)
+        assert (status.result, status.error) == (None, None)
+        assert (status.last_seq, status.final_seq) == (0, None)
+        assert not status.ended
+
+    def test_create_refuses_a_taken_id(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1))
+        with pytest.raises(ValueError):
+            broker.create("job")
+        status = broker.status("job")
+        assert status is not None and status.last_seq == 1  # the first job is intact
+
+    @pytest.mark.parametrize(
+        "job_id", ["", "a b", "x-y", "a\nb", "a/b", "é", "a" * 129, "job-1", "a\x00"]
+    )
+    def test_create_refuses_an_id_that_cannot_name_a_job(self, job_id: str) -> None:
+        broker = self.make_broker()
+        with pytest.raises(ValueError):
+            broker.create(job_id)
+        if job_id:
+            assert broker.status(job_id) is None
+
+    @pytest.mark.parametrize("job_id", ["a", "a" * 128, "Job_1.2:3", "0"])
+    def test_create_accepts_ids_made_of_letters_digits_and_punctuation(self, job_id: str) -> None:
+        broker = self.make_broker()
+        broker.create(job_id)
+        assert broker.status(job_id) is not None
+        assert parse_event_id(event_id(job_id, 7)) == (job_id, 7)
+
+    def test_unknown_job(self) -> None:
+        broker = self.make_broker()
+        broker.create("known")
+        assert broker.status("unknown") is None
+        assert broker.subscribe("unknown", Collector()) is False
+        assert broker.cancel("unknown") is False
+        assert broker.unsubscribe("unknown", Collector()) == 0
+
+    # -- publish / update ----------------------------------------------------
+
+    def test_publish_applies_change_and_counts_events(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        broker.update("job", {"state": "running"})
+        broker.publish("job", 1, ev("job", 1), change={"progress": 5, "phase": "bundling"})
+        status = broker.status("job")
+        assert status is not None
+        assert (status.state, status.progress, status.phase) == ("running", 5, "bundling")
+        assert (status.last_seq, status.final_seq) == (1, None)
+        # An event without a change moves only last_seq.
+        broker.publish("job", 2, ev("job", 2, "note", "hello"))
+        status = broker.status("job")
+        assert status is not None
+        assert (status.progress, status.phase, status.last_seq) == (5, "bundling", 2)
+        broker.publish(
+            "job",
+            3,
+            ev("job", 3, "complete", {"url": "u"}),
+            change={"state": "complete", "result": {"url": "u"}},
+            final=True,
+        )
+        status = broker.status("job")
+        assert status is not None
+        assert status.ended
+        assert (status.state, status.last_seq, status.final_seq) == ("complete", 3, 3)
+        assert status.to_json() == {
+            "id": "job",
+            "state": "complete",
+            "progress": 5,
+            "phase": "bundling",
+            "result": {"url": "u"},
+            "error": None,
+        }
+
+    def test_update_changes_status_without_an_event(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        subscriber = Collector()
+        broker.subscribe("job", subscriber)
+        updated = broker.update("job", {"state": "running", "phase": "warming up"})
+        assert (updated.state, updated.phase, updated.last_seq) == ("running", "warming up", 0)
+        assert broker.status("job") == updated
+        assert subscriber.events == []
+
+    def test_publish_after_the_final_event_is_refused(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1, "error", {"message": "x"}), final=True)
+        with pytest.raises(ValueError):
+            broker.publish("job", 2, ev("job", 2))
+        status = broker.status("job")
+        assert status is not None and (status.last_seq, status.final_seq) == (1, 1)
+        late = Collector()
+        broker.subscribe("job", late)
+        assert late.seqs == [1]
+
+    # -- subscribe / replay ----------------------------------------------------
+
+    def test_subscribe_from_the_start_replays_then_goes_live(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        for seq in (1, 2, 3):
+            broker.publish("job", seq, ev("job", seq))
+        subscriber = Collector()
+        assert broker.subscribe("job", subscriber, after=0) is True
+        assert subscriber.seqs == [1, 2, 3]
+        broker.publish("job", 4, ev("job", 4, "note", "live"))
+        assert subscriber.seqs == [1, 2, 3, 4]
+        assert subscriber.events[-1] == ev("job", 4, "note", "live")
+        assert not subscriber.closed.is_set()
+
+    @pytest.mark.parametrize("after", [0, 1, 2, 4, 5, 9])
+    def test_subscribe_after_replays_only_later_events(self, after: int) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        for seq in range(1, 6):
+            broker.publish("job", seq, ev("job", seq, "note"))
+        subscriber = Collector()
+        assert broker.subscribe("job", subscriber, after=after)
+        assert subscriber.seqs == [seq for seq in range(1, 6) if seq > after]
+        broker.publish("job", 6, ev("job", 6, "note"))
+        assert subscriber.seqs[-1] == 6
+        assert subscriber.seqs.count(6) == 1
+
+    def test_replayed_events_are_the_published_ones(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        published = [
+            ev("job", 1, "progress", {"progress": 1, "phase": "a"}),
+            ev("job", 2, "note", "line one\nline two"),
+            ev("job", 3, "complete", {"filename": "f", "url": "u"}),
+        ]
+        for seq, event in enumerate(published, 1):
+            broker.publish("job", seq, event, final=seq == 3)
+        subscriber = Collector()
+        broker.subscribe("job", subscriber)
+        assert [e.encode() for e in subscriber.events] == [e.encode() for e in published]
+
+    def test_final_event_closes_subscribers(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        subscribers = [Collector() for _ in range(3)]
+        for subscriber in subscribers:
+            broker.subscribe("job", subscriber)
+        broker.publish("job", 1, ev("job", 1))
+        broker.publish("job", 2, ev("job", 2, "complete", {}), final=True)
+        for subscriber in subscribers:
+            assert subscriber.seqs == [1, 2]
+            assert subscriber.closed.is_set()
+            assert subscriber.sent_after_close == 0
+
+    def test_subscribe_to_an_ended_job_replays_then_closes(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1))
+        broker.publish("job", 2, ev("job", 2, "complete", {}), final=True)
+        everything, tail, nothing = Collector(), Collector(), Collector()
+        assert broker.subscribe("job", everything, after=0)
+        assert broker.subscribe("job", tail, after=1)
+        assert broker.subscribe("job", nothing, after=2)
+        assert (everything.seqs, tail.seqs, nothing.seqs) == ([1, 2], [2], [])
+        for subscriber in (everything, tail, nothing):
+            assert subscriber.closed.is_set()
+            assert subscriber.sent_after_close == 0
+
+    def test_unsubscribe_returns_how_many_are_left(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        a, b, c = Collector(), Collector(), Collector()
+        for subscriber in (a, b, c):
+            broker.subscribe("job", subscriber)
+        assert broker.unsubscribe("job", b) == 2
+        assert broker.unsubscribe("job", b) == 2  # not attached any more
+        assert broker.unsubscribe("job", Collector()) == 2
+        broker.publish("job", 1, ev("job", 1))
+        assert (a.seqs, b.seqs, c.seqs) == ([1], [], [1])
+        assert broker.unsubscribe("job", a) == 1
+        assert broker.unsubscribe("job", c) == 0
+
+    def test_a_subscriber_that_has_gone_is_dropped(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        before, gone, after = Collector(), Gone(), Collector()
+        for subscriber in (before, gone, after):
+            broker.subscribe("job", subscriber)
+        broker.publish("job", 1, ev("job", 1))  # must not raise
+        broker.publish("job", 2, ev("job", 2))
+        assert before.seqs == after.seqs == [1, 2]
+        assert gone.calls == 1  # forgotten after its first StreamClosed
+        assert broker.unsubscribe("job", gone) == 2
+        broker.publish("job", 3, ev("job", 3, "complete", {}), final=True)
+        assert before.closed.is_set() and after.closed.is_set()
+        assert gone.calls == 1
+
+    def test_a_subscriber_that_is_gone_during_replay_is_not_attached(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1))
+        gone = Gone()
+        broker.subscribe("job", gone)  # must not raise
+        broker.publish("job", 2, ev("job", 2))
+        assert gone.calls == 1
+        assert broker.unsubscribe("job", gone) == 0
+
+    def test_fan_out_to_many_subscribers(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        subscribers = [Collector() for _ in range(20)]
+        for subscriber in subscribers:
+            broker.subscribe("job", subscriber)
+
+        def publish_all() -> None:
+            for seq in range(1, 200):
+                broker.publish("job", seq, ev("job", seq, "progress" if seq % 3 else "note"))
+            broker.publish("job", 200, ev("job", 200, "complete", {}), final=True)
+
+        publisher = threading.Thread(target=publish_all)
+        publisher.start()
+        publisher.join(TIMEOUT)
+        assert not publisher.is_alive()
+        expected = [ev("job", seq, "progress" if seq % 3 else "note") for seq in range(1, 200)]
+        for subscriber in subscribers:
+            assert subscriber.closed.is_set()
+            assert subscriber.events[:-1] == expected
+            assert subscriber.events[-1].event == "complete"
+            assert subscriber.seqs == list(range(1, 201))
+
+    def test_resubscribing_while_publishing_misses_and_repeats_nothing(self) -> None:
+        # Each client reconnects at random moments with after = the last id
+        # it saw, as EventSource does with Last-Event-ID. Every client must
+        # see 1..N exactly once, in order, however the attach races publish.
+        total = 2000
+        broker = self.make_broker(max_events=total + 10)
+        broker.create("job")
+        errors: list[BaseException] = []
+
+        def publish_all() -> None:
+            try:
+                pacing = random.Random(1)
+                for seq in range(1, total):
+                    broker.publish("job", seq, ev("job", seq, "note"))
+                    if pacing.random() < 0.05:
+                        time.sleep(0.0005)
+                broker.publish("job", total, ev("job", total, "complete", {}), final=True)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        seen: list[list[int]] = [[] for _ in range(8)]
+        attaches = [0] * len(seen)
+        replayed = [0] * len(seen)
+
+        def client(index: int) -> None:
+            try:
+                rng = random.Random(100 + index)
+                deadline = time.monotonic() + TIMEOUT
+                while time.monotonic() < deadline:
+                    connection = Collector()
+                    after = seen[index][-1] if seen[index] else 0
+                    attaches[index] += 1
+                    assert broker.subscribe("job", connection, after=after)
+                    time.sleep(rng.random() * 0.002)  # connected for a while
+                    broker.unsubscribe("job", connection)
+                    seen[index].extend(connection.seqs)
+                    replayed[index] += connection.replayed
+                    if connection.closed.is_set():
+                        return
+                    time.sleep(rng.random() * 0.002)  # away: events pile up to replay
+                errors.append(TimeoutError(f"client {index} never saw the end"))
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(seen))]
+        threads.append(threading.Thread(target=publish_all))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT + 5)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        for index, seqs in enumerate(seen):
+            assert seqs == list(range(1, total + 1)), f"client {index}"
+        # The clients really did reconnect, and got missed events replayed.
+        assert sum(attaches) > 3 * len(seen)
+        assert sum(replayed) > 0
+
+    # -- cancel ----------------------------------------------------------------
+
+    def test_cancel_runs_the_callbacks_once(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        calls: list[str] = []
+        broker.on_cancel("job", lambda: calls.append("a"))
+        broker.on_cancel("job", lambda: calls.append("b"))
+        assert calls == []
+        assert broker.cancel("job") is True
+        assert sorted(calls) == ["a", "b"]
+        broker.cancel("job")  # asking again does not stop it twice
+        assert sorted(calls) == ["a", "b"]
+
+    def test_on_cancel_after_cancel_runs_at_once(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        assert broker.cancel("job")
+        calls: list[int] = []
+        broker.on_cancel("job", lambda: calls.append(1))
+        assert calls == [1]
+
+    def test_cancel_of_an_ended_job_is_refused(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        calls: list[int] = []
+        broker.on_cancel("job", lambda: calls.append(1))
+        broker.publish(
+            "job", 1, ev("job", 1, "complete", {}), change={"state": "complete"}, final=True
+        )
+        assert broker.cancel("job") is False
+        assert calls == []
+        status = broker.status("job")
+        assert status is not None and status.ended
+
+    def test_cancel_is_per_job(self) -> None:
+        broker = self.make_broker()
+        broker.create("a")
+        broker.create("b")
+        calls: list[str] = []
+        broker.on_cancel("a", lambda: calls.append("a"))
+        broker.on_cancel("b", lambda: calls.append("b"))
+        assert broker.cancel("b")
+        assert calls == ["b"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TestMemoryBroker(BrokerContract):
+    def make_broker(self, **kwargs: Any) -> MemoryBroker:
+        return MemoryBroker(**kwargs)
+
+    # -- retention -------------------------------------------------------------
+
+    def test_an_ended_job_is_kept_for_the_retention_period_then_purged(self) -> None:
+        clock = FakeClock()
+        broker = MemoryBroker(retention=60.0, clock=clock)
+        broker.create("done")
+        broker.create("running")
+        broker.publish("done", 1, ev("done", 1))
+        broker.publish("done", 2, ev("done", 2, "complete", {}), final=True)
+        broker.publish("running", 1, ev("running", 1))
+
+        clock.now += 59.0
+        assert broker.status("done") is not None
+        replay = Collector()
+        assert broker.subscribe("done", replay)
+        assert replay.seqs == [1, 2] and replay.closed.is_set()
+
+        clock.now += 1.0
+        assert broker.status("done") is None
+        assert broker.subscribe("done", Collector()) is False
+        assert broker.cancel("done") is False
+        assert len(broker) == 1
+        broker.create("done")  # the id is free again
+
+        # A job that has not ended is never purged, however long it runs.
+        clock.now += 10**6
+        status = broker.status("running")
+        assert status is not None and status.last_seq == 1
+
+    def test_zero_retention_forgets_an_ended_job_at_once(self) -> None:
+        clock = FakeClock()
+        broker = MemoryBroker(retention=0.0, clock=clock)
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1, "complete", {}), final=True)
+        assert broker.status("job") is None
+
+    @pytest.mark.parametrize("kwargs", [{"retention": -1.0}, {"max_events": 1}, {"max_events": 0}])
+    def test_bad_settings_are_refused(self, kwargs: dict[str, Any]) -> None:
+        with pytest.raises(ValueError):
+            MemoryBroker(**kwargs)
+
+    # -- the bound on each job's log ---------------------------------------------
+
+    def test_the_log_stays_bounded_and_keeps_every_other_event(self) -> None:
+        broker = MemoryBroker(max_events=50)
+        broker.create("job")
+        custom: dict[int, Event] = {}
+        seq = 0
+        last_progress = 0
+        for n in range(100_000):
+            seq += 1
+            broker.publish("job", seq, Event(str(n), event="progress", id=event_id("job", seq)))
+            last_progress = seq
+            if n % 25_000 == 24_999:
+                seq += 1
+                custom[seq] = ev("job", seq, "note", f"note {n}")
+                broker.publish("job", seq, custom[seq])
+            assert len(broker._jobs["job"].events) <= 50
+        seq += 1
+        custom[seq] = ev("job", seq, "complete", {"done": True})
+        broker.publish("job", seq, custom[seq], final=True)
+        assert len(broker._jobs["job"].events) <= 50
+
+        replay = Collector()
+        assert broker.subscribe("job", replay)
+        assert len(replay.events) <= 50
+        assert replay.seqs == sorted(set(replay.seqs))
+        # Every non-progress event survives, in order, with the newest progress.
+        assert [e for e in replay.events if e.event != "progress"] == list(custom.values())
+        progress = [e for e in replay.events if e.event == "progress"]
+        assert progress[-1].data == "99999"
+        assert progress[-1].id == event_id("job", last_progress)
+        assert replay.events[-1].event == "complete"
+        status = broker.status("job")
+        assert status is not None and status.last_seq == seq
+
+    def test_a_resubscribe_after_coalesced_progress_gets_the_newest_level(self) -> None:
+        broker = MemoryBroker(max_events=4)
+        broker.create("job")
+        for seq in range(1, 21):
+            broker.publish("job", seq, ev("job", seq))
+        replay = Collector()
+        broker.subscribe("job", replay, after=3)
+        assert replay.seqs[-1] == 20
+        assert all(seq > 3 for seq in replay.seqs)
+        assert len(replay.seqs) <= 4
+
+
+# -- event ids --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job_id", "seq"),
+    [("job", 0), ("job", 1), ("a.b:c_d", 42), ("x" * 128, 2**63 - 1), ("0", 10**18)],
+)
+def test_event_id_round_trip(job_id: str, seq: int) -> None:
+    text = event_id(job_id, seq)
+    assert text == f"{job_id}-{seq}"
+    assert parse_event_id(text) == (job_id, seq)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "abc",
+        "x-",
+        "-1",
+        "-",
+        "x-1.5",
+        "x-١٢",  # Arabic-Indic digits: isdigit() is true, but not an id we made
+        "x-²",
+        "x-+1",
+        "x- 1",
+        "x-1 ",
+        "x--1",
+        "a b-1",
+        "x-y-1",
+        "a" * 10_000,
+        "a" * 10_000 + "-1",
+        "x-" + "1" * 10_000,
+        "x-99999999999999999999",
+        f"x-{2**63}",
+        "x-1\n",
+    ],
+)
+def test_parse_event_id_refuses_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_event_id(text)

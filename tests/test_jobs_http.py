@@ -1,0 +1,247 @@
+"""Detached jobs, status, cancellation, resume and limits, over Flask's test client."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush.testing import iter_events, parse_events
+
+
+class Gated:
+    """A render that reports, then waits for the test to let it go on."""
+
+    def __init__(self, reports: int = 3) -> None:
+        self.reports = reports
+        self.calls = 0
+        self.go = threading.Event()
+        self.reported = threading.Event()
+        self.cancelled = threading.Event()
+
+    def __call__(self, payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        self.calls += 1
+        try:
+            for i in range(1, self.reports + 1):
+                progress(10 * i, "rendering")
+            self.reported.set()
+            while not self.go.wait(0.01):
+                progress(10 * self.reports, "rendering")  # a repeat: checks for cancel
+            progress(100, "rendering")
+        except Cancelled:
+            self.cancelled.set()
+            raise
+        return {"filename": "f.mp4", "url": "/download/f.mp4"}
+
+
+def make_client(render: Any, **options: Any) -> tuple[Flask, FlaskClient]:
+    app = Flask(__name__)
+    app.register_blueprint(create_render_blueprint(render, **options))
+    return app, app.test_client()
+
+
+def stream_url(payload: Any) -> str:
+    return "/render/stream?data=" + quote(json.dumps(payload))
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_post_starts_a_detached_job_and_reports_its_urls() -> None:
+    render = Gated()
+    _, client = make_client(render)
+    response = client.post("/render", json={"month": 3})
+    assert response.status_code == 202
+    body = response.get_json()
+    job = body["id"]
+    assert body["stream"] == f"/render/stream?job={job}"
+    assert body["status"] == f"/render/{job}"
+    assert response.headers["Location"] == body["status"]
+    assert render.reported.wait(5)
+    status = client.get(body["status"]).get_json()
+    assert status == {
+        "id": job,
+        "state": "running",
+        "progress": 30,
+        "phase": "rendering",
+        "result": None,
+        "error": None,
+    }
+    render.go.set()
+    events = parse_events(client.get(body["stream"], buffered=False))
+    assert [e.json()["progress"] for e in events[:-1]] == [10, 20, 30, 100]
+    assert events[-1].event == "complete"
+    wait_for(lambda: client.get(body["status"]).get_json()["state"] == "complete")
+    assert client.get(body["status"]).get_json()["result"] == {
+        "filename": "f.mp4",
+        "url": "/download/f.mp4",
+    }
+    assert render.calls == 1
+
+
+def test_many_subscribers_each_get_every_event() -> None:
+    render = Gated()
+    _, client = make_client(render)
+    job = client.post("/render", json={}).get_json()["id"]
+    assert render.reported.wait(5)
+    responses = [client.get(f"/render/stream?job={job}", buffered=False) for _ in range(20)]
+    render.go.set()
+    for response in responses:
+        events = parse_events(response)
+        assert [e.id for e in events] == [f"{job}-{n}" for n in range(1, 6)]
+        assert events[-1].event == "complete"
+
+
+def test_delete_cancels_and_the_stream_says_so() -> None:
+    render = Gated()
+    _, client = make_client(render)
+    job = client.post("/render", json={}).get_json()["id"]
+    assert render.reported.wait(5)
+    response = client.get(f"/render/stream?job={job}", buffered=False)
+    cancel = client.delete(f"/render/{job}")
+    assert cancel.status_code == 202
+    assert render.cancelled.wait(5)
+    events = parse_events(response)
+    assert events[-1].event == "error"
+    assert "cancel" in events[-1].json()["message"]
+    wait_for(lambda: client.get(f"/render/{job}").get_json()["state"] == "cancelled")
+    again = client.delete(f"/render/{job}")
+    assert again.status_code == 409
+    assert again.get_json()["state"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/render/0123456789abcdef0123456789abcdef"),
+        ("delete", "/render/nope"),
+        ("get", "/render/stream?job=nope"),
+    ],
+)
+def test_unknown_jobs_are_json_404(method: str, path: str) -> None:
+    _, client = make_client(Gated())
+    response = getattr(client, method)(path)
+    assert response.status_code == 404
+    assert "unknown job" in response.get_json()["error"]
+
+
+def test_reconnect_with_last_event_id_resumes_the_same_job() -> None:
+    render = Gated(reports=3)
+    _, client = make_client(render)
+    url = stream_url({"a": 1})
+    first = iter_events(client.get(url, buffered=False))
+    seen = [next(first) for _ in range(3)]
+    first.close()  # the network blip
+    render.go.set()
+    resumed = parse_events(
+        client.get(url, headers={"Last-Event-ID": seen[-1].id or ""}, buffered=False)
+    )
+    job = seen[0].id.rsplit("-", 1)[0]  # type: ignore[union-attr]
+    assert [e.id for e in seen + resumed] == [f"{job}-{n}" for n in range(1, 6)]
+    assert resumed[-1].event == "complete"
+    assert render.calls == 1
+    # The terminal event was delivered: the next reconnect is told to stop.
+    final = client.get(url, headers={"Last-Event-ID": resumed[-1].id or ""})
+    assert final.status_code == 204
+    assert render.calls == 1
+
+
+def test_resume_by_query_parameter_after_completion() -> None:
+    render = Gated(reports=2)
+    render.go.set()
+    _, client = make_client(render)
+    events = parse_events(client.get(stream_url({}), buffered=False))
+    job = events[0].id.rsplit("-", 1)[0]  # type: ignore[union-attr]
+    replay = parse_events(
+        client.get(f"/render/stream?job={job}&lastEventId={job}-1", buffered=False)
+    )
+    assert [e.id for e in replay] == [e.id for e in events[1:]]
+
+
+@pytest.mark.parametrize(
+    "last_id", ["garbage", "-", "x-", "abc-1.5", "a b-1", "x-" + "9" * 30, "é-1"]
+)
+def test_garbage_last_event_id_is_a_json_400(last_id: str) -> None:
+    render = Gated()
+    _, client = make_client(render)
+    response = client.get(stream_url({}), headers={"Last-Event-ID": last_id})
+    assert response.status_code == 400
+    assert "Last-Event-ID" in response.get_json()["error"]
+    assert render.calls == 0
+
+
+def test_last_event_id_ahead_of_the_job_is_400() -> None:
+    render = Gated()
+    render.go.set()
+    _, client = make_client(render)
+    events = parse_events(client.get(stream_url({}), buffered=False))
+    job = events[0].id.rsplit("-", 1)[0]  # type: ignore[union-attr]
+    response = client.get(stream_url({}), headers={"Last-Event-ID": f"{job}-999"})
+    assert response.status_code == 400
+
+
+def test_last_event_id_of_another_job_than_query_job_is_400() -> None:
+    _, client = make_client(Gated())
+    response = client.get("/render/stream?job=abc", headers={"Last-Event-ID": "def-1"})
+    assert response.status_code == 400
+
+
+def test_max_jobs_gives_429_with_retry_after() -> None:
+    render = Gated()
+    _, client = make_client(render, max_jobs=1)
+    assert client.post("/render", json={}).status_code == 202
+    busy = client.post("/render", json={})
+    assert busy.status_code == 429
+    assert int(busy.headers["Retry-After"]) > 0
+    assert "too many" in busy.get_json()["error"]
+    assert client.get(stream_url({})).status_code == 429
+    render.go.set()
+    wait_for(lambda: client.post("/render", json={}).status_code == 202)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"", 400, "missing the request body"),
+        (b"{nope", 400, "not valid JSON"),
+        (b"[1]", 400, "must be a JSON object"),
+        (b"\xff\xfe", 400, "UTF-8"),
+        (b'{"x": "' + b"y" * 70_000 + b'"}', 413, "too large"),
+    ],
+)
+def test_post_bad_bodies(body: bytes, status: int, fragment: str) -> None:
+    render = Gated()
+    _, client = make_client(render)
+    response = client.post("/render", data=body, content_type="application/json")
+    assert response.status_code == status
+    assert fragment in response.get_json()["error"]
+    assert render.calls == 0
+
+
+def test_validate_applies_to_posted_jobs() -> None:
+    def validate(payload: dict[str, Any]) -> None:
+        if "month" not in payload:
+            raise ValueError("month is required")
+
+    render = Gated()
+    _, client = make_client(render, validate=validate)
+    response = client.post("/render", json={})
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "month is required"}
+
+
+def test_service_is_found_in_app_extensions() -> None:
+    app, _ = make_client(Gated(), name="videos")
+    service = app.extensions["sse_flush"]["videos"]
+    assert service.running == 0
