@@ -217,9 +217,33 @@ def start_native_thread(target: Callable[[], None], name: str) -> None:
     GIL time-slices against the hub (every 5 ms by default).
     """
     if gevent_is_active():
-        _original("_thread", "start_new_thread")(target, ())
+        _original("_thread", "start_new_thread")(_with_hub_cleanup(target), ())
         return
     threading.Thread(target=target, name=name, daemon=True).start()
+
+
+def _with_hub_cleanup(target: Callable[[], None]) -> Callable[[], None]:
+    """Destroy the gevent hub the thread may have made, when it ends.
+
+    Job code in a native thread still calls patched functions (``time.sleep``
+    is ``gevent.sleep``), which give the thread a hub and an event loop of
+    its own. gevent asks that such hubs be destroyed; otherwise every job
+    would leak the loop's file descriptors.
+    """
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            try:
+                from gevent._hub_local import get_hub_if_exists
+            except ImportError:  # pragma: no cover - older gevent
+                from gevent.hub import _get_hub as get_hub_if_exists
+            hub = get_hub_if_exists()
+            if hub is not None:
+                hub.destroy(destroy_loop=True)
+
+    return run
 
 
 def start_greenlet(target: Callable[[], None], name: str) -> None:

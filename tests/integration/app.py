@@ -34,8 +34,9 @@ def _cpu_bound(payload: dict[str, Any], progress: Progress) -> None:
     report, i = time.time() + every, 0
     while time.time() < until:
         if time.time() >= report:
-            _log(log, {"percent": i, "sent": time.time()})
+            sent = time.time()
             progress(min(i, 99), "rendering")
+            _log(log, {"percent": i, "sent": sent})
             i, report = i + 1, report + every
         sum(range(200))  # busy: no I/O, no sleep, the GIL held
 
@@ -72,8 +73,9 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
     try:
         for i in range(steps):
             percent = round(100 * (i + 1) / steps)
-            _log(log, {"percent": percent, "sent": time.time()})
+            sent = time.time()
             progress(percent, "rendering")
+            _log(log, {"percent": percent, "sent": sent})  # after: not part of the latency
             time.sleep(interval)
     except Cancelled:
         _log(log, {"cancelled": time.time()})

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +180,28 @@ def test_twenty_subscribers_of_one_detached_job(gevent_server: Server) -> None:
         status = response.json()
     assert status["state"] == "complete"
     assert status["progress"] == 100
+
+
+def test_jobs_leave_no_threads_or_descriptors_behind(gevent_server: Server) -> None:
+    (worker,) = worker_pids(gevent_server)
+
+    def footprint() -> tuple[int, int]:
+        status = Path(f"/proc/{worker}/status").read_text()
+        threads = int(status.split("Threads:")[1].split()[0])
+        return threads, len(list(Path(f"/proc/{worker}/fd").iterdir()))
+
+    def one_job() -> None:
+        # The job sleeps between reports: in a native thread under gevent that
+        # gives the thread a hub of its own, which must go when the job ends.
+        _read_all(gevent_server, stream_path({"steps": 2, "interval": 0.001}))
+
+    one_job()
+    threads, fds = footprint()
+    for _ in range(50):
+        one_job()
+    deadline = time.monotonic() + 5
+    while footprint() != (threads, fds) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = footprint()
+    assert after[0] <= threads, f"threads {threads} -> {after[0]}"
+    assert after[1] <= fds + 2, f"file descriptors {fds} -> {after[1]}"
