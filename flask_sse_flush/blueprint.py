@@ -16,7 +16,7 @@ from typing import Any, Literal, NoReturn, TypeAlias, Union
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 
 from ._concurrency import new_lock, start_greenlet, start_native_thread
-from .brokers.base import Broker, parse_event_id
+from .brokers.base import Broker, event_id, parse_event_id
 from .brokers.memory import MemoryBroker
 from .exceptions import InvalidPayload, PayloadTooLarge
 from .jobs import RenderFunction, RenderJob
@@ -290,6 +290,9 @@ def create_render_blueprint(
         stream = EventStream(
             keepalive=_option(keepalive, "KEEPALIVE", DEFAULT_KEEPALIVE),
             retry=_option(retry, "RETRY", None),
+            # Even a stream cut before its first event then reconnects with a
+            # Last-Event-ID, and resumes this job rather than starting another.
+            last_event_id=event_id(job_id, after),
             buffer=buffer,
         )
         stream.on_close(lambda: service.detach(job_id, stream))

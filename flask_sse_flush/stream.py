@@ -30,20 +30,27 @@ _END = object()
 C = TypeVar("C", bound=Callable[[], Any])
 
 
-def opening_frame(retry: int | None = None) -> bytes:
-    """The first frame of every stream.
+def opening_frame(retry: int | None = None, last_event_id: str | None = None) -> bytes:
+    """The first frame of every stream; it dispatches no event.
 
     WSGI servers send the status line and headers only together with the
     first body chunk, so a stream that waited for its first event would
     leave the client without headers until then (Node has
-    ``res.flushHeaders()`` for this). A comment, or a ``retry`` field, is
-    sent at once and dispatches no event.
+    ``res.flushHeaders()`` for this). This frame goes out at once.
+
+    :param retry: reconnection delay (ms) to announce.
+    :param last_event_id: an ``id:`` field without data. The browser takes
+        it as its ``lastEventId`` without firing an event, so even a stream
+        cut before its first event reconnects with a ``Last-Event-ID``.
+    :raises ValueError: ``retry`` is negative or ``last_event_id`` contains
+        CR, LF or NUL.
     """
-    if retry is None:
-        return comment("stream open")
-    if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
         raise ValueError(f"retry must be a non-negative int (milliseconds), not {retry!r}")
-    return b"retry: %d\n\n" % retry
+    Event(id=last_event_id)  # the same checks as any event id
+    fields = "" if last_event_id is None else f"id: {last_event_id}\n"
+    fields += "" if retry is None else f"retry: {retry}\n"
+    return fields.encode("utf-8") + comment("stream open")
 
 
 def _as_frame(item: Event | bytes) -> bytes:
@@ -82,6 +89,8 @@ class EventStream:
         ``None`` disables keepalives.
     :param retry: if given, the reconnection delay (milliseconds) announced
         to the browser in the opening frame.
+    :param last_event_id: if given, set as the browser's ``lastEventId`` by
+        the opening frame (see :func:`opening_frame`).
     :param buffer: how many events may wait for a slow client before
         coalescing starts; ``None`` for no bound.
     :param coalesce: the event types that only matter as their latest value.
@@ -92,6 +101,7 @@ class EventStream:
         keepalive: float | None = 15.0,
         *,
         retry: int | None = None,
+        last_event_id: str | None = None,
         buffer: int | None = 256,
         coalesce: Collection[str] = ("progress",),
     ) -> None:
@@ -100,7 +110,7 @@ class EventStream:
                 f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
             )
         self.keepalive = keepalive
-        self._opening = opening_frame(retry)
+        self._opening = opening_frame(retry, last_event_id)
         self._coalesce = frozenset(coalesce)
         self._channel = new_channel(buffer)
         self._lock = new_lock()

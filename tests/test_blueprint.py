@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -198,7 +199,7 @@ def test_url_prefix_and_keepalive_from_config() -> None:
     response = app.test_client().get(url({}, prefix="/api"), buffered=False)
     chunks = list(response.iter_encoded())
     response.close()
-    assert chunks[0] == b": stream open\n\n"
+    assert chunks[0].endswith(b": stream open\n\n")
     assert chunks.count(b": keepalive\n\n") >= 2
     assert chunks[-1].startswith(b"event: complete")
     assert app.test_client().get(url({})).status_code == 404
@@ -207,7 +208,8 @@ def test_url_prefix_and_keepalive_from_config() -> None:
 def test_retry_option_in_the_opening_frame(recorder: Recorder) -> None:
     client = make_app(recorder, retry=3000).test_client()
     response = client.get(url({}), buffered=False)
-    assert next(response.iter_encoded()) == b"retry: 3000\n\n"
+    opening = next(response.iter_encoded())
+    assert re.fullmatch(rb"id: [0-9a-f]{32}-0\nretry: 3000\n: stream open\n\n", opening)
     response.close()
 
 

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.testing import iter_events, parse_events
 
 
@@ -154,6 +155,24 @@ def test_reconnect_with_last_event_id_resumes_the_same_job() -> None:
     # The terminal event was delivered: the next reconnect is told to stop.
     final = client.get(url, headers={"Last-Event-ID": resumed[-1].id or ""})
     assert final.status_code == 204
+    assert render.calls == 1
+
+
+def test_a_stream_cut_before_its_first_event_still_resumes_its_job() -> None:
+    render = Gated(reports=2)
+    _, client = make_client(render)
+    url = stream_url({})
+    response = client.get(url, buffered=False)
+    decoder = EventDecoder()
+    assert decoder.feed(next(response.iter_encoded())) == []
+    response.close()  # cut before any event
+    job, seq = decoder.last_event_id.rsplit("-", 1)
+    assert seq == "0"
+    render.go.set()
+    resumed = parse_events(
+        client.get(url, headers={"Last-Event-ID": decoder.last_event_id}, buffered=False)
+    )
+    assert [e.id for e in resumed] == [f"{job}-{n}" for n in range(1, 5)]
     assert render.calls == 1
 
 

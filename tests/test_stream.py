@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_sse_flush import Event, EventStream, StreamClosed, sse_response
+from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.stream import KEEPALIVE, opening_frame
 from flask_sse_flush.testing import parse_events
 
@@ -25,9 +26,19 @@ def test_opening_frame_then_one_chunk_per_event_then_end() -> None:
 
 
 def test_retry_is_announced_in_the_opening_frame() -> None:
-    assert next(iter(EventStream(retry=2500))) == b"retry: 2500\n\n"
+    assert next(iter(EventStream(retry=2500))) == b"retry: 2500\n: stream open\n\n"
     with pytest.raises(ValueError, match="retry"):
         opening_frame(-1)
+
+
+def test_opening_frame_may_set_the_last_event_id_without_an_event() -> None:
+    frame = next(iter(EventStream(last_event_id="job-0")))
+    assert frame == b"id: job-0\n: stream open\n\n"
+    decoder = EventDecoder()
+    assert decoder.feed(frame) == []  # no event fired...
+    assert decoder.last_event_id == "job-0"  # ...but a reconnect sends this id
+    with pytest.raises(ValueError):
+        opening_frame(None, "a\nb")
 
 
 def test_events_sent_before_iteration_are_kept_in_order() -> None:
@@ -198,7 +209,7 @@ def test_sse_response_wraps_any_iterable_and_closes_it() -> None:
     chunks = list(response.iter_encoded())
     response.close()
     assert chunks == [
-        b"retry: 1000\n\n",
+        b"retry: 1000\n: stream open\n\n",
         b"id: 1\ndata: one\n\n",
         b": raw\n\n",
         b"id: 2\ndata: two\n\n",

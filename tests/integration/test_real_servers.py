@@ -6,6 +6,7 @@ reading the whole body at the end would prove nothing about buffering.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 
@@ -131,7 +132,7 @@ def test_keepalive_comments_keep_their_period(server: Server) -> None:
         for chunk in response.body_chunks():
             chunks.append((time.time(), chunk))
     keepalives = [t for t, c in chunks if c == b": keepalive\n\n"]
-    assert chunks[0][1] == b": stream open\n\n"
+    assert re.fullmatch(rb"id: [0-9a-f]{32}-0\n: stream open\n\n", chunks[0][1])
     # keepalive=1.0 in the test app, 2.5 s of silence: two keepalives.
     assert len(keepalives) == 2
     start = chunks[0][0]
