@@ -238,7 +238,9 @@ def create_render_blueprint(
     :param executor: how jobs run: ``"thread"`` (default; a native OS thread
         even under gevent, so CPU-bound or blocking work never stalls the
         worker's other streams), ``"greenlet"`` (I/O-bound jobs under
-        gevent), or a callable such as ``ThreadPoolExecutor(8).submit``.
+        gevent), or a callable that starts ``job()`` and returns (outside
+        gevent, e.g. ``ThreadPoolExecutor(8).submit``; under gevent such a
+        pool's workers are greenlets).
     :param on_disconnect: ``"continue"`` (default: the job runs on, so a
         reconnect can resume it) or ``"cancel"`` (cancel the job when its
         last client leaves).
