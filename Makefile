@@ -7,7 +7,13 @@ PORT ?= 8000
 RUFF_OPTS := --line-length 100 --target-version py310
 RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 
-.PHONY: run test pytest lint format typecheck docs clean
+# Debian packages the browser and proxy tests use: real Chromium, Firefox
+# and WebKitGTK on a virtual display, and nginx. Installed when missing and
+# we may (root with apt-get); otherwise those tests skip, saying why.
+SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core
+SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb
+
+.PHONY: run test pytest lint format typecheck docs clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +21,12 @@ $(BIN)/python:
 
 # Runtime only (what `make run` needs).
 $(VENV)/.run-stamp: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[gevent]'
+	$(BIN)/python -m pip install --quiet -e '.[gevent,demo]'
 	touch $@
 
 # Everything the checks need.
 $(VENV)/.dev-stamp: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[gevent,test,lint,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[gevent,demo,test,lint,docs]'
 	touch $@
 
 run: $(VENV)/.run-stamp
@@ -28,7 +34,18 @@ run: $(VENV)/.run-stamp
 	$(BIN)/gunicorn --worker-class gevent --workers 1 --bind $(HOST):$(PORT) \
 		'flask_sse_flush.demo:create_app()'
 
-test: lint typecheck docs pytest
+test: system-deps lint typecheck docs pytest
+
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing $(SYSTEM_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+		echo "note: browser and nginx tests will skip; install: $(SYSTEM_PACKAGES)"; \
+	fi
 
 pytest: $(VENV)/.dev-stamp
 	$(BIN)/python -m pytest

@@ -16,6 +16,7 @@ from any OS thread. Without gevent, plain ``threading`` primitives do.
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import sys
 import threading
@@ -25,6 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 __all__ = [
     "Channel",
     "Empty",
+    "call_on_hub",
     "gevent_is_active",
     "new_channel",
     "new_lock",
@@ -217,7 +219,14 @@ def start_native_thread(target: Callable[[], None], name: str) -> None:
     GIL time-slices against the hub (every 5 ms by default).
     """
     if gevent_is_active():
-        _original("_thread", "start_new_thread")(_with_hub_cleanup(target), ())
+        import gevent
+
+        # The thread keeps a reference to the hub that started it, for
+        # call_on_hub; a context variable carries it into the new thread.
+        context = contextvars.copy_context()
+        context.run(_MAIN_HUB.set, gevent.get_hub())
+        job = _with_hub_cleanup(target)
+        _original("_thread", "start_new_thread")(context.run, (job,))
         return
     threading.Thread(target=target, name=name, daemon=True).start()
 
@@ -253,3 +262,42 @@ def start_greenlet(target: Callable[[], None], name: str) -> None:
     computes or blocks without yielding stalls the hub.
     """
     threading.Thread(target=target, name=name, daemon=True).start()
+
+
+_MAIN_HUB: contextvars.ContextVar[Any] = contextvars.ContextVar("flask_sse_flush_main_hub")
+R = TypeVar("R")
+
+
+def call_on_hub(function: Callable[[], R]) -> R:
+    """Run ``function`` in a greenlet of the hub that started this job; return its result.
+
+    For the parts of a native-thread job that need gevent's cooperative
+    machinery, chiefly subprocesses: gevent's ``subprocess`` waits on its
+    child through the main loop's watchers, which no other thread can use.
+    The calling thread blocks (only itself) until the greenlet is done; an
+    exception in ``function`` is raised here. Without gevent, or when
+    already on that hub, ``function`` is simply called.
+    """
+    hub = _MAIN_HUB.get(None)
+    if hub is None or _original("_thread", "get_ident")() == hub.thread_ident:
+        return function()
+    import gevent
+
+    done = _original("_thread", "allocate_lock")()
+    done.acquire()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            done.release()
+
+    hub.loop.run_callback_threadsafe(gevent.spawn, run)
+    done.acquire()
+    if "error" in outcome:
+        raise outcome["error"]
+    result: R = outcome["value"]
+    return result

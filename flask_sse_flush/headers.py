@@ -20,6 +20,11 @@ SSE_HEADERS: dict[str, str] = {
     "Cache-Control": "no-cache, no-transform",
     # nginx: pass the body through as it arrives (proxy_buffering off).
     "X-Accel-Buffering": "no",
+    # Compressors buffer: gzip holds output until it has enough to compress.
+    # Flask-Compress and nginx's gzip skip any response that already has a
+    # Content-Encoding, so this keeps both off the stream, whatever their
+    # mimetype lists say. Chromium, Firefox and WebKit read it as "none".
+    "Content-Encoding": "identity",
 }
 
 R = TypeVar("R", bound=BaseResponse)

@@ -1,56 +1,69 @@
 """The demo app that ``make run`` serves: a page with a live progress bar.
 
-Its render job simulates the original service's two phases, bundling then
-rendering, reporting through the same mapping helpers.
+It renders a real MP4 (Pillow draws the frames, ffmpeg from
+``imageio-ffmpeg`` encodes them) and streams true progress over SSE.
+Videos go to ``SSE_FLUSH_DEMO_OUTPUT_DIR`` (config or environment), by
+default a folder in the system's temporary directory.
 """
 
 from __future__ import annotations
 
-import time
+import os
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, render_template
+from flask import Flask, Response, jsonify, render_template, send_from_directory
 
-from .. import Progress, create_render_blueprint, map_bundle_progress, map_render_progress
+from .. import Progress, create_render_blueprint
+from ..jobs import RenderFunction
+from .render import (
+    FILENAME,
+    RenderSettings,
+    default_output_dir,
+    find_ffmpeg,
+    render_video,
+    validate_payload,
+)
 
-__all__ = ["create_app", "simulated_render"]
+__all__ = ["create_app"]
 
 
-def simulated_render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
-    """Pretend to bundle and render a video, reporting progress as it goes.
+def create_app(
+    *, output_dir: str | Path | None = None, render: RenderFunction | None = None, **config: Any
+) -> Flask:
+    """Build the demo application.
 
-    ``payload`` may carry ``"seconds"`` (0.1 to 60, default 4): how long the
-    whole job takes; and ``"fail": true`` to end with an error instead.
+    :param output_dir: where finished videos go; else the
+        ``SSE_FLUSH_DEMO_OUTPUT_DIR`` environment variable, else a folder in
+        the temporary directory.
+    :param render: the render job; by default the real video render.
+    :param config: extra Flask config (e.g. ``SSE_FLUSH_KEEPALIVE``).
     """
-    seconds = float(payload.get("seconds", 4))
-    steps = 40
-    for i in range(steps + 1):
-        progress(map_bundle_progress(100 * i / steps), "bundling")
-        time.sleep(seconds / 4 / steps)
-    for i in range(steps + 1):
-        if payload.get("fail") and i == steps // 2:
-            raise RuntimeError("the renderer crashed half way (as requested)")
-        progress(map_render_progress(i / steps), "rendering")
-        time.sleep(seconds * 3 / 4 / steps)
-    name = f"render-{int(time.time())}.mp4"
-    return {"filename": name, "url": f"/download/{name}"}
-
-
-def _validate(payload: dict[str, Any]) -> None:
-    seconds = payload.get("seconds", 4)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise ValueError("'seconds' must be a number")
-    if not 0.1 <= seconds <= 60:
-        raise ValueError("'seconds' must be between 0.1 and 60")
-
-
-def create_app() -> Flask:
-    """Build the demo application."""
     app = Flask(__name__)
-    app.register_blueprint(create_render_blueprint(simulated_render, validate=_validate))
+    app.config["SSE_FLUSH_RETRY"] = 2000
+    app.config.update(config)
+    folder = Path(output_dir or os.environ.get("SSE_FLUSH_DEMO_OUTPUT_DIR") or default_output_dir())
+    settings = RenderSettings(output_dir=folder, ffmpeg=find_ffmpeg())
+    app.config["SSE_FLUSH_DEMO_OUTPUT_DIR"] = str(folder)
+
+    def real_render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
+        return render_video(payload, progress, settings)
+
+    app.register_blueprint(
+        create_render_blueprint(render or real_render, validate=validate_payload)
+    )
 
     @app.get("/")
     def index() -> str:
         return render_template("index.html")
+
+    @app.get("/download/<filename>")
+    def download(filename: str) -> Response:
+        # Only names the demo itself gives its videos, and only files it made.
+        if not FILENAME.fullmatch(filename) or not (folder / filename).is_file():
+            response = jsonify(error="no such video")
+            response.status_code = 404
+            return response
+        return send_from_directory(folder, filename, mimetype="video/mp4", as_attachment=True)
 
     return app

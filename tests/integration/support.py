@@ -34,7 +34,7 @@ def _gunicorn_has(setting: str) -> bool:
     return any(known.name == setting for known in KNOWN_SETTINGS)
 
 
-def server_command(kind: str, port: int, log_dir: Path) -> list[str]:
+def server_command(kind: str, port: int, log_dir: Path, app_dir: Path = HERE) -> list[str]:
     if kind.startswith("gunicorn"):
         worker = kind.split("-", 1)[1]  # gunicorn-gevent -> gevent
         # Newer gunicorns open a control socket at a fixed path; servers that
@@ -43,7 +43,7 @@ def server_command(kind: str, port: int, log_dir: Path) -> list[str]:
         return [
             sys.executable, "-m", "gunicorn", *extra,
             "--worker-class", worker, "--workers", "1",
-            "--bind", f"{HOST}:{port}", "--chdir", str(HERE),
+            "--bind", f"{HOST}:{port}", "--chdir", str(app_dir),
             "--graceful-timeout", "1", "--log-level", "warning",
             f"app:create_app({str(log_dir)!r})",
         ]  # fmt: skip
@@ -68,13 +68,21 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(kind: str, log_dir: Path, timeout: float = 30.0) -> Iterator[Server]:
-    """Start a real server on a free loopback port; stop it however the test ends."""
+def running_server(
+    kind: str, log_dir: Path, timeout: float = 30.0, *, app_dir: Path = HERE
+) -> Iterator[Server]:
+    """Start a real server on a free loopback port; stop it however the test ends.
+
+    It serves ``create_app(log_dir)`` from ``app.py`` in ``app_dir``.
+    """
     port = free_port()
     output = (log_dir / "server.out").open("wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        server_command(kind, port, log_dir), stdout=output, stderr=subprocess.STDOUT, env=env
+        server_command(kind, port, log_dir, app_dir),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,188 @@
+"""The demo's render job: draw a short "reading recap" video and encode it.
+
+Two phases, reported as the original service did:
+
+* bundling: Pillow draws every frame (0-100 % of frames, through
+  :func:`~flask_sse_flush.map_bundle_progress`, so 0-25 % overall);
+* rendering: ffmpeg (the binary the ``imageio-ffmpeg`` package ships)
+  encodes them to H.264 MP4 and reports each encoded frame on
+  ``-progress pipe:1`` (0-1 through
+  :func:`~flask_sse_flush.map_render_progress`, so 25-100 % overall).
+
+The job runs in a native thread (the blueprint's default executor), so the
+drawing and the wait on ffmpeg never hold up the worker's other streams.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from .. import Progress, map_bundle_progress, map_render_progress
+from .._concurrency import call_on_hub
+
+__all__ = [
+    "FILENAME",
+    "RenderError",
+    "RenderSettings",
+    "clean_old_files",
+    "find_ffmpeg",
+    "render_video",
+    "validate_payload",
+]
+
+#: The names of the files the demo writes; nothing else is ever served.
+FILENAME = re.compile(r"recap-[0-9a-f]{32}\.mp4")
+MAX_BOOKS = 8
+MAX_TITLE = 60
+
+
+class RenderError(RuntimeError):
+    """The render failed; its message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Where and how the demo renders."""
+
+    output_dir: Path
+    #: The ffmpeg binary; found once, up front (finding it runs ffmpeg, and
+    #: gevent's subprocess cannot run from a job's native thread).
+    ffmpeg: str
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    seconds: float = 8.0
+    #: Finished videos kept at most this long, and at most ``max_files``.
+    max_age: float = 3600.0
+    max_files: int = 20
+
+
+def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Check the form's payload; raise :class:`ValueError` with a readable message."""
+    month, year, books = payload.get("month"), payload.get("year"), payload.get("books", [])
+    if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 12:
+        raise ValueError("month must be a whole number from 1 to 12")
+    if isinstance(year, bool) or not isinstance(year, int) or not 1900 <= year <= 2100:
+        raise ValueError("year must be a whole number from 1900 to 2100")
+    if not isinstance(books, list) or not all(isinstance(b, str) for b in books):
+        raise ValueError("books must be a list of titles")
+    books = [b.strip() for b in books if b.strip()]
+    if not books:
+        raise ValueError("add at least one book")
+    if len(books) > MAX_BOOKS:
+        raise ValueError(f"at most {MAX_BOOKS} books")
+    if any(len(b) > MAX_TITLE for b in books):
+        raise ValueError(f"a title may be at most {MAX_TITLE} characters")
+    return {"month": month, "year": year, "books": books, "fail": bool(payload.get("fail"))}
+
+
+def _frames(settings: RenderSettings, payload: dict[str, Any]) -> Iterator[Any]:
+    from PIL import Image, ImageDraw, ImageFont
+
+    scale = settings.height / 360
+    font_big = ImageFont.load_default(size=round(42 * scale))
+    font = ImageFont.load_default(size=round(26 * scale))
+    title = f"{calendar.month_name[payload['month']]} {payload['year']}"
+    books: list[str] = payload["books"]
+    total = round(settings.fps * settings.seconds)
+    for index in range(total):
+        t = index / max(1, total - 1)
+        image = Image.new("RGB", (settings.width, settings.height), (15, 23, 42))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, 0, round(settings.width * t), round(8 * scale)), fill=(37, 99, 235))
+        draw.text((32 * scale, 28 * scale), title, font=font_big, fill=(248, 250, 252))
+        shown = min(len(books), 1 + int(t * len(books)))
+        for row, book in enumerate(books[:shown]):
+            slide = min(1.0, (t * len(books) - row) * 2) if row == shown - 1 else 1.0
+            x = 32 * scale + round((1 - max(0.0, slide)) * settings.width / 3)
+            y = (100 + row * 32) * scale
+            draw.text((x, y), f"{row + 1}. {book}", font=font, fill=(203, 213, 225))
+        yield image
+
+
+def find_ffmpeg() -> str:
+    """The ffmpeg binary that the ``imageio-ffmpeg`` package ships."""
+    import imageio_ffmpeg
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+def render_video(
+    payload: dict[str, Any], progress: Progress, settings: RenderSettings
+) -> dict[str, str]:
+    """Draw and encode one video; return the ``complete`` event's data."""
+    if payload.get("fail"):
+        progress(map_bundle_progress(0), "bundling")
+        time.sleep(0.5)
+        raise RenderError("the renderer failed (a simulated failure, as asked)")
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    clean_old_files(settings)
+    name = f"recap-{uuid4().hex}.mp4"
+    total = round(settings.fps * settings.seconds)
+    with tempfile.TemporaryDirectory(prefix="recap-frames-") as frames_dir:
+        for index, frame in enumerate(_frames(settings, payload)):
+            frame.save(Path(frames_dir) / f"{index:05d}.png", compress_level=1)
+            progress(map_bundle_progress(100 * (index + 1) / total), "bundling")
+        # ffmpeg runs as a gevent subprocess on the worker's hub (where gevent
+        # can wait for it), reporting as it encodes; this thread waits.
+        call_on_hub(
+            lambda: _encode(settings, Path(frames_dir), settings.output_dir / name, total, progress)
+        )
+    return {"filename": name, "url": f"/download/{name}"}
+
+
+def _encode(
+    settings: RenderSettings, frames: Path, target: Path, total: int, progress: Progress
+) -> None:
+    partial = target.with_suffix(".part.mp4")
+    command = [
+        settings.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats", "-y",
+        "-framerate", str(settings.fps), "-i", str(frames / "%05d.png"),
+        "-c:v", "libx264", "-preset", "medium", "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", "-progress", "pipe:1", "-stats_period", "0.1",
+        str(partial),
+    ]  # fmt: skip
+    progress(map_render_progress(0), "rendering")
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        for line in process.stdout:
+            key, _, value = line.strip().partition("=")
+            if key == "frame" and value.isdigit():
+                progress(map_render_progress(min(1.0, int(value) / total)), "rendering")
+        errors = process.stderr.read()
+    if process.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise RenderError(f"ffmpeg failed ({process.returncode}): {errors.strip()[-300:]}")
+    partial.rename(target)
+    progress(map_render_progress(1.0), "rendering")
+
+
+def clean_old_files(settings: RenderSettings) -> None:
+    """Delete finished videos older than ``max_age``, and beyond ``max_files``."""
+    if not settings.output_dir.is_dir():
+        return
+    videos = sorted(
+        (p for p in settings.output_dir.iterdir() if FILENAME.fullmatch(p.name)),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    now = time.time()
+    for index, path in enumerate(videos):
+        if index >= settings.max_files or now - path.stat().st_mtime > settings.max_age:
+            path.unlink(missing_ok=True)
+
+
+def default_output_dir() -> Path:
+    """Where videos go unless ``SSE_FLUSH_DEMO_OUTPUT_DIR`` says otherwise."""
+    return Path(tempfile.gettempdir()) / "flask-sse-flush-demo"

@@ -1,0 +1,251 @@
+"""Real browsers, Xvfb and nginx, started and stopped by the tests.
+
+Browsers run on a virtual X display (the same way for every engine), load
+a harness page and report back over HTTP; screenshots are taken of the
+display with Pillow. Nothing is downloaded: the browsers are Debian's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.integration.support import HOST, free_port
+
+ENGINES = ("chromium", "firefox", "webkit")
+
+FIREFOX_PREFS = """
+user_pref("browser.shell.checkDefaultBrowser", false);
+user_pref("browser.startup.homepage_override.mstone", "ignore");
+user_pref("browser.aboutwelcome.enabled", false);
+user_pref("datareporting.policy.dataSubmissionEnabled", false);
+user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
+user_pref("app.update.disabledForTesting", true);
+user_pref("network.captive-portal-service.enabled", false);
+user_pref("network.connectivity-service.enabled", false);
+user_pref("browser.sessionstore.resume_from_crash", false);
+user_pref("extensions.update.enabled", false);
+user_pref("browser.safebrowsing.update.enabled", false);
+"""
+
+
+def find_engine(engine: str) -> str | None:
+    """The browser binary for an engine, if installed."""
+    if engine == "chromium":
+        return shutil.which("chromium")
+    if engine == "firefox":
+        return shutil.which("firefox-esr") or shutil.which("firefox")
+    if engine == "webkit":
+        found = sorted(glob.glob("/usr/lib/*/webkit2gtk-4.*/MiniBrowser"))
+        return found[-1] if found else None
+    raise ValueError(engine)
+
+
+def missing_tools(engine: str | None = None) -> list[str]:
+    missing = [] if shutil.which("Xvfb") else ["Xvfb"]
+    if engine is not None and find_engine(engine) is None:
+        missing.append(engine)
+    return missing
+
+
+@contextlib.contextmanager
+def virtual_display(width: int = 1280, height: int = 900) -> Iterator[str]:
+    """An Xvfb display, e.g. ":5", chosen by Xvfb itself among the free ones."""
+    read, write = os.pipe()
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-nolisten", "tcp",
+         "-screen", "0", f"{width}x{height}x24"],
+        pass_fds=[write],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(write)
+    try:
+        with os.fdopen(read) as pipe:
+            number = pipe.readline().strip()
+        if not number:
+            raise RuntimeError("Xvfb did not start")
+        yield f":{number}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def screenshot(display: str, path: Path) -> Path:
+    from PIL import ImageGrab
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ImageGrab.grab(xdisplay=display).save(path)
+    return path
+
+
+def browser_command(engine: str, url: str, profile: Path) -> list[str]:
+    binary = find_engine(engine)
+    assert binary is not None, f"{engine} is not installed"
+    if engine == "chromium":
+        return [
+            binary, "--no-sandbox", "--test-type", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-quic", "--password-store=basic", f"--user-data-dir={profile}",
+            "--window-position=0,0", "--window-size=1280,900", f"--app={url}",
+        ]  # fmt: skip
+    if engine == "firefox":
+        profile.mkdir(parents=True, exist_ok=True)
+        (profile / "user.js").write_text(FIREFOX_PREFS)
+        return [binary, "--no-remote", "--profile", str(profile), "--kiosk", url]
+    return [binary, "--full-screen", url]
+
+
+@dataclass
+class Harness:
+    """A browser that loaded the harness page, and what it reported."""
+
+    engine: str
+    display: str
+    log_dir: Path
+    run: str
+    process: subprocess.Popen[bytes]
+
+    def wait_for(self, kind: str, timeout: float = 60.0) -> dict[str, Any]:
+        path = self.log_dir / f"{self.run}-{kind}.json"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.engine} exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.engine} reported no {kind!r} in {timeout} s")
+            time.sleep(0.02)
+        time.sleep(0.05)  # the POST body is written in one go; let it land
+        report: dict[str, Any] = json.loads(path.read_text())
+        return report
+
+
+@contextlib.contextmanager
+def browser(engine: str, display: str, url: str, log_dir: Path, run: str) -> Iterator[Harness]:
+    """Start ``engine`` on ``display`` at ``url``; kill it (and its children) after."""
+    profile = log_dir / f"profile-{run}"
+    env = dict(
+        os.environ,
+        DISPLAY=display,
+        # WebKitGTK and Firefox want a D-Bus session they cannot have here.
+        DBUS_SESSION_BUS_ADDRESS="disabled:",
+        WEBKIT_DISABLE_COMPOSITING_MODE="1",
+        LIBGL_ALWAYS_SOFTWARE="1",
+        HOME=str(log_dir),
+    )
+    output = (log_dir / f"{run}-browser.log").open("wb")
+    process = subprocess.Popen(
+        browser_command(engine, url, profile),
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield Harness(engine, display, log_dir, run, process)
+    finally:
+        output.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+
+    # Defaults, as a new site has them: proxy_buffering is on.
+    server {{
+        listen {host}:{plain};
+        location / {{ proxy_pass http://{host}:{upstream}; }}
+    }}
+    # And with gzip on for event streams too.
+    server {{
+        listen {host}:{gzip};
+        gzip on;
+        gzip_types text/event-stream;
+        gzip_min_length 1;
+        gzip_proxied any;
+        location / {{ proxy_pass http://{host}:{upstream}; }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    plain_port: int
+    gzip_port: int
+
+
+@contextlib.contextmanager
+def nginx_in_front(upstream_port: int, work: Path) -> Iterator[Nginx]:
+    """Debian's nginx in the foreground, on loopback, in front of ``upstream_port``."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    work.mkdir(parents=True, exist_ok=True)
+    plain, gzip = free_port(), free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            NGINX_CONF.format(
+                user="user root;" if os.geteuid() == 0 else "",
+                dir=work,
+                host=HOST,
+                plain=plain,
+                gzip=gzip,
+                upstream=upstream_port,
+            )
+        )
+    )
+    output = (work / "nginx.out").open("wb")
+    process = subprocess.Popen(
+        [binary, "-p", str(work), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=output
+    )
+    try:
+        deadline = time.monotonic() + 15
+        for port in (plain, gzip):
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        "nginx exited: " + (work / "nginx.out").read_text(errors="replace")
+                    )
+                with contextlib.suppress(OSError):
+                    import socket
+
+                    socket.create_connection((HOST, port), 0.2).close()
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not start")
+                time.sleep(0.05)
+        yield Nginx(plain, gzip)
+    finally:
+        process.terminate()
+        process.wait(10)
+        output.close()

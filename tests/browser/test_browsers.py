@@ -1,0 +1,95 @@
+"""The demo in real Chromium, Firefox and WebKit: directly, behind nginx with
+its default buffering, and behind nginx with gzip on for event streams.
+
+The page's own handlers update the progress bar; the harness records, with
+``performance.timeOrigin + performance.now()``, when each update happened,
+and the render's reporter logs when each event was sent (same machine, same
+clock).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.support import Server, percentile
+
+from .conftest import SCREENSHOTS, require
+from .support import ENGINES, Nginx, browser, missing_tools, screenshot
+
+LATENCY_P95_LIMIT_MS = 100.0
+
+
+def sent_times(server: Server) -> dict[tuple[int, str], float]:
+    sent: dict[tuple[int, str], float] = {}
+    for record in server.read_log("sent.jsonl"):
+        sent.setdefault(tuple(record["progress"]), record["t"] * 1000)  # type: ignore[arg-type]
+    return sent
+
+
+def base_url(via: str, demo_server: Server, nginx: Nginx | None) -> str:
+    if via == "direct":
+        return f"http://127.0.0.1:{demo_server.port}"
+    assert nginx is not None
+    port = nginx.plain_port if via == "nginx" else nginx.gzip_port
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(params=["direct", "nginx", "nginx-gzip"])
+def via(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_progress_is_live_in_every_engine(
+    engine: str, via: str, display: str, demo_server: Server, request: pytest.FixtureRequest
+) -> None:
+    require(*missing_tools(engine))
+    proxy = None if via == "direct" else request.getfixturevalue("nginx")
+    run = f"{engine}-{via}-{uuid.uuid4().hex[:8]}"
+    url = f"{base_url(via, demo_server, proxy)}/__harness?run={run}"
+    demo_server.log_file("sent.jsonl").unlink(missing_ok=True)  # one render at a time
+    with browser(engine, display, url, demo_server.log_dir, run) as harness:
+        harness.wait_for("mid")
+        screenshot(display, SCREENSHOTS / f"{engine}-{via}-mid-render.png")
+        report = harness.wait_for("done")
+        screenshot(display, SCREENSHOTS / f"{engine}-{via}-complete.png")
+
+    sent = sent_times(demo_server)
+    shown = [e for e in report["seen"] if (e["progress"], e["phase"]) in sent]
+    latencies = [e["t"] - sent[(e["progress"], e["phase"])] for e in shown]
+    assert len(shown) >= 20, f"{engine} showed only {len(shown)} progress events"
+    # Shown as they happen, not in a burst at the end:
+    assert shown[-1]["t"] - shown[0]["t"] > 1000, "all progress arrived at once"
+    assert percentile(latencies, 95) < LATENCY_P95_LIMIT_MS, latencies
+    assert min(latencies) > -5, "an event was shown before it was sent (clock skew?)"
+    assert report["progressbar"] == 100
+    assert report["fill"] == "100%"
+    assert report["link"] and report["link"].startswith("/download/recap-")
+    assert report["resultClass"] == ""
+    _check_video(demo_server, report["link"])
+
+
+def _check_video(server: Server, link: str) -> None:
+    import imageio_ffmpeg
+
+    video = Path(server.log_dir) / "videos" / link.rsplit("/", 1)[1]
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(video))
+    assert frames > 0 and seconds > 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_failed_render_shows_its_message(engine: str, display: str, demo_server: Server) -> None:
+    require(*missing_tools(engine))
+    run = f"{engine}-fail-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{demo_server.port}/__harness?run={run}&fail=1"
+    with browser(engine, display, url, demo_server.log_dir, run) as harness:
+        report: dict[str, Any] = harness.wait_for("done")
+        screenshot(display, SCREENSHOTS / f"{engine}-failed.png")
+    assert report["resultClass"] == "error"
+    assert "simulated failure" in report["result"], json.dumps(report)[:500]
+    assert report["link"] is None
