@@ -13,7 +13,7 @@ RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core
 SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb
 
-.PHONY: run test pytest lint format typecheck docs clean system-deps
+.PHONY: run test pytest lint format typecheck docs clean system-deps bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(VENV)/.run-stamp: $(BIN)/python setup.cfg pyproject.toml
 
 # Everything the checks need.
 $(VENV)/.dev-stamp: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[gevent,demo,test,lint,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[gevent,demo,test,lint,docs,bench]'
 	touch $@
 
 run: $(VENV)/.run-stamp
@@ -34,7 +34,18 @@ run: $(VENV)/.run-stamp
 	$(BIN)/gunicorn --worker-class gevent --workers 1 --bind $(HOST):$(PORT) \
 		'flask_sse_flush.demo:create_app()'
 
-test: system-deps lint typecheck docs pytest
+test: system-deps lint typecheck docs pytest bench-quick
+
+# Our streams against sse-starlette, a bare generator and the raw-socket
+# limit, in one run: prints the table, writes benchmarks/results/latest.json
+# and regenerates docs/benchmarks.rst and its plot (about 5 minutes).
+bench: $(VENV)/.dev-stamp
+	$(BIN)/python -m benchmarks.run
+
+# The same code at tiny sizes (under a minute), so it never rots; it
+# asserts nothing about speed.
+bench-quick: $(VENV)/.dev-stamp
+	$(BIN)/python -m benchmarks.run --quick
 
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; \
@@ -51,12 +62,12 @@ pytest: $(VENV)/.dev-stamp
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-stamp
-	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests docs/conf.py
-	$(BIN)/ruff format --check $(RUFF_OPTS) flask_sse_flush tests docs/conf.py
+	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests benchmarks docs/conf.py
+	$(BIN)/ruff format --check $(RUFF_OPTS) flask_sse_flush tests benchmarks docs/conf.py
 
 format: $(VENV)/.dev-stamp
-	$(BIN)/ruff check --fix $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests docs/conf.py
-	$(BIN)/ruff format $(RUFF_OPTS) flask_sse_flush tests docs/conf.py
+	$(BIN)/ruff check --fix $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests benchmarks docs/conf.py
+	$(BIN)/ruff format $(RUFF_OPTS) flask_sse_flush tests benchmarks docs/conf.py
 
 typecheck: $(VENV)/.dev-stamp
 	$(BIN)/mypy --strict flask_sse_flush

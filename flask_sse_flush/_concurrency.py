@@ -88,17 +88,24 @@ def new_lock() -> Any:
 
 
 class _Queue(Generic[T]):
-    """The bounded, coalescing FIFO both channels share; callers hold a lock."""
+    """The bounded, coalescing FIFO both channels share; callers hold a lock.
+
+    Items and their levels sit in two parallel deques rather than one deque
+    of pairs: a put then allocates no tuple, which matters when one event
+    fans out to 10,000 streams (each tuple would feed the garbage collector).
+    """
 
     def __init__(self, limit: int | None) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"a channel's limit must be at least 1, not {limit}")
         self.limit = limit
-        self.items: collections.deque[tuple[Hashable | None, T]] = collections.deque()
+        self.items: collections.deque[T] = collections.deque()
+        self.levels: collections.deque[Hashable | None] = collections.deque()
         self._warned = False
 
     def push(self, item: T, level: Hashable | None) -> None:
-        self.items.append((level, item))
+        self.items.append(item)
+        self.levels.append(level)
         # Only a level can make room (by replacing its older self), so only a
         # level triggers coalescing; an end marker never drops what waits.
         if level is not None and self.limit is not None and len(self.items) > self.limit:
@@ -108,21 +115,24 @@ class _Queue(Generic[T]):
         # Keep, for each level, only its newest item; keep every other item.
         # Runs once per `limit` puts at most, so it costs O(1) per put.
         newest: dict[Hashable, int] = {}
-        for index, (level, _) in enumerate(self.items):
+        for index, level in enumerate(self.levels):
             if level is not None:
                 newest[level] = index
-        kept = [
-            entry
-            for index, entry in enumerate(self.items)
-            if entry[0] is None or newest[entry[0]] == index
+        keep = [
+            index
+            for index, level in enumerate(self.levels)
+            if level is None or newest[level] == index
         ]
-        self.items = collections.deque(kept)
-        if self.limit is not None and len(kept) > self.limit and not self._warned:
+        items, levels = list(self.items), list(self.levels)
+        self.items = collections.deque(items[i] for i in keep)
+        self.levels = collections.deque(levels[i] for i in keep)
+        if self.limit is not None and len(keep) > self.limit and not self._warned:
             self._warned = True
-            log.warning("a slow client has %d events queued that cannot be coalesced", len(kept))
+            log.warning("a slow client has %d events queued that cannot be coalesced", len(keep))
 
     def pop(self) -> T:
-        return self.items.popleft()[1]
+        self.levels.popleft()
+        return self.items.popleft()
 
 
 class _ThreadChannel(_Queue[T]):
@@ -159,6 +169,7 @@ class _HubChannel(_Queue[T]):
 
         super().__init__(limit)
         self._hub: Any = gevent.get_hub()
+        self._hub_thread: int = self._hub.thread_ident
         self._get_ident: Callable[[], int] = _original("_thread", "get_ident")
         # A native lock: the writer may be another OS thread. Held only for a
         # few statements, so the hub never waits on it for long.
@@ -171,10 +182,11 @@ class _HubChannel(_Queue[T]):
     def put(self, item: T, level: Hashable | None = None) -> None:
         with self._lock:
             self.push(item, level)
-            if self._get_ident() == self._hub.thread_ident:
-                self._ready.set()
-            elif not self._closed:
-                self._watcher.send()
+            if self._get_ident() != self._hub_thread:
+                if not self._closed:
+                    self._watcher.send()
+                return
+        self._ready.set()
 
     def get(self, timeout: float | None) -> T:
         while True:

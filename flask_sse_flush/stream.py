@@ -131,10 +131,14 @@ class EventStream:
 
         :raises StreamClosed: the stream was closed or its client left.
         """
-        frame = _as_frame(event)
+        # The fan-out hot path: an Event carries its frame, encoded once.
+        if type(event) is Event:
+            frame: bytes = event.__dict__["_frame"]
+            level = event.event if event.event in self._coalesce else None
+        else:
+            frame, level = _as_frame(event), None
         if self._closed:
             raise StreamClosed("the stream is closed; its client will receive nothing more")
-        level = event.event if isinstance(event, Event) and event.event in self._coalesce else None
         self._channel.put(frame, level)
 
     @property

@@ -172,6 +172,10 @@ class Broker(Protocol):
         """Detach ``subscriber``; return how many subscribers the job has left."""
         ...
 
+    def subscribers(self, job_id: str) -> int:
+        """How many subscribers a job has now (0 for an unknown job)."""
+        ...
+
     def cancel(self, job_id: str) -> bool:
         """Ask the job to stop; ``False`` if it is unknown or has ended."""
         ...

@@ -201,6 +201,11 @@ class MemoryBroker:
                 job.subscribers.remove(subscriber)
             return len(job.subscribers)
 
+    def subscribers(self, job_id: str) -> int:
+        """How many subscribers a job has now (0 for an unknown job)."""
+        job = self._jobs.get(job_id)
+        return 0 if job is None else len(job.subscribers)
+
     def cancel(self, job_id: str) -> bool:
         job = self._job(job_id)
         if job is None:

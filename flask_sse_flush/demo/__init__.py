@@ -34,15 +34,20 @@ def create_app(
     """Build the demo application.
 
     :param output_dir: where finished videos go; else the
-        ``SSE_FLUSH_DEMO_OUTPUT_DIR`` environment variable, else a folder in
-        the temporary directory.
+        ``SSE_FLUSH_DEMO_OUTPUT_DIR`` config key (passed in ``config``), else
+        that environment variable, else a folder in the temporary directory.
     :param render: the render job; by default the real video render.
     :param config: extra Flask config (e.g. ``SSE_FLUSH_KEEPALIVE``).
     """
     app = Flask(__name__)
     app.config["SSE_FLUSH_RETRY"] = 2000
     app.config.update(config)
-    folder = Path(output_dir or os.environ.get("SSE_FLUSH_DEMO_OUTPUT_DIR") or default_output_dir())
+    folder = Path(
+        output_dir
+        or app.config.get("SSE_FLUSH_DEMO_OUTPUT_DIR")
+        or os.environ.get("SSE_FLUSH_DEMO_OUTPUT_DIR")
+        or default_output_dir()
+    )
     settings = RenderSettings(output_dir=folder, ffmpeg=find_ffmpeg())
     app.config["SSE_FLUSH_DEMO_OUTPUT_DIR"] = str(folder)
 

@@ -1,0 +1,425 @@
+"""``make bench``: our streams against the peers and the limit, in one run.
+
+Every contender is a separate server process on 127.0.0.1; clients are
+other processes reading raw sockets. All figures of one run are measured on
+the same machine within minutes of each other: absolute times drift on a
+shared machine, ratios measured together hold.
+
+    python -m benchmarks.run            # full: about 5 minutes
+    python -m benchmarks.run --quick    # tiny sizes, < 60 s, asserts nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .client import raise_open_file_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    label: str
+    max_streams: int
+    wall: str = ""  # why it stops below the largest level, if it does
+
+
+CONTENDERS = [
+    Contender("raw-asyncio", "the limit: raw asyncio socket server", 10_000),
+    Contender("ours-gevent", "flask-sse-flush, gunicorn -k gevent", 10_000),
+    Contender("bare-gevent", "bare Flask generator, gunicorn -k gevent", 10_000),
+    Contender("sse-starlette", "sse-starlette, uvicorn", 10_000),
+    Contender(
+        "ours-werkzeug",
+        "flask-sse-flush, werkzeug dev server",
+        1_000,
+        "one OS thread per stream: 10,000 threads is not what a dev server is for",
+    ),
+    Contender(
+        "naive-werkzeug",
+        "naive Flask (two writes per event, no TCP_NODELAY), werkzeug",
+        1_000,
+        "one OS thread per stream",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    levels: dict[int, tuple[int, float]]  # streams -> (events per run, interval)
+    runs: int
+    burst: int
+    cpu_streams: int
+    cpu_seconds: float
+    idle_seconds: float
+    settle: float = 1.0  # seconds after a CPU job's events are due, for the last to land
+
+
+FULL = Plan(
+    levels={1: (200, 0.005), 100: (50, 0.02), 1_000: (20, 0.1), 10_000: (10, 0.5)},
+    runs=3,
+    burst=100_000,
+    cpu_streams=100,
+    cpu_seconds=3.0,
+    idle_seconds=2.5,
+)
+QUICK = Plan(
+    levels={1: (10, 0.005), 10: (5, 0.01)},
+    runs=3,
+    burst=1_000,
+    cpu_streams=5,
+    cpu_seconds=0.3,
+    idle_seconds=0.2,
+    settle=0.3,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def server_command(name: str, port: int) -> list[str]:
+    python = sys.executable
+    bind = f"127.0.0.1:{port}"
+    gunicorn = [
+        python, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1",
+        "--worker-connections", "12000", "--backlog", "4096", "--bind", bind,
+        "--log-level", "warning",
+    ]  # fmt: skip
+    if (
+        "--no-control-socket"
+        in subprocess.run(
+            [python, "-m", "gunicorn", "--help"], capture_output=True, text=True
+        ).stdout
+    ):
+        gunicorn.append("--no-control-socket")
+    if name == "ours-gevent":
+        return [*gunicorn, "benchmarks.contenders.ours:app"]
+    if name == "bare-gevent":
+        return [*gunicorn, "benchmarks.contenders.bare:app"]
+    if name == "ours-werkzeug":
+        return [python, "-m", "benchmarks.serve", "benchmarks.contenders.ours:app", str(port)]
+    if name == "naive-werkzeug":
+        return [python, "-m", "benchmarks.serve", "benchmarks.contenders.bare:naive_app", str(port)]
+    if name == "sse-starlette":
+        fast = ["--loop", "uvloop"] if _has("uvloop") else []
+        fast += ["--http", "httptools"] if _has("httptools") else []
+        return [
+            python, "-m", "uvicorn", "benchmarks.contenders.starlette:app", "--host",
+            "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+            "--backlog", "4096", *fast,
+        ]  # fmt: skip
+    if name == "raw-asyncio":
+        return [python, "-m", "benchmarks.contenders.raw", str(port)]
+    raise ValueError(name)
+
+
+def get_json(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def tree_rss_kib(pid: int) -> int:
+    """RSS of a process and its children (a gunicorn master and its worker)."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+    total = 0
+    for each in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+@contextlib.contextmanager
+def server(name: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        server_command(name, port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}")
+            with contextlib.suppress(OSError):
+                get_json(port, "/count")
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.1)
+        yield port, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(15)
+
+
+@dataclass
+class Clients:
+    """Client processes holding ``total`` streams between them."""
+
+    port: int
+    total: int
+    expect: int
+    timeout: float
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    connected: int = 0
+
+    def __enter__(self) -> Clients:
+        per = 5_000
+        for start in range(0, self.total, per):
+            n = min(per, self.total - start)
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.client",
+                        "streams",
+                        str(self.port),
+                        str(n),
+                        str(self.expect),
+                        str(self.timeout),
+                    ],
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for process in self.processes:
+            assert process.stdout is not None
+            line = process.stdout.readline().split()
+            self.connected += int(line[1]) if line and line[0] == "ready" else 0
+        return self
+
+    def results(self) -> list[dict[str, Any]]:
+        out = []
+        for process in self.processes:
+            stdout, _ = process.communicate(timeout=self.timeout + 60)
+            out.append(json.loads(stdout))
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def runs_of(results: list[dict[str, Any]], per_run: int, runs: int) -> list[dict[int, list[int]]]:
+    """Split every stream's ticks into the runs they belong to, by sequence number."""
+    by_seq: dict[int, list[int]] = {}
+    for result in results:
+        for seq, latencies in result["by_seq"].items():
+            by_seq.setdefault(int(seq), []).extend(latencies)
+    seqs = sorted(by_seq)
+    return [{s: by_seq[s] for s in seqs[r * per_run : (r + 1) * per_run]} for r in range(runs)]
+
+
+def measure_level(port: int, streams: int, count: int, interval: float, plan: Plan,
+                  pid: int, baseline: int) -> dict[str, Any]:  # fmt: skip
+    timeout = plan.runs * (count * interval + 5) + 30
+    with Clients(port, streams, count * plan.runs, timeout) as clients:
+        deadline = time.monotonic() + 30
+        while get_json(port, "/count")["n"] < clients.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(plan.idle_seconds)  # idle, keepalives running
+        rss = tree_rss_kib(pid)
+        for _ in range(plan.runs):
+            get_json(port, f"/pub?count={count}&interval={interval}")
+            time.sleep(count * interval + min(2.0, 0.2 + streams / 5_000))
+        results = clients.results()
+    held = sum(r["complete"] for r in results)
+    per_run = []
+    for run in runs_of(results, count, plan.runs):
+        latencies = [v / 1e6 for values in run.values() for v in values]  # ms
+        if not latencies:
+            continue
+        fanout = [max(values) / 1e6 for values in run.values()]
+        per_run.append({
+            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+            "max": max(latencies), "fanout": statistics.median(fanout),
+            "delivered": len(latencies) / (count * streams),
+        })  # fmt: skip
+    summary = {
+        key: summarise([run[key] for run in per_run])
+        for key in ("p50", "p99", "max", "fanout", "delivered")
+    } if per_run else {}  # fmt: skip
+    return {
+        "streams": streams, "connected": clients.connected, "held": held,
+        "rss_kib": rss, "rss_per_stream_kib": (rss - baseline) / max(1, clients.connected),
+        "runs": per_run, **summary,
+    }  # fmt: skip
+
+
+def measure_throughput(port: int, plan: Plan) -> dict[str, Any]:
+    rates = []
+    for _ in range(plan.runs):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.client", "burst", str(port), str(plan.burst)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        rates.append(json.loads(out.stdout)["rate"])
+    return summarise(rates)
+
+
+def measure_cpu_job(port: int, plan: Plan) -> dict[str, Any]:
+    count, interval = max(5, int(plan.cpu_seconds / 0.05) - 10), 0.05
+    runs = []
+    with Clients(port, plan.cpu_streams, count * plan.runs, 120) as clients:
+        for _ in range(plan.runs):
+            # Events are due on a schedule fixed before the job starts: a
+            # server the job stalls shows it as latency, even if it sends late.
+            start = time.time_ns() + 200_000_000
+            get_json(port, f"/pub?count={count}&interval={interval}&start={start}")
+            get_json(port, f"/cpu?seconds={plan.cpu_seconds}")
+            time.sleep(max(0.0, (start - time.time_ns()) / 1e9) + plan.cpu_seconds + plan.settle)
+        results = clients.results()
+    for run in runs_of(results, count, plan.runs):
+        latencies = [v / 1e6 for values in run.values() for v in values]
+        if latencies:
+            runs.append({"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)})
+    return {key: summarise([r[key] for r in runs]) for key in ("p50", "p99")} if runs else {}
+
+
+def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
+    print(f"  {contender.name}: {contender.label}", flush=True)
+    with server(contender.name) as (port, process):
+        with Clients(port, 1, 20, 30) as warm:  # warm up imports and code paths
+            get_json(port, "/pub?count=20&interval=0.001")
+            warm.results()
+        time.sleep(0.3)
+        baseline = tree_rss_kib(process.pid)
+        levels = {}
+        for streams, (count, interval) in plan.levels.items():
+            if streams > contender.max_streams:
+                continue
+            levels[str(streams)] = measure_level(
+                port, streams, count, interval, plan, process.pid, baseline
+            )
+            p50 = levels[str(streams)].get("p50", {}).get("median", math.nan)
+            print(f"    {streams:>6} streams: p50 {p50:.3f} ms", flush=True)
+        throughput = measure_throughput(port, plan)
+        cpu = measure_cpu_job(port, plan)
+    return {
+        "label": contender.label, "wall": contender.wall, "baseline_rss_kib": baseline,
+        "levels": levels, "throughput": throughput, "cpu_job": cpu,
+    }  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    names = ["flask", "werkzeug", "gunicorn", "gevent", "sse-starlette", "starlette", "uvicorn"]
+    found = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    found["python"] = platform.python_version()
+    found["flask-sse-flush"] = metadata.version("flask-sse-flush")
+    return found
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(), "cpu": model, "cpu_count": os.cpu_count(),
+        "memory_kib": int(Path("/proc/meminfo").read_text().split()[1]),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; checks the code runs")
+    parser.add_argument("--only", nargs="*", help="measure only these contenders")
+    parser.add_argument("--output", type=Path, help="where to write the JSON results")
+    parser.add_argument(
+        "--levels", nargs="*", type=int, help="measure only these stream counts (of the plan's)"
+    )
+    args = parser.parse_args(argv)
+    raise_open_file_limit()
+    plan = QUICK if args.quick else FULL
+    if args.levels:
+        plan = dataclasses.replace(
+            plan, levels={k: v for k, v in plan.levels.items() if k in args.levels}
+        )
+    started = time.monotonic()
+    print(f"flask-sse-flush benchmark ({'quick' if args.quick else 'full'})", flush=True)
+    contenders = [c for c in CONTENDERS if not args.only or c.name in args.only]
+    measured = {c.name: measure(c, plan) for c in contenders}
+    result = {
+        "mode": "quick" if args.quick else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": machine(),
+        "versions": versions(),
+        "plan": {"levels": {str(k): v for k, v in plan.levels.items()}, "runs": plan.runs,
+                 "burst": plan.burst, "cpu_streams": plan.cpu_streams,
+                 "cpu_seconds": plan.cpu_seconds},
+        "contenders": measured,
+    }  # fmt: skip
+    from .report import table, write_docs
+
+    print(table(result))
+    output = args.output or RESULTS / ("quick.json" if args.quick else "latest.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+    if not args.quick and not args.only and not args.levels:
+        for path in write_docs(result):
+            print(f"wrote {path.relative_to(ROOT)}")
+    print(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
