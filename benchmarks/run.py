@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from flask_sse_flush.testing import free_port, server_process
 
 from .client import raise_open_file_limit
 
@@ -92,12 +93,6 @@ QUICK = Plan(
     idle_seconds=0.2,
     settle=0.3,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _has(module: str) -> bool:
@@ -167,28 +162,9 @@ def tree_rss_kib(pid: int) -> int:
 def server(name: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(
-        server_command(name, port), cwd=ROOT, env=env, stdout=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}")
-            with contextlib.suppress(OSError):
-                get_json(port, "/count")
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.1)
+    command = server_command(name, port)
+    with server_process(command, port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) as process:
         yield port, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
 
 
 @dataclass

@@ -93,6 +93,9 @@ class _Queue(Generic[T]):
     Items and their levels sit in two parallel deques rather than one deque
     of pairs: a put then allocates no tuple, which matters when one event
     fans out to 10,000 streams (each tuple would feed the garbage collector).
+    The levels deque is made only once a level arrives, so a stream that
+    never carries one keeps a single deque (memory per stream counts at
+    10,000 streams too).
     """
 
     def __init__(self, limit: int | None) -> None:
@@ -100,38 +103,41 @@ class _Queue(Generic[T]):
             raise ValueError(f"a channel's limit must be at least 1, not {limit}")
         self.limit = limit
         self.items: collections.deque[T] = collections.deque()
-        self.levels: collections.deque[Hashable | None] = collections.deque()
+        self.levels: collections.deque[Hashable | None] | None = None
         self._warned = False
 
     def push(self, item: T, level: Hashable | None) -> None:
         self.items.append(item)
+        if level is None and self.levels is None:
+            return
+        if self.levels is None:
+            self.levels = collections.deque([None] * (len(self.items) - 1))
         self.levels.append(level)
         # Only a level can make room (by replacing its older self), so only a
         # level triggers coalescing; an end marker never drops what waits.
         if level is not None and self.limit is not None and len(self.items) > self.limit:
-            self._coalesce()
+            self._coalesce(self.levels)
 
-    def _coalesce(self) -> None:
+    def _coalesce(self, levels: collections.deque[Hashable | None]) -> None:
         # Keep, for each level, only its newest item; keep every other item.
         # Runs once per `limit` puts at most, so it costs O(1) per put.
         newest: dict[Hashable, int] = {}
-        for index, level in enumerate(self.levels):
+        for index, level in enumerate(levels):
             if level is not None:
                 newest[level] = index
         keep = [
-            index
-            for index, level in enumerate(self.levels)
-            if level is None or newest[level] == index
+            index for index, level in enumerate(levels) if level is None or newest[level] == index
         ]
-        items, levels = list(self.items), list(self.levels)
+        items, old_levels = list(self.items), list(levels)
         self.items = collections.deque(items[i] for i in keep)
-        self.levels = collections.deque(levels[i] for i in keep)
+        self.levels = collections.deque(old_levels[i] for i in keep)
         if self.limit is not None and len(keep) > self.limit and not self._warned:
             self._warned = True
             log.warning("a slow client has %d events queued that cannot be coalesced", len(keep))
 
     def pop(self) -> T:
-        self.levels.popleft()
+        if self.levels is not None:
+            self.levels.popleft()
         return self.items.popleft()
 
 
@@ -222,13 +228,64 @@ def new_channel(limit: int | None = None) -> Channel[Any]:
     return _ThreadChannel(limit)
 
 
-def start_native_thread(target: Callable[[], None], name: str) -> None:
+#: The switch interval native jobs run with beside a gevent hub (seconds).
+JOB_SWITCH_INTERVAL = 0.0005
+
+
+class _SwitchInterval:
+    """Lowers the interpreter's GIL switch interval while native jobs run.
+
+    Every socket write of the hub releases the GIL and must win it back; a
+    CPU-bound job thread keeps it for a whole switch interval each time (5 ms
+    by default), so one broadcast to 100 streams queues behind the job 100
+    times, the "GIL convoy". A shorter interval while jobs run bounds each
+    wait. The setting is process-wide, hence this one counted holder: the
+    first job in lowers it, the last job out restores it.
+    """
+
+    def __init__(self) -> None:
+        self._lock: Any = None
+        self._running = 0
+        self._saved: float | None = None
+
+    def _native_lock(self) -> Any:
+        if self._lock is None:
+            self._lock = _original("_thread", "allocate_lock")()
+        return self._lock
+
+    def enter(self, interval: float) -> None:
+        with self._native_lock():
+            if self._running == 0:
+                current = sys.getswitchinterval()
+                if interval < current:
+                    self._saved = current
+                    sys.setswitchinterval(interval)
+            self._running += 1
+
+    def exit(self) -> None:
+        with self._native_lock():
+            self._running -= 1
+            if self._running == 0 and self._saved is not None:
+                sys.setswitchinterval(self._saved)
+                self._saved = None
+
+
+_SWITCH_INTERVAL = _SwitchInterval()
+
+
+def start_native_thread(
+    target: Callable[[], None], name: str, switch_interval: float | None = JOB_SWITCH_INTERVAL
+) -> None:
     """Run ``target`` in a new OS thread, even under gevent.
 
     Under gevent, ``threading.Thread`` makes a greenlet: a CPU-bound or
     blocking job in it would stall every stream of the worker. The
     original ``_thread.start_new_thread`` makes a real thread, which the
-    GIL time-slices against the hub (every 5 ms by default).
+    GIL time-slices against the hub.
+
+    :param switch_interval: under gevent, the GIL switch interval to use
+        while such jobs run (see :class:`_SwitchInterval`); ``None`` leaves
+        the interpreter's setting alone.
     """
     if gevent_is_active():
         import gevent
@@ -238,9 +295,23 @@ def start_native_thread(target: Callable[[], None], name: str) -> None:
         context = contextvars.copy_context()
         context.run(_MAIN_HUB.set, gevent.get_hub())
         job = _with_hub_cleanup(target)
+        if switch_interval is not None:
+            job = _with_switch_interval(job, switch_interval)
         _original("_thread", "start_new_thread")(context.run, (job,))
         return
     threading.Thread(target=target, name=name, daemon=True).start()
+
+
+def _with_switch_interval(target: Callable[[], None], interval: float) -> Callable[[], None]:
+    _SWITCH_INTERVAL.enter(interval)
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            _SWITCH_INTERVAL.exit()
+
+    return run
 
 
 def _with_hub_cleanup(target: Callable[[], None]) -> Callable[[], None]:

@@ -13,7 +13,11 @@ These read what a browser would: they parse with the WHATWG rules
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from werkzeug.wrappers import Response as BaseResponse
@@ -66,3 +70,56 @@ def iter_events(source: StreamSource) -> Generator[Event, None, None]:
 def parse_events(source: StreamSource) -> list[Event]:
     """Read ``source`` to its end and return all its events."""
     return list(iter_events(source))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_process(
+    command: Sequence[str],
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    **popen: Any,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a real server (gunicorn, werkzeug, ...) for the length of a ``with``.
+
+    Starts ``command``, waits until ``host:port`` accepts connections, and
+    stops the process however the block ends (``terminate``, then ``kill``
+    after 10 s). Timing tests belong on such a server: Flask's test client
+    proves nothing about when bytes reach a socket. ::
+
+        port = free_port()
+        command = ["gunicorn", "-k", "gevent", "-b", f"127.0.0.1:{port}", "app:app"]
+        with server_process(command, port):
+            ...  # read http://127.0.0.1:{port}/render/stream over a socket
+
+    :param command: the server's command line; it must listen on ``port``.
+    :param popen: passed to :class:`subprocess.Popen` (``cwd``, ``env``, ...).
+    :raises RuntimeError: the process exited, or did not listen in time.
+    """
+    process = subprocess.Popen(list(command), **popen)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited with {process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not listen on {host}:{port} in {timeout} s")
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

@@ -148,3 +148,45 @@ def test_event_stream_under_gevent_keepalive_and_native_sender() -> None:
         """
     )
     assert out.strip() == "ok"
+
+
+def test_native_jobs_lower_the_switch_interval_while_they_run() -> None:
+    out = run_under_gevent(
+        """
+        import sys
+        import gevent
+        from gevent.monkey import get_original
+        from flask_sse_flush._concurrency import start_native_thread
+
+        default = sys.getswitchinterval()
+        seen = []
+        lock = get_original("_thread", "allocate_lock")()
+        release = get_original("_thread", "allocate_lock")()
+        release.acquire()
+
+        def job():
+            seen.append(sys.getswitchinterval())
+            release.acquire()  # hold until the test lets go
+            release.release()
+
+        start_native_thread(job, "a")
+        start_native_thread(job, "b")
+        while len(seen) < 2:
+            gevent.sleep(0.01)
+        assert sys.getswitchinterval() == 0.0005, sys.getswitchinterval()
+        release.release()
+        for _ in range(500):
+            if sys.getswitchinterval() == default:
+                break
+            gevent.sleep(0.01)
+        assert seen == [0.0005, 0.0005], seen
+        assert sys.getswitchinterval() == default  # restored by the last one out
+
+        start_native_thread(lambda: seen.append(sys.getswitchinterval()), "c", None)
+        while len(seen) < 3:
+            gevent.sleep(0.01)
+        assert seen[2] == default  # None leaves the interpreter alone
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.integration.support import HOST, free_port
+from flask_sse_flush.testing import free_port
+from tests.integration.support import HOST
 
 ENGINES = ("chromium", "firefox", "webkit")
 

@@ -17,15 +17,10 @@ from urllib.parse import quote
 
 from flask_sse_flush import Event
 from flask_sse_flush.frames import EventDecoder
+from flask_sse_flush.testing import free_port, server_process
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _gunicorn_has(setting: str) -> bool:
@@ -76,36 +71,21 @@ def running_server(
     It serves ``create_app(log_dir)`` from ``app.py`` in ``app_dir``.
     """
     port = free_port()
-    output = (log_dir / "server.out").open("wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        server_command(kind, port, log_dir, app_dir),
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{kind} exited with {process.returncode}: "
-                    + (log_dir / "server.out").read_text(errors="replace")[-3000:]
-                )
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} did not listen on {port} within {timeout} s")
-            time.sleep(0.05)
-        yield Server(kind, port, log_dir, process)
-    finally:
-        process.terminate()
+    command = server_command(kind, port, log_dir, app_dir)
+    started = False
+    with (log_dir / "server.out").open("wb") as output:
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        output.close()
+            with server_process(
+                command, port, timeout=timeout, stdout=output, stderr=subprocess.STDOUT, env=env
+            ) as process:
+                started = True
+                yield Server(kind, port, log_dir, process)
+        except RuntimeError as exc:
+            if started:
+                raise
+            log = (log_dir / "server.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{kind}: {exc}\n{log}") from None
 
 
 def stream_path(payload: dict[str, Any]) -> str:
