@@ -173,9 +173,15 @@ What the numbers say
   (Windows) per event; see :doc:`buffering`. The benchmark does not stage it.
 * Latency at high concurrency is mostly fan-out: one worker writes the event
   to N sockets one after another, so the last subscriber waits for N writes.
-* A CPU-bound job in a greenlet stops every stream of its worker; in a native
-  thread (the library's default) other streams wait at most for the GIL's
-  switch interval (5 ms by default, ``sys.getswitchinterval()``).
+* A CPU-bound job in a greenlet stops every stream of its worker (the bare
+  generator's *CPU job* figure). In a native thread, each socket write of
+  the worker gives up the GIL and waits up to a switch interval to get it
+  back: at Python's default 5 ms, a broadcast to many streams queues behind
+  the job again and again (the raw asyncio server, whose job runs in
+  ``asyncio.to_thread``, shows it). The library lowers the interval to
+  0.5 ms while its jobs run (``switch_interval``), which keeps other
+  streams within tens of milliseconds. uvicorn with uvloop writes from C
+  without giving up the GIL, so sse-starlette does not suffer it.
 """
 
 
@@ -205,3 +211,17 @@ def write_docs(result: dict[str, Any]) -> list[Path]:
     )
     DOCS_PAGE.write_text(page)
     return [DOCS_PAGE, plot(result)]
+
+
+def main() -> None:
+    """Regenerate the docs page and plot from ``results/latest.json``."""
+    import json
+
+    result = json.loads((Path(__file__).resolve().parent / "results" / "latest.json").read_text())
+    print(table(result))
+    for path in write_docs(result):
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
