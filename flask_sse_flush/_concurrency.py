@@ -104,6 +104,9 @@ class _Queue(Generic[T]):
         self.limit = limit
         self.items: collections.deque[T] = collections.deque()
         self.levels: collections.deque[Hashable | None] | None = None
+        # Coalesce when the queue passes this; raised while frames that
+        # cannot be coalesced fill it, so each put stays O(1) amortised.
+        self._threshold = limit
         self._warned = False
 
     def push(self, item: T, level: Hashable | None) -> None:
@@ -115,7 +118,7 @@ class _Queue(Generic[T]):
         self.levels.append(level)
         # Only a level can make room (by replacing its older self), so only a
         # level triggers coalescing; an end marker never drops what waits.
-        if level is not None and self.limit is not None and len(self.items) > self.limit:
+        if level is not None and self._threshold is not None and len(self.items) > self._threshold:
             self._coalesce(self.levels)
 
     def _coalesce(self, levels: collections.deque[Hashable | None]) -> None:
@@ -131,13 +134,20 @@ class _Queue(Generic[T]):
         items, old_levels = list(self.items), list(levels)
         self.items = collections.deque(items[i] for i in keep)
         self.levels = collections.deque(old_levels[i] for i in keep)
-        if self.limit is not None and len(keep) > self.limit and not self._warned:
+        assert self.limit is not None
+        # Past the limit with frames that cannot be coalesced: wait for another
+        # `limit` puts before trying again, not one.
+        plain = sum(1 for i in keep if old_levels[i] is None)
+        self._threshold = self.limit if len(keep) <= self.limit else plain + self.limit
+        if len(keep) > self.limit and not self._warned:
             self._warned = True
             log.warning("a slow client has %d events queued that cannot be coalesced", len(keep))
 
     def pop(self) -> T:
         if self.levels is not None:
             self.levels.popleft()
+        if self._threshold != self.limit and len(self.items) <= (self.limit or 0):
+            self._threshold = self.limit
         return self.items.popleft()
 
 
@@ -181,15 +191,19 @@ class _HubChannel(_Queue[T]):
         # few statements, so the hub never waits on it for long.
         self._lock: Any = _original("_thread", "allocate_lock")()
         self._ready: Any = gevent.event.Event()
-        self._watcher: Any = self._hub.loop.async_()
-        self._watcher.start(self._ready.set)
+        # Made by the first get(), on the hub: a stream that is never served
+        # (a view that answers 403 instead) then leaves no started watcher,
+        # which would keep itself alive in the loop for good.
+        self._watcher: Any = None
         self._closed = False
 
     def put(self, item: T, level: Hashable | None = None) -> None:
         with self._lock:
             self.push(item, level)
             if self._get_ident() != self._hub_thread:
-                if not self._closed:
+                # Before the first get() there is no watcher, and nobody to
+                # wake: that get() finds the item.
+                if self._watcher is not None and not self._closed:
                     self._watcher.send()
                 return
         self._ready.set()
@@ -199,6 +213,9 @@ class _HubChannel(_Queue[T]):
             with self._lock:
                 if self.items:
                     return self.pop()
+                if self._watcher is None and not self._closed:
+                    self._watcher = self._hub.loop.async_()
+                    self._watcher.start(self._ready.set)
                 self._ready.clear()
             # Nothing can be lost between the unlock and the wait: a put in
             # between sets the event (directly or through the watcher).
@@ -213,8 +230,9 @@ class _HubChannel(_Queue[T]):
             if self._closed:
                 return
             self._closed = True
-            self._watcher.stop()
-            self._watcher.close()
+            if self._watcher is not None:
+                self._watcher.stop()
+                self._watcher.close()
 
 
 def new_channel(limit: int | None = None) -> Channel[Any]:
@@ -303,9 +321,8 @@ def start_native_thread(
 
 
 def _with_switch_interval(target: Callable[[], None], interval: float) -> Callable[[], None]:
-    _SWITCH_INTERVAL.enter(interval)
-
     def run() -> None:
+        _SWITCH_INTERVAL.enter(interval)
         try:
             target()
         finally:

@@ -19,6 +19,7 @@ from ._concurrency import JOB_SWITCH_INTERVAL, new_lock, start_greenlet, start_n
 from .brokers.base import Broker, event_id, parse_event_id
 from .brokers.memory import MemoryBroker
 from .exceptions import InvalidPayload, PayloadTooLarge
+from .headers import setup_sse_headers
 from .jobs import RenderFunction, RenderJob
 from .stream import EventStream
 
@@ -87,6 +88,8 @@ def parse_payload(
     if validate is not None:
         try:
             checked = validate(payload)
+        except InvalidPayload:
+            raise  # already says what is wrong, with its status (413 stays 413)
         except (ValueError, TypeError, LookupError) as exc:
             raise InvalidPayload(str(exc) or f"invalid payload ({type(exc).__name__})") from None
         if checked is not None:
@@ -156,8 +159,14 @@ class RenderService:
             self._running += 1
         try:
             job = RenderJob(self.render, payload, self.broker)
-            self._spawn(lambda: self._run(job))
         except BaseException:
+            self._finished()
+            raise
+        try:
+            self._spawn(lambda: self._run(job))
+        except BaseException as exc:
+            # The job will never run: end it, so nobody waits on it.
+            job.abort(f"the job could not be started ({type(exc).__name__})")
             self._finished()
             raise
         log.debug("started render job %s", job.id)
@@ -223,7 +232,9 @@ def create_render_blueprint(
 
     Errors are JSON ``{"error": "..."}``: ``400`` bad input or a garbage
     ``Last-Event-ID``, ``404`` unknown (or purged) job, ``413`` payload over
-    ``max_payload``, ``429`` (with ``Retry-After``) over ``max_jobs``.
+    ``max_payload``, ``429`` (with ``Retry-After``) over ``max_jobs``,
+    ``503`` if the executor refused the job. A ``HEAD`` request is
+    validated and answered with the stream's headers, and starts nothing.
 
     :param render: ``render(payload, progress) -> dict``.
     :param name: the blueprint's name (``url_for`` prefix; the key in
@@ -281,7 +292,11 @@ def create_render_blueprint(
 
     def start(payload: dict[str, Any]) -> RenderJob | Response:
         limit = _option(max_jobs, "MAX_JOBS", DEFAULT_MAX_JOBS)
-        job = service.start(payload, limit)
+        try:
+            job = service.start(payload, limit)
+        except Exception:
+            log.exception("could not start a render job")
+            return _json_error(503, "the render job could not be started; try again later")
         if job is None:
             return _json_error(
                 429,
@@ -312,6 +327,9 @@ def create_render_blueprint(
             return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
         return stream.response()
 
+    def stream_headers() -> Response:
+        return setup_sse_headers(Response(status=200))
+
     @blueprint.get("/render/stream")
     def render_stream() -> Response:
         last_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
@@ -330,6 +348,10 @@ def create_render_blueprint(
             payload = read_payload(request.args.get("data"), "query parameter 'data'")
         except InvalidPayload as exc:
             return _json_error(exc.status, str(exc))
+        if request.method == "HEAD":
+            # Flask answers HEAD with the GET view; a link checker or
+            # `curl -I` must not start a render.
+            return stream_headers()
         job = start(payload)
         return job if isinstance(job, Response) else attach(job.id, 0)
 

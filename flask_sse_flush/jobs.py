@@ -169,6 +169,10 @@ class RenderJob:
         """Ask the job to stop: its next ``progress()`` call raises."""
         self.progress.cancel()
 
+    def abort(self, message: str) -> None:
+        """End a job that will never run (its executor refused it) with an error."""
+        self._end("error", {"message": message}, {"state": "error", "error": message})
+
     def _publish(self, name: str, data: Any, change: StatusChange, *, final: bool = False) -> None:
         """Number the event and publish it; a number is used only once it is sent."""
         with self._lock:
@@ -197,7 +201,12 @@ class RenderJob:
             log.exception("job %s could not publish its error event either", self.id)
 
     def run(self) -> None:
-        """Run the render to its end and publish the terminal event; never raises."""
+        """Run the render to its end and publish the terminal event.
+
+        Exceptions of the render become its ``error`` event; only a
+        :class:`BaseException` that is not an :class:`Exception` (a
+        ``gevent.Timeout``, ``SystemExit``) is raised again, after that event.
+        """
         try:
             self.broker.update(self.id, {"state": "running"})
             result = self._render(self.payload, self.progress)
@@ -218,5 +227,11 @@ class RenderJob:
             log.exception("render job %s failed", self.id)
             message = error_message(exc)
             self._end("error", {"message": message}, {"state": "error", "error": message})
+        except BaseException as exc:
+            # gevent.Timeout, GreenletExit, SystemExit: not errors of the
+            # render's own, but its clients must still hear that it ended.
+            message = f"the job was stopped ({type(exc).__name__})"
+            self._end("error", {"message": message}, {"state": "error", "error": message})
+            raise
         else:
             self._end("complete", complete, {"state": "complete", "result": complete})

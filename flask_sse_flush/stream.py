@@ -137,9 +137,12 @@ class EventStream:
             level = event.event if event.event in self._coalesce else None
         else:
             frame, level = _as_frame(event), None
-        if self._closed:
-            raise StreamClosed("the stream is closed; its client will receive nothing more")
-        self._channel.put(frame, level)
+        # Checked and queued under the lock close() takes, so a frame can
+        # never land behind the end marker and vanish without an error.
+        with self._lock:
+            if self._closed:
+                raise StreamClosed("the stream is closed; its client will receive nothing more")
+            self._channel.put(frame, level)
 
     @property
     def pending(self) -> int:
@@ -155,7 +158,7 @@ class EventStream:
             if self._closed:
                 return
             self._closed = True
-        self._channel.put(_END)
+            self._channel.put(_END)
 
     def on_close(self, callback: C) -> C:
         """Call ``callback()`` once when the stream ends, for any reason.
@@ -236,15 +239,31 @@ def sse_response(events: Iterable[Event | bytes], *, retry: int | None = None) -
     :param retry: reconnection delay (milliseconds) to announce.
     """
 
-    def body() -> Iterator[bytes]:
-        iterator = iter(events)
-        try:
-            yield opening_frame(retry)
-            for item in iterator:
-                yield _as_frame(item)
-        finally:
-            close = getattr(iterator, "close", None)
+    opening = opening_frame(retry)  # a bad retry fails here, before any byte
+    iterator = iter(events)
+
+    closed: list[bool] = []
+
+    def close_source() -> None:
+        # WSGI's rule for iterables: close() if it has one; a generator is
+        # its own iterator, a class may hand out another.
+        if closed:
+            return
+        closed.append(True)
+        for source in {id(events): events, id(iterator): iterator}.values():
+            close = getattr(source, "close", None)
             if callable(close):
                 close()
 
-    return setup_sse_headers(Response(body()))
+    def body() -> Iterator[bytes]:
+        try:
+            yield opening
+            for item in iterator:
+                yield _as_frame(item)
+        finally:
+            close_source()
+
+    response = Response(body())
+    # Also closes a source whose body the server never started to iterate.
+    response.call_on_close(close_source)
+    return setup_sse_headers(response)

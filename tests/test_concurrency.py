@@ -190,3 +190,31 @@ def test_native_jobs_lower_the_switch_interval_while_they_run() -> None:
         """
     )
     assert out.strip() == "ok"
+
+
+def test_streams_never_served_leave_no_watcher_in_the_loop() -> None:
+    out = run_under_gevent(
+        """
+        import gc
+        import gevent
+        from flask_sse_flush import Event, EventStream
+
+        loop = gevent.get_hub().loop
+        before = loop.activecnt
+        streams = [EventStream() for _ in range(100)]
+        for stream in streams:
+            stream.send(Event("never read"))  # e.g. the view answered 403 instead
+        del streams
+        gc.collect()
+        assert loop.activecnt == before, (before, loop.activecnt)
+
+        served = EventStream(keepalive=0.05)
+        body = iter(served)
+        next(body)
+        assert next(body) == b": keepalive\\n\\n"  # waited: its watcher exists now
+        body.close()  # the client left
+        assert loop.activecnt == before, (before, loop.activecnt)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

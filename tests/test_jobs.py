@@ -513,3 +513,31 @@ def test_run_never_raises_if_the_complete_event_cannot_be_published() -> None:
     assert status is not None
     assert status.state == "error"
     assert "could not be published" in (status.error or "")
+
+
+def test_a_base_exception_still_ends_the_job_then_propagates() -> None:
+    class Stop(BaseException):
+        pass
+
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        progress(10, "rendering")
+        raise Stop
+
+    broker = MemoryBroker()
+    job = RenderJob(render, {}, broker, job_id="b")
+    received: list[Event] = []
+
+    class Sink:
+        def send(self, event: Event) -> None:
+            received.append(event)
+
+        def close(self) -> None:
+            received.append(Event("closed", event="closed"))
+
+    broker.subscribe("b", Sink())
+    with pytest.raises(Stop):
+        job.run()
+    assert [e.event for e in received] == ["progress", "error", "closed"]
+    assert "Stop" in received[1].json()["message"]
+    status = broker.status("b")
+    assert status is not None and status.state == "error" and status.final_seq == 2

@@ -264,3 +264,40 @@ def test_service_is_found_in_app_extensions() -> None:
     app, _ = make_client(Gated(), name="videos")
     service = app.extensions["sse_flush"]["videos"]
     assert service.running == 0
+
+
+def test_head_validates_but_starts_nothing() -> None:
+    render = Gated()
+    _, client = make_client(render)
+    response = client.head(stream_url({}))
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert client.head("/render/stream?data=%5B%5D").status_code == 400
+    time.sleep(0.05)
+    assert render.calls == 0
+
+
+def test_an_executor_that_refuses_gives_503_and_ends_the_job() -> None:
+    def refuse(job: Any) -> None:
+        raise RuntimeError("pool shut down")
+
+    app, client = make_client(Gated(), executor=refuse)
+    response = client.get(stream_url({}))
+    assert response.status_code == 503
+    assert "could not be started" in response.get_json()["error"]
+    service = app.extensions["sse_flush"]["sse_flush"]
+    assert service.running == 0
+    (job,) = list(service.broker._jobs)  # the refused job ended; nobody waits on it
+    assert service.broker.status(job).state == "error"
+
+
+def test_validate_raising_payload_too_large_keeps_its_413() -> None:
+    from flask_sse_flush import PayloadTooLarge
+
+    def validate(payload: dict[str, Any]) -> None:
+        raise PayloadTooLarge("too many books")
+
+    _, client = make_client(Gated(), validate=validate)
+    response = client.get(stream_url({}))
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "too many books"}

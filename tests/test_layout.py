@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/base": {"frames"},
     "brokers/memory": {"_concurrency", "base", "exceptions", "frames"},
     "brokers/__init__": {"base", "memory"},
-    "blueprint": {"_concurrency", "brokers", "exceptions", "jobs", "stream"},
+    "blueprint": {"_concurrency", "brokers", "exceptions", "headers", "jobs", "stream"},
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames"},
 }

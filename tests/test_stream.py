@@ -236,3 +236,22 @@ def test_sse_response_closes_the_source_on_early_disconnect() -> None:
     next(body)
     response.close()
     assert closed == [True]
+
+
+def test_sse_response_closes_a_source_it_never_iterated() -> None:
+    closed: list[bool] = []
+
+    class Source:
+        def __iter__(self) -> Iterator[Event]:
+            return iter([Event("x")])
+
+        def close(self) -> None:
+            closed.append(True)
+
+    app = Flask(__name__)
+    with app.test_request_context():
+        response = sse_response(Source())
+    response.close()  # e.g. an after_request handler replaced it
+    assert closed == [True]
+    with pytest.raises(ValueError, match="retry"):
+        sse_response([], retry=-5)  # refused before any byte is sent

@@ -152,34 +152,48 @@ def _encode(
         str(partial),
     ]  # fmt: skip
     progress(map_render_progress(0), "rendering")
+    try:
+        _run_ffmpeg(command, total, progress)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # cancelled or failed: leave no half file
+        raise
+    partial.rename(target)
+    progress(map_render_progress(1.0), "rendering")
+
+
+def _run_ffmpeg(command: list[str], total: int, progress: Progress) -> None:
     with subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as process:
         assert process.stdout is not None and process.stderr is not None
-        for line in process.stdout:
-            key, _, value = line.strip().partition("=")
-            if key == "frame" and value.isdigit():
-                progress(map_render_progress(min(1.0, int(value) / total)), "rendering")
+        try:
+            for line in process.stdout:
+                key, _, value = line.strip().partition("=")
+                if key == "frame" and value.isdigit():
+                    progress(map_render_progress(min(1.0, int(value) / total)), "rendering")
+        except BaseException:
+            process.kill()  # cancelled: stop encoding now
+            raise
         errors = process.stderr.read()
     if process.returncode != 0:
-        partial.unlink(missing_ok=True)
         raise RenderError(f"ffmpeg failed ({process.returncode}): {errors.strip()[-300:]}")
-    partial.rename(target)
-    progress(map_render_progress(1.0), "rendering")
 
 
 def clean_old_files(settings: RenderSettings) -> None:
     """Delete finished videos older than ``max_age``, and beyond ``max_files``."""
     if not settings.output_dir.is_dir():
         return
-    videos = sorted(
-        (p for p in settings.output_dir.iterdir() if FILENAME.fullmatch(p.name)),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
+    videos = []
+    for path in settings.output_dir.iterdir():
+        if FILENAME.fullmatch(path.name):
+            try:
+                videos.append((path.stat().st_mtime, path))
+            except FileNotFoundError:  # another render's cleanup got there first
+                continue
+    videos.sort(reverse=True)
     now = time.time()
-    for index, path in enumerate(videos):
-        if index >= settings.max_files or now - path.stat().st_mtime > settings.max_age:
+    for index, (mtime, path) in enumerate(videos):
+        if index >= settings.max_files or now - mtime > settings.max_age:
             path.unlink(missing_ok=True)
 
 
