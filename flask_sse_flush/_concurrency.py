@@ -20,7 +20,7 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "gevent_is_active",
     "new_channel",
     "new_lock",
+    "newest_of_each_level",
     "start_greenlet",
     "start_native_thread",
 ]
@@ -87,6 +88,18 @@ def new_lock() -> Any:
     return threading.Lock()
 
 
+def newest_of_each_level(levels: Iterable[Hashable | None]) -> list[int]:
+    """Indices to keep: each level's newest entry, and every entry without one.
+
+    The coalescing rule shared by stream buffers and a broker's event log:
+    progress is a level (only its latest value matters), other events are a
+    log.
+    """
+    levels = list(levels)
+    newest = {level: index for index, level in enumerate(levels) if level is not None}
+    return [i for i, level in enumerate(levels) if level is None or newest[level] == i]
+
+
 class _Queue(Generic[T]):
     """The bounded, coalescing FIFO both channels share; callers hold a lock.
 
@@ -122,15 +135,8 @@ class _Queue(Generic[T]):
             self._coalesce(self.levels)
 
     def _coalesce(self, levels: collections.deque[Hashable | None]) -> None:
-        # Keep, for each level, only its newest item; keep every other item.
         # Runs once per `limit` puts at most, so it costs O(1) per put.
-        newest: dict[Hashable, int] = {}
-        for index, level in enumerate(levels):
-            if level is not None:
-                newest[level] = index
-        keep = [
-            index for index, level in enumerate(levels) if level is None or newest[level] == index
-        ]
+        keep = newest_of_each_level(levels)
         items, old_levels = list(self.items), list(levels)
         self.items = collections.deque(items[i] for i in keep)
         self.levels = collections.deque(old_levels[i] for i in keep)
@@ -142,6 +148,9 @@ class _Queue(Generic[T]):
         if len(keep) > self.limit and not self._warned:
             self._warned = True
             log.warning("a slow client has %d events queued that cannot be coalesced", len(keep))
+
+    def pending(self) -> int:
+        return len(self.items)
 
     def pop(self) -> T:
         if self.levels is not None:
@@ -169,9 +178,6 @@ class _ThreadChannel(_Queue[T]):
                 raise Empty
             return self.pop()
 
-    def pending(self) -> int:
-        return len(self.items)
-
     def close(self) -> None:
         pass
 
@@ -196,7 +202,7 @@ class _HubChannel(_Queue[T]):
         self._new_waiter: Callable[..., Any] = Waiter
         # A native lock: the writer may be another OS thread. Held only for a
         # few statements, so the hub never waits on it for long.
-        self._lock: Any = _original("_thread", "allocate_lock")()
+        self._lock: Any = new_lock()
         self._waiter: Any = None
         self._wake_pending = False
         # Made by the first get(), on the hub: a stream that is never served
@@ -254,9 +260,6 @@ class _HubChannel(_Queue[T]):
             if not woken and not self.items:
                 raise Empty
 
-    def pending(self) -> int:
-        return len(self.items)
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -299,8 +302,9 @@ class _SwitchInterval:
         self._saved: float | None = None
 
     def _native_lock(self) -> Any:
+        # Made on first use: only then is gevent sure to be active.
         if self._lock is None:
-            self._lock = _original("_thread", "allocate_lock")()
+            self._lock = new_lock()
         return self._lock
 
     def enter(self, interval: float) -> None:
@@ -415,7 +419,7 @@ def call_on_hub(function: Callable[[], R]) -> R:
         return function()
     import gevent
 
-    done = _original("_thread", "allocate_lock")()
+    done = new_lock()
     done.acquire()
     outcome: dict[str, Any] = {}
 

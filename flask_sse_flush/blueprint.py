@@ -115,6 +115,10 @@ def _json_error(status: int, message: str, **headers: str) -> Response:
     return response
 
 
+def _unknown_job(job_id: str) -> Response:
+    return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+
+
 def _spawner(executor: Executor, switch_interval: float | None) -> Spawn:
     if executor == "thread":
         return lambda job: start_native_thread(job, "flask-sse-flush job", switch_interval)
@@ -308,7 +312,7 @@ def create_render_blueprint(
     def attach(job_id: str, after: int) -> Response:
         status = service.broker.status(job_id)
         if status is None:
-            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+            return _unknown_job(job_id)
         if after > status.last_seq:
             return _json_error(400, f"Last-Event-ID is ahead of job {job_id!r}'s events")
         if status.final_seq is not None and after >= status.final_seq:
@@ -324,7 +328,7 @@ def create_render_blueprint(
         )
         stream.on_close(lambda: service.detach(job_id, stream))
         if not service.broker.subscribe(job_id, stream, after):
-            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+            return _unknown_job(job_id)
         return stream.response()
 
     def stream_headers() -> Response:
@@ -385,14 +389,14 @@ def create_render_blueprint(
     def job_status(job_id: str) -> Response:
         status = service.broker.status(job_id)
         if status is None:
-            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+            return _unknown_job(job_id)
         return jsonify(status.to_json())
 
     @blueprint.delete("/render/<job_id>")
     def cancel_job(job_id: str) -> Response:
         status = service.broker.status(job_id)
         if status is None:
-            return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
+            return _unknown_job(job_id)
         if not service.broker.cancel(job_id):
             response = jsonify({**status.to_json(), "error": f"job {job_id!r} has already ended"})
             response.status_code = 409

@@ -171,7 +171,10 @@ class RenderJob:
 
     def abort(self, message: str) -> None:
         """End a job that will never run (its executor refused it) with an error."""
-        self._end("error", {"message": message}, {"state": "error", "error": message})
+        self._fail(message)
+
+    def _fail(self, message: str, state: JobState = "error") -> None:
+        self._end("error", {"message": message}, {"state": state, "error": message})
 
     def _publish(self, name: str, data: Any, change: StatusChange, *, final: bool = False) -> None:
         """Number the event and publish it; a number is used only once it is sent."""
@@ -221,17 +224,14 @@ class RenderJob:
             complete = dict(result)
             Event(complete)  # fails here, as a render error, if not JSON-serialisable
         except Cancelled as exc:
-            message = _cancelled_message(exc)
-            self._end("error", {"message": message}, {"state": "cancelled", "error": message})
+            self._fail(_cancelled_message(exc), "cancelled")
         except Exception as exc:
             log.exception("render job %s failed", self.id)
-            message = error_message(exc)
-            self._end("error", {"message": message}, {"state": "error", "error": message})
+            self._fail(error_message(exc))
         except BaseException as exc:
             # gevent.Timeout, GreenletExit, SystemExit: not errors of the
             # render's own, but its clients must still hear that it ended.
-            message = f"the job was stopped ({type(exc).__name__})"
-            self._end("error", {"message": message}, {"state": "error", "error": message})
+            self._fail(f"the job was stopped ({type(exc).__name__})")
             raise
         else:
             self._end("complete", complete, {"state": "complete", "result": complete})

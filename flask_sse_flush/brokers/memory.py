@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._concurrency import new_lock
+from .._concurrency import new_lock, newest_of_each_level
 from ..exceptions import StreamClosed
 from ..frames import Event
 from .base import JobStatus, StatusChange, Subscriber, valid_job_id
@@ -148,20 +148,10 @@ class MemoryBroker:
                 job.subscribers.clear()
                 job.on_cancel.clear()
 
-    def _level(self, event: Event) -> str | None:
-        return event.event if event.event in self._coalesce else None
-
     def _compact(self, job: _Job) -> None:
-        newest: dict[str, int] = {}
-        for index, (_, event) in enumerate(job.events):
-            level = self._level(event)
-            if level is not None:
-                newest[level] = index
-        kept = [
-            entry
-            for index, entry in enumerate(job.events)
-            if (level := self._level(entry[1])) is None or newest[level] == index
-        ]
+        events = list(job.events)  # indexing a deque's middle is O(n)
+        levels = (e.event if e.event in self._coalesce else None for _, e in events)
+        kept = [events[i] for i in newest_of_each_level(levels)]
         # Events that cannot be coalesced still may not grow without bound.
         job.events = collections.deque(kept[-self.max_events :])
 
