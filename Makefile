@@ -1,4 +1,4 @@
-# The single entry point: make run | test | lint | typecheck | docs
+# The single entry point: make run | test | smoke | lint | typecheck | docs | bench
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core
 SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb
 
-.PHONY: run test pytest lint format typecheck docs clean system-deps bench bench-quick
+.PHONY: run test smoke pytest lint format typecheck docs clean system-deps bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ run: $(VENV)/.run-stamp
 	$(BIN)/gunicorn --worker-class gevent --workers 1 --bind $(HOST):$(PORT) \
 		'flask_sse_flush.demo:create_app()'
 
-test: system-deps lint typecheck docs pytest bench-quick
+test: system-deps lint typecheck docs smoke pytest bench-quick
 
 # Our streams against sse-starlette, a bare generator and the raw-socket
 # limit, in one run: prints the table, writes benchmarks/results/latest.json
@@ -58,8 +58,15 @@ system-deps:
 		echo "note: browser and nginx tests will skip; install: $(SYSTEM_PACKAGES)"; \
 	fi
 
+# The README's front door, as a new user meets it: `make run` in a venv
+# holding only what it installs (page, a render to `complete`, the MP4), and
+# the quickstart copied out of README.md and run as written in a venv holding
+# only `pip install ".[gevent]"` (then pytest).
+smoke: $(VENV)/.dev-stamp
+	$(BIN)/python -m pytest -m smoke tests/smoke
+
 pytest: $(VENV)/.dev-stamp
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not smoke"
 
 lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests benchmarks docs/conf.py

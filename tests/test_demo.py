@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from flask.testing import FlaskClient
 
+from flask_sse_flush import Progress
 from flask_sse_flush.demo import create_app
-from flask_sse_flush.demo.render import RenderSettings, clean_old_files
+from flask_sse_flush.demo.render import RenderError, RenderSettings, clean_old_files, render_video
 from flask_sse_flush.testing import parse_events
 
 pytest.importorskip("PIL")
@@ -106,7 +108,6 @@ def test_downloads_serve_only_the_demos_own_videos(
 
 
 def test_old_videos_are_cleaned_up(tmp_path: Path) -> None:
-    import os
     import time
 
     settings = RenderSettings(output_dir=tmp_path, ffmpeg="ffmpeg", max_age=60, max_files=2)
@@ -118,3 +119,21 @@ def test_old_videos_are_cleaned_up(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not ours")
     clean_old_files(settings)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[:2], "notes.txt"])
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="needs os.nice")
+@pytest.mark.parametrize("niceness", [0, 7])
+def test_the_encoder_runs_at_a_lower_cpu_priority(tmp_path: Path, niceness: int) -> None:
+    # A stand-in ffmpeg that reports the priority it was started with, then fails.
+    fake = tmp_path / "ffmpeg"
+    fake.write_text('#!/bin/sh\necho "niceness=$(nice)" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    settings = RenderSettings(
+        output_dir=tmp_path / "out", ffmpeg=str(fake), niceness=niceness, seconds=0.1
+    )
+    progress = Progress(lambda percent, phase: None)
+    with pytest.raises(RenderError, match="ffmpeg failed") as failure:
+        render_video({**GOOD, "fail": False}, progress, settings)
+    expected = min(19, os.nice(0) + niceness)
+    assert f"niceness={expected}" in str(failure.value)
+    assert progress.last is not None and progress.last[1] == "rendering"

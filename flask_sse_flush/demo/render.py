@@ -9,18 +9,23 @@ Two phases, reported as the original service did:
   ``-progress pipe:1`` (0-1 through
   :func:`~flask_sse_flush.map_render_progress`, so 25-100 % overall).
 
-The job runs in a native thread (the blueprint's default executor), so the
-drawing and the wait on ffmpeg never hold up the worker's other streams.
+Both phases are CPU-heavy, and both run in child processes at a lower CPU
+priority (``niceness``) with a bounded thread count: a render that took
+every core would delay every user's progress events, its own included.
+The job itself (a native thread, the blueprint's default executor) only
+starts the children and relays their progress lines.
 """
 
 from __future__ import annotations
 
-import calendar
+import json
+import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +69,14 @@ class RenderSettings:
     #: Finished videos kept at most this long, and at most ``max_files``.
     max_age: float = 3600.0
     max_files: int = 20
+    #: How much lower the drawing and encoding processes run than the
+    #: server (``nice`` increments; 0 leaves them alone). The worker's socket
+    #: writes must not queue behind a render for a core.
+    niceness: int = 10
+    #: The most threads ffmpeg's encoder and filters may use. ffmpeg 7's
+    #: command line still runs its demuxer, decoder, encoder and muxer in
+    #: threads of their own, so it may use a little more than one core.
+    ffmpeg_threads: int = 1
 
 
 def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -83,30 +96,6 @@ def validate_payload(payload: dict[str, Any]) -> dict[str, Any]:
     if any(len(b) > MAX_TITLE for b in books):
         raise ValueError(f"a title may be at most {MAX_TITLE} characters")
     return {"month": month, "year": year, "books": books, "fail": bool(payload.get("fail"))}
-
-
-def _frames(settings: RenderSettings, payload: dict[str, Any]) -> Iterator[Any]:
-    from PIL import Image, ImageDraw, ImageFont
-
-    scale = settings.height / 360
-    font_big = ImageFont.load_default(size=round(42 * scale))
-    font = ImageFont.load_default(size=round(26 * scale))
-    title = f"{calendar.month_name[payload['month']]} {payload['year']}"
-    books: list[str] = payload["books"]
-    total = round(settings.fps * settings.seconds)
-    for index in range(total):
-        t = index / max(1, total - 1)
-        image = Image.new("RGB", (settings.width, settings.height), (15, 23, 42))
-        draw = ImageDraw.Draw(image)
-        draw.rectangle((0, 0, round(settings.width * t), round(8 * scale)), fill=(37, 99, 235))
-        draw.text((32 * scale, 28 * scale), title, font=font_big, fill=(248, 250, 252))
-        shown = min(len(books), 1 + int(t * len(books)))
-        for row, book in enumerate(books[:shown]):
-            slide = min(1.0, (t * len(books) - row) * 2) if row == shown - 1 else 1.0
-            x = 32 * scale + round((1 - max(0.0, slide)) * settings.width / 3)
-            y = (100 + row * 32) * scale
-            draw.text((x, y), f"{row + 1}. {book}", font=font, fill=(203, 213, 225))
-        yield image
 
 
 def find_ffmpeg() -> str:
@@ -129,31 +118,62 @@ def render_video(
     name = f"recap-{uuid4().hex}.mp4"
     total = round(settings.fps * settings.seconds)
     with tempfile.TemporaryDirectory(prefix="recap-frames-") as frames_dir:
-        for index, frame in enumerate(_frames(settings, payload)):
-            frame.save(Path(frames_dir) / f"{index:05d}.png", compress_level=1)
-            progress(map_bundle_progress(100 * (index + 1) / total), "bundling")
-        # ffmpeg runs as a gevent subprocess on the worker's hub (where gevent
-        # can wait for it), reporting as it encodes; this thread waits.
+        # The children run as gevent subprocesses on the worker's hub (where
+        # gevent can wait for them), reporting as they go; this thread waits.
+        call_on_hub(lambda: _draw(settings, payload, Path(frames_dir), total, progress))
         call_on_hub(
             lambda: _encode(settings, Path(frames_dir), settings.output_dir / name, total, progress)
         )
     return {"filename": name, "url": f"/download/{name}"}
 
 
+def _draw(
+    settings: RenderSettings,
+    payload: dict[str, Any],
+    folder: Path,
+    total: int,
+    progress: Progress,
+) -> None:
+    spec = {
+        "width": settings.width,
+        "height": settings.height,
+        "fps": settings.fps,
+        "seconds": settings.seconds,
+        "month": payload["month"],
+        "year": payload["year"],
+        "books": payload["books"],
+    }
+    command = [sys.executable, "-m", "flask_sse_flush.demo.draw", json.dumps(spec), str(folder)]
+    progress(map_bundle_progress(0), "bundling")
+    _run_child(
+        command,
+        settings,
+        "drawing",
+        lambda done: progress(map_bundle_progress(100 * done / total), "bundling"),
+    )
+
+
 def _encode(
     settings: RenderSettings, frames: Path, target: Path, total: int, progress: Progress
 ) -> None:
     partial = target.with_suffix(".part.mp4")
+    threads = str(max(1, settings.ffmpeg_threads))
     command = [
         settings.ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats", "-y",
-        "-framerate", str(settings.fps), "-i", str(frames / "%05d.png"),
+        "-threads", threads, "-framerate", str(settings.fps), "-i", str(frames / "%05d.png"),
         "-c:v", "libx264", "-preset", "medium", "-pix_fmt", "yuv420p",
+        "-threads", threads, "-filter_threads", threads,
         "-movflags", "+faststart", "-progress", "pipe:1", "-stats_period", "0.1",
         str(partial),
     ]  # fmt: skip
     progress(map_render_progress(0), "rendering")
     try:
-        _run_ffmpeg(command, total, progress)
+        _run_child(
+            command,
+            settings,
+            "ffmpeg",
+            lambda done: progress(map_render_progress(min(1.0, done / total)), "rendering"),
+        )
     except BaseException:
         partial.unlink(missing_ok=True)  # cancelled or failed: leave no half file
         raise
@@ -161,22 +181,40 @@ def _encode(
     progress(map_render_progress(1.0), "rendering")
 
 
-def _run_ffmpeg(command: list[str], total: int, progress: Progress) -> None:
+def _lower_priority(niceness: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that lowers the child's CPU priority, or ``None``."""
+    if niceness <= 0 or not hasattr(os, "nice"):
+        return None
+
+    def lower() -> None:
+        os.nice(niceness)  # one system call: safe between fork and exec
+
+    return lower
+
+
+def _run_child(
+    command: list[str], settings: RenderSettings, what: str, on_frame: Callable[[int], None]
+) -> None:
+    """Run a child that prints ``frame=<n>`` lines; report each ``n``."""
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_lower_priority(settings.niceness),
     ) as process:
         assert process.stdout is not None and process.stderr is not None
         try:
             for line in process.stdout:
                 key, _, value = line.strip().partition("=")
                 if key == "frame" and value.isdigit():
-                    progress(map_render_progress(min(1.0, int(value) / total)), "rendering")
+                    on_frame(int(value))
         except BaseException:
-            process.kill()  # cancelled: stop encoding now
+            process.kill()  # cancelled: stop now
             raise
         errors = process.stderr.read()
     if process.returncode != 0:
-        raise RenderError(f"ffmpeg failed ({process.returncode}): {errors.strip()[-300:]}")
+        raise RenderError(f"{what} failed ({process.returncode}): {errors.strip()[-300:]}")
 
 
 def clean_old_files(settings: RenderSettings) -> None:

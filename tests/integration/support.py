@@ -80,12 +80,33 @@ def running_server(
                 command, port, timeout=timeout, stdout=output, stderr=subprocess.STDOUT, env=env
             ) as process:
                 started = True
+                warm_up(port, timeout)
                 yield Server(kind, port, log_dir, process)
         except RuntimeError as exc:
             if started:
                 raise
             log = (log_dir / "server.out").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{kind}: {exc}\n{log}") from None
+
+
+def warm_up(port: int, timeout: float = 30.0) -> None:
+    """Wait until the server answers a request, not only accepts connections.
+
+    gunicorn listens before its worker has booted and imported the app, so
+    the first request of a run would time the boot instead of the library.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((HOST, port), 5) as sock:
+                sock.sendall(b"GET /__warm-up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if sock.recv(12).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server on port {port} answered no request in {timeout} s")
+        time.sleep(0.05)
 
 
 def stream_path(payload: dict[str, Any]) -> str:
@@ -227,9 +248,3 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
