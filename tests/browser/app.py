@@ -50,6 +50,10 @@ def create_app(log_dir: str, output_dir: str | None = None) -> Flask:
     def harness() -> str:
         return HARNESS
 
+    @app.get("/__ping")
+    def ping() -> Response:
+        return Response(status=204)
+
     @app.get("/__library/stream")
     def library() -> Response:
         """The library's stream: events carrying their send time."""
