@@ -179,7 +179,7 @@ What the numbers say
   back: at Python's default 5 ms, a broadcast to many streams queues behind
   the job again and again (the raw asyncio server, whose job runs in
   ``asyncio.to_thread``, shows it). The library lowers the interval to
-  0.5 ms while its jobs run (``switch_interval``), which keeps other
+  0.5 ms while its jobs run (``set_job_switch_interval``), which keeps other
   streams within tens of milliseconds. uvicorn with uvloop writes from C
   without giving up the GIL, so sse-starlette does not suffer it.
 """

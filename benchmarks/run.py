@@ -32,37 +32,13 @@ from typing import Any
 from flask_sse_flush.testing import free_port, server_process
 
 from .client import raise_open_file_limit
+from .contenders import Contender, discover
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-@dataclass(frozen=True)
-class Contender:
-    name: str
-    label: str
-    max_streams: int
-    wall: str = ""  # why it stops below the largest level, if it does
-
-
-CONTENDERS = [
-    Contender("raw-asyncio", "the limit: raw asyncio socket server", 10_000),
-    Contender("ours-gevent", "flask-sse-flush, gunicorn -k gevent", 10_000),
-    Contender("bare-gevent", "bare Flask generator, gunicorn -k gevent", 10_000),
-    Contender("sse-starlette", "sse-starlette, uvicorn", 10_000),
-    Contender(
-        "ours-werkzeug",
-        "flask-sse-flush, werkzeug dev server",
-        1_000,
-        "one OS thread per stream: 10,000 threads is not what a dev server is for",
-    ),
-    Contender(
-        "naive-werkzeug",
-        "naive Flask (two writes per event, no TCP_NODELAY), werkzeug",
-        1_000,
-        "one OS thread per stream",
-    ),
-]
+CONTENDERS = discover()
 
 
 @dataclass(frozen=True)
@@ -95,48 +71,6 @@ QUICK = Plan(
 )
 
 
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def server_command(name: str, port: int) -> list[str]:
-    python = sys.executable
-    bind = f"127.0.0.1:{port}"
-    gunicorn = [
-        python, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1",
-        "--worker-connections", "12000", "--backlog", "4096", "--bind", bind,
-        "--log-level", "warning",
-    ]  # fmt: skip
-    if (
-        "--no-control-socket"
-        in subprocess.run(
-            [python, "-m", "gunicorn", "--help"], capture_output=True, text=True
-        ).stdout
-    ):
-        gunicorn.append("--no-control-socket")
-    if name == "ours-gevent":
-        return [*gunicorn, "benchmarks.contenders.ours:app"]
-    if name == "bare-gevent":
-        return [*gunicorn, "benchmarks.contenders.bare:app"]
-    if name == "ours-werkzeug":
-        return [python, "-m", "benchmarks.serve", "benchmarks.contenders.ours:app", str(port)]
-    if name == "naive-werkzeug":
-        return [python, "-m", "benchmarks.serve", "benchmarks.contenders.bare:naive_app", str(port)]
-    if name == "sse-starlette":
-        fast = ["--loop", "uvloop"] if _has("uvloop") else []
-        fast += ["--http", "httptools"] if _has("httptools") else []
-        return [
-            python, "-m", "uvicorn", "benchmarks.contenders.starlette:app", "--host",
-            "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-            "--backlog", "4096", *fast,
-        ]  # fmt: skip
-    if name == "raw-asyncio":
-        return [python, "-m", "benchmarks.contenders.raw", str(port)]
-    raise ValueError(name)
-
-
 def get_json(port: int, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
         return json.loads(response.read())
@@ -159,10 +93,10 @@ def tree_rss_kib(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def server(name: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def server(contender: Contender) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = server_command(name, port)
+    command = contender.command(port)
     with server_process(command, port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) as process:
         yield port, process
 
@@ -306,7 +240,7 @@ def measure_cpu_job(port: int, plan: Plan) -> dict[str, Any]:
 
 def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
     print(f"  {contender.name}: {contender.label}", flush=True)
-    with server(contender.name) as (port, process):
+    with server(contender) as (port, process):
         with Clients(port, 1, 20, 30) as warm:  # warm up imports and code paths
             get_json(port, "/pub?count=20&interval=0.001")
             warm.results()

@@ -6,11 +6,22 @@ that switch proxy buffering off, and ``TCP_NODELAY`` on the client socket.
 
 from __future__ import annotations
 
-from .blueprint import create_render_blueprint
-from .exceptions import Cancelled, InvalidPayload, PayloadTooLarge, SSEFlushError, StreamClosed
-from .frames import Event, comment
+from .blueprint import SSEFlush, create_render_blueprint
+from .exceptions import (
+    BrokerUnavailable,
+    Cancelled,
+    InvalidPayload,
+    JobEnded,
+    JobNotStarted,
+    PayloadTooLarge,
+    SSEFlushError,
+    StreamClosed,
+    TooManyJobs,
+    UnknownJob,
+)
+from .frames import Coalescing, Event, comment
 from .headers import SSE_HEADERS, setup_sse_headers
-from .jobs import Progress, RenderJob
+from .jobs import Progress, RenderFunction, RenderJob
 from .mirror import (
     map_bundle_progress,
     map_render_progress,
@@ -20,6 +31,9 @@ from .mirror import (
     send_keepalive,
     send_progress_event,
 )
+from .runtime import call_on_hub, set_job_switch_interval
+from .service import JobService, QueuedJob
+from .settings import Settings
 from .stream import EventStream, sse_response
 from .transport import set_tcp_nodelay
 
@@ -27,16 +41,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SSE_HEADERS",
+    "BrokerUnavailable",
     "Cancelled",
+    "Coalescing",
     "Event",
     "EventStream",
     "InvalidPayload",
+    "JobEnded",
+    "JobNotStarted",
+    "JobService",
     "PayloadTooLarge",
     "Progress",
+    "QueuedJob",
+    "RenderFunction",
     "RenderJob",
+    "SSEFlush",
     "SSEFlushError",
+    "Settings",
     "StreamClosed",
+    "TooManyJobs",
+    "UnknownJob",
     "__version__",
+    "call_on_hub",
     "comment",
     "create_render_blueprint",
     "map_bundle_progress",
@@ -46,6 +72,7 @@ __all__ = [
     "send_event",
     "send_keepalive",
     "send_progress_event",
+    "set_job_switch_interval",
     "set_tcp_nodelay",
     "setup_sse_headers",
     "sse_response",

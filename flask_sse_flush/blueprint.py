@@ -10,23 +10,35 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, NoReturn, TypeAlias, Union
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NoReturn
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
 
-from ._concurrency import JOB_SWITCH_INTERVAL, new_lock, start_greenlet, start_native_thread
 from .brokers.base import Broker, event_id, parse_event_id
 from .brokers.memory import MemoryBroker
-from .exceptions import InvalidPayload, PayloadTooLarge
+from .exceptions import (
+    BrokerUnavailable,
+    InvalidPayload,
+    JobEnded,
+    JobNotStarted,
+    PayloadTooLarge,
+    SSEFlushError,
+    TooManyJobs,
+    UnknownJob,
+)
+from .frames import Coalescing
 from .headers import setup_sse_headers
-from .jobs import RenderFunction, RenderJob
+from .jobs import RenderFunction
+from .service import RETRY_AFTER_SECONDS, Executor, JobService, QueuedJob, Spawn, spawner
+from .settings import DisconnectPolicy, Settings
 from .stream import EventStream
 
 __all__ = [
     "DisconnectPolicy",
     "Executor",
-    "RenderService",
+    "QueuedJob",
+    "SSEFlush",
     "Spawn",
     "Validator",
     "create_render_blueprint",
@@ -40,18 +52,6 @@ log = logging.getLogger(__name__)
 #: :class:`LookupError` to reject it with a ``400``. Returning ``None``
 #: keeps the payload as it was.
 Validator = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
-#: ``spawn(job)``: start ``job()`` concurrently and return without waiting.
-Spawn = Callable[[Callable[[], None]], object]
-#: How jobs run: ``"thread"`` (a native OS thread, even under gevent),
-#: ``"greenlet"`` (under gevent; for I/O-bound jobs), or a :data:`Spawn`.
-Executor: TypeAlias = Union[Literal["thread", "greenlet"], Spawn]  # noqa: UP007
-#: What a client's disconnect does to its job.
-DisconnectPolicy: TypeAlias = Literal["continue", "cancel"]
-
-DEFAULT_KEEPALIVE = 15.0
-DEFAULT_MAX_PAYLOAD = 64 * 1024
-DEFAULT_MAX_JOBS = 32
-RETRY_AFTER_SECONDS = 5
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -101,13 +101,6 @@ def parse_payload(
     return payload
 
 
-def _option(value: Any, key: str, default: Any) -> Any:
-    """Explicit argument first, then ``SSE_FLUSH_*`` app config, then default."""
-    if value is not None:
-        return value
-    return current_app.config.get(f"SSE_FLUSH_{key}", default)
-
-
 def _json_error(status: int, message: str, **headers: str) -> Response:
     response = jsonify(error=message)
     response.status_code = status
@@ -115,82 +108,24 @@ def _json_error(status: int, message: str, **headers: str) -> Response:
     return response
 
 
-def _unknown_job(job_id: str) -> Response:
-    return _json_error(404, f"unknown job {job_id[:80]!r} (never started, or purged)")
-
-
-def _spawner(executor: Executor, switch_interval: float | None) -> Spawn:
-    if executor == "thread":
-        return lambda job: start_native_thread(job, "flask-sse-flush job", switch_interval)
-    if executor == "greenlet":
-        return lambda job: start_greenlet(job, name="flask-sse-flush job")
-    if callable(executor):
-        return executor
-    raise ValueError(f"executor must be 'thread', 'greenlet' or a callable, not {executor!r}")
-
-
-class RenderService:
-    """The state behind one render blueprint: its broker and running jobs.
-
-    Found at ``app.extensions["sse_flush"][<blueprint name>]`` once the
-    blueprint is registered.
-    """
-
-    def __init__(
-        self,
-        render: RenderFunction,
-        broker: Broker,
-        spawn: Spawn,
-        on_disconnect: DisconnectPolicy,
-    ) -> None:
-        self.render = render
-        self.broker = broker
-        self.on_disconnect = on_disconnect
-        self._spawn = spawn
-        self._lock = new_lock()
-        self._running = 0
-
-    @property
-    def running(self) -> int:
-        """Jobs of this blueprint queued or running in this process."""
-        return self._running
-
-    def start(self, payload: dict[str, Any], max_jobs: int | None) -> RenderJob | None:
-        """Create and start a job; ``None`` if ``max_jobs`` are already running."""
-        with self._lock:
-            if max_jobs is not None and self._running >= max_jobs:
-                return None
-            self._running += 1
-        try:
-            job = RenderJob(self.render, payload, self.broker)
-        except BaseException:
-            self._finished()
-            raise
-        try:
-            self._spawn(lambda: self._run(job))
-        except BaseException as exc:
-            # The job will never run: end it, so nobody waits on it.
-            job.abort(f"the job could not be started ({type(exc).__name__})")
-            self._finished()
-            raise
-        log.debug("started render job %s", job.id)
-        return job
-
-    def _run(self, job: RenderJob) -> None:
-        try:
-            job.run()
-        finally:
-            self._finished()
-
-    def _finished(self) -> None:
-        with self._lock:
-            self._running -= 1
-
-    def detach(self, job_id: str, stream: EventStream) -> None:
-        """A stream has ended: unsubscribe it, and apply the disconnect policy."""
-        remaining = self.broker.unsubscribe(job_id, stream)
-        if remaining == 0 and self.on_disconnect == "cancel" and self.broker.cancel(job_id):
-            log.debug("cancelled job %s: its last client left", job_id)
+def _error_response(exc: SSEFlushError) -> Response:
+    """The JSON answer to an error a view raised on purpose."""
+    if isinstance(exc, TooManyJobs):
+        return _json_error(429, str(exc), **{"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, BrokerUnavailable):
+        log.warning("broker unavailable: %s", exc)
+        return _json_error(
+            503,
+            "the event store is unavailable; try again later",
+            **{"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(exc, JobNotStarted):
+        return _json_error(503, str(exc), **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+    status = getattr(exc, "status", None)
+    if isinstance(exc, (InvalidPayload, UnknownJob, JobEnded)) and isinstance(status, int):
+        return _json_error(status, str(exc))
+    log.error("unexpected %s in a render view: %s", type(exc).__name__, exc)
+    return _json_error(503, "the render service failed; try again later")
 
 
 def create_render_blueprint(
@@ -207,7 +142,7 @@ def create_render_blueprint(
     max_payload: int | None = None,
     max_jobs: int | None = None,
     buffer: int | None = 256,
-    switch_interval: float | None = JOB_SWITCH_INTERVAL,
+    coalesce: Coalescing | Collection[str] | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -237,8 +172,16 @@ def create_render_blueprint(
     Errors are JSON ``{"error": "..."}``: ``400`` bad input or a garbage
     ``Last-Event-ID``, ``404`` unknown (or purged) job, ``413`` payload over
     ``max_payload``, ``429`` (with ``Retry-After``) over ``max_jobs``,
-    ``503`` if the executor refused the job. A ``HEAD`` request is
-    validated and answered with the stream's headers, and starts nothing.
+    ``503`` (with ``Retry-After``) if the executor refused the job or the
+    broker is unavailable. A ``HEAD`` request is validated and answered with
+    the stream's headers; it never starts, subscribes to or cancels a job.
+
+    Settings are resolved once, when the blueprint is registered on an app:
+    an explicit argument, else the app's ``SSE_FLUSH_*`` config, else the
+    default (:class:`~flask_sse_flush.settings.Settings`). Each app the
+    blueprint is registered on gets its own
+    :class:`~flask_sse_flush.service.JobService` (and, unless ``broker`` is
+    given, its own :class:`~flask_sse_flush.brokers.MemoryBroker`).
 
     :param render: ``render(payload, progress) -> dict``.
     :param name: the blueprint's name (``url_for`` prefix; the key in
@@ -254,9 +197,11 @@ def create_render_blueprint(
     :param executor: how jobs run: ``"thread"`` (default; a native OS thread
         even under gevent, so CPU-bound or blocking work never stalls the
         worker's other streams), ``"greenlet"`` (I/O-bound jobs under
-        gevent), or a callable that starts ``job()`` and returns (outside
-        gevent, e.g. ``ThreadPoolExecutor(8).submit``; under gevent such a
-        pool's workers are greenlets).
+        gevent), or a callable that receives a
+        :class:`~flask_sse_flush.service.QueuedJob` and starts it (``job()``
+        runs it; ``job.id`` and ``job.payload`` are what a queue needs) and
+        returns (outside gevent, e.g. ``ThreadPoolExecutor(8).submit``; under
+        gevent such a pool's workers are greenlets).
     :param on_disconnect: ``"continue"`` (default: the job runs on, so a
         reconnect can resume it) or ``"cancel"`` (cancel the job when its
         last client leaves).
@@ -266,73 +211,81 @@ def create_render_blueprint(
         ``SSE_FLUSH_MAX_JOBS``, else 32.
     :param buffer: events that may wait for a slow client before its
         queued progress events are coalesced to the latest.
-    :param switch_interval: with ``executor="thread"`` under gevent, the
-        interpreter's GIL switch interval while jobs run (0.5 ms; restored
-        when the last job ends). Each socket write of the worker releases
-        the GIL and must win it back from a CPU-bound job; at the default
-        5 ms, one broadcast to 100 streams waits behind the job 100 times.
-        ``None`` leaves the interpreter's setting alone.
+    :param coalesce: which event types are levels (only the newest
+        matters), for the broker the blueprint makes; progress by default.
+        A broker passed in declares its own (``MemoryBroker(coalesce=...)``):
+        passing both is an error, so the two can never disagree.
+    :raises ValueError: an option is out of range (checked again, with the
+        app's config, at registration).
     """
     if not callable(render):
         raise TypeError(f"render must be callable, not {type(render).__name__}")
-    if on_disconnect not in ("continue", "cancel"):
-        raise ValueError(f"on_disconnect must be 'continue' or 'cancel', not {on_disconnect!r}")
-    service = RenderService(
-        render,
-        broker if broker is not None else MemoryBroker(),
-        _spawner(executor, switch_interval),
-        on_disconnect,
-    )
+    if broker is not None and coalesce is not None:
+        raise ValueError(
+            "coalesce is declared by the broker: pass it to the broker "
+            "(e.g. MemoryBroker(coalesce=...)), not to create_render_blueprint"
+        )
+    spawn = spawner(executor)
+    explicit: dict[str, Any] = {
+        "keepalive": keepalive,
+        "retry": retry,
+        "max_payload": max_payload,
+        "max_jobs": max_jobs,
+        "buffer": buffer,
+        "on_disconnect": on_disconnect,
+    }
+    Settings.resolve({}, **explicit)  # bad arguments fail here, not at registration
+    coalescing = Coalescing.of(coalesce) if coalesce is not None else None
     blueprint = Blueprint(name, __name__, url_prefix=url_prefix)
 
     @blueprint.record_once
     def register(state: Any) -> None:
         app: Flask = state.app
-        app.extensions.setdefault("sse_flush", {})[name] = service
+        settings = Settings.resolve(app.config, **explicit)
+        store = broker
+        if store is None:
+            store = MemoryBroker() if coalescing is None else MemoryBroker(coalesce=coalescing)
+        app.extensions.setdefault("sse_flush", {})[name] = JobService(
+            render, store, spawn, settings
+        )
+
+    def service() -> JobService:
+        found: JobService = current_app.extensions["sse_flush"][name]
+        return found
+
+    blueprint.register_error_handler(SSEFlushError, _error_response)
 
     def read_payload(raw: str | None, source: str) -> dict[str, Any]:
-        limit = _option(max_payload, "MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
+        limit = service().settings.max_payload
         return parse_payload(raw, validate, max_payload=limit, source=source)
-
-    def start(payload: dict[str, Any]) -> RenderJob | Response:
-        limit = _option(max_jobs, "MAX_JOBS", DEFAULT_MAX_JOBS)
-        try:
-            job = service.start(payload, limit)
-        except Exception:
-            log.exception("could not start a render job")
-            return _json_error(503, "the render job could not be started; try again later")
-        if job is None:
-            return _json_error(
-                429,
-                f"too many render jobs running (at most {limit}); try again later",
-                **{"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-        return job
-
-    def attach(job_id: str, after: int) -> Response:
-        status = service.broker.status(job_id)
-        if status is None:
-            return _unknown_job(job_id)
-        if after > status.last_seq:
-            return _json_error(400, f"Last-Event-ID is ahead of job {job_id!r}'s events")
-        if status.final_seq is not None and after >= status.final_seq:
-            # The terminal event was delivered: 204 stops EventSource's retries.
-            return Response(status=204)
-        stream = EventStream(
-            keepalive=_option(keepalive, "KEEPALIVE", DEFAULT_KEEPALIVE),
-            retry=_option(retry, "RETRY", None),
-            # Even a stream cut before its first event then reconnects with a
-            # Last-Event-ID, and resumes this job rather than starting another.
-            last_event_id=event_id(job_id, after),
-            buffer=buffer,
-        )
-        stream.on_close(lambda: service.detach(job_id, stream))
-        if not service.broker.subscribe(job_id, stream, after):
-            return _unknown_job(job_id)
-        return stream.response()
 
     def stream_headers() -> Response:
         return setup_sse_headers(Response(status=200))
+
+    def attach(job_id: str, after: int) -> Response:
+        jobs = service()
+        try:
+            if jobs.resume(job_id, after) is None:
+                # The terminal event was delivered: 204 stops EventSource's retries.
+                return Response(status=204)
+        except ValueError as exc:
+            return _json_error(400, str(exc))
+        if request.method == "HEAD":
+            # Flask answers HEAD with the GET view, and a server closes a
+            # HEAD body unread: a subscription would end at once and, under
+            # on_disconnect="cancel", cancel the job. `curl -I` must not.
+            return stream_headers()
+        settings = jobs.settings
+        stream = EventStream(
+            keepalive=settings.keepalive,
+            retry=settings.retry,
+            # Even a stream cut before its first event then reconnects with a
+            # Last-Event-ID, and resumes this job rather than starting another.
+            last_event_id=event_id(job_id, after),
+            buffer=settings.buffer,
+        )
+        jobs.attach(job_id, stream, after)
+        return stream.response()
 
     @blueprint.get("/render/stream")
     def render_stream() -> Response:
@@ -348,20 +301,16 @@ def create_render_blueprint(
             return attach(job_id, after)
         if job_param is not None:
             return attach(job_param, 0)
-        try:
-            payload = read_payload(request.args.get("data"), "query parameter 'data'")
-        except InvalidPayload as exc:
-            return _json_error(exc.status, str(exc))
+        payload = read_payload(request.args.get("data"), "query parameter 'data'")
         if request.method == "HEAD":
-            # Flask answers HEAD with the GET view; a link checker or
-            # `curl -I` must not start a render.
+            # A link checker or `curl -I` must not start a render.
             return stream_headers()
-        job = start(payload)
-        return job if isinstance(job, Response) else attach(job.id, 0)
+        job = service().start(payload)
+        return attach(job.id, 0)
 
     @blueprint.post("/render")
     def render_detached() -> Response:
-        limit = _option(max_payload, "MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
+        limit = service().settings.max_payload
         too_large = _json_error(413, f"payload too large: the body may be at most {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
             return too_large
@@ -369,14 +318,10 @@ def create_render_blueprint(
         if len(body) > limit:
             return too_large
         try:
-            payload = read_payload(body.decode("utf-8"), "the request body")
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
             return _json_error(400, "the request body must be a UTF-8 JSON object")
-        except InvalidPayload as exc:
-            return _json_error(exc.status, str(exc))
-        job = start(payload)
-        if isinstance(job, Response):
-            return job
+        job = service().start(read_payload(text, "the request body"))
         status_url = url_for(".job_status", job_id=job.id)
         response = jsonify(
             id=job.id, stream=url_for(".render_stream", job=job.id), status=status_url
@@ -387,22 +332,60 @@ def create_render_blueprint(
 
     @blueprint.get("/render/<job_id>")
     def job_status(job_id: str) -> Response:
-        status = service.broker.status(job_id)
-        if status is None:
-            return _unknown_job(job_id)
-        return jsonify(status.to_json())
+        return jsonify(service().status(job_id).to_json())
 
     @blueprint.delete("/render/<job_id>")
     def cancel_job(job_id: str) -> Response:
-        status = service.broker.status(job_id)
-        if status is None:
-            return _unknown_job(job_id)
-        if not service.broker.cancel(job_id):
-            response = jsonify({**status.to_json(), "error": f"job {job_id!r} has already ended"})
+        jobs = service()
+        try:
+            status = jobs.cancel(job_id)
+        except JobEnded as exc:
+            response = jsonify({**jobs.status(job_id).to_json(), "error": str(exc)})
             response.status_code = 409
             return response
-        response = jsonify((service.broker.status(job_id) or status).to_json())
+        response = jsonify(status.to_json())
         response.status_code = 202
         return response
 
     return blueprint
+
+
+class SSEFlush:
+    """The render blueprint as a Flask extension: configure once, ``init_app`` per app.
+
+    ::
+
+        sse = SSEFlush(render, url_prefix="/api")
+        sse.init_app(app)            # or SSEFlush(render, app=app)
+        sse.service(app).running     # the app's JobService
+
+    :param render: ``render(payload, progress) -> dict``.
+    :param app: an app to initialise at once.
+    :param options: the options of :func:`create_render_blueprint`.
+    """
+
+    def __init__(self, render: RenderFunction, app: Flask | None = None, **options: Any) -> None:
+        self.blueprint = create_render_blueprint(render, **options)
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def name(self) -> str:
+        """The blueprint's name: its key in ``app.extensions["sse_flush"]``."""
+        return self.blueprint.name
+
+    def init_app(self, app: Flask) -> None:
+        """Register the routes on ``app`` (its settings are resolved now)."""
+        app.register_blueprint(self.blueprint)
+
+    def service(self, app: Flask | None = None) -> JobService:
+        """The :class:`~flask_sse_flush.service.JobService` of ``app`` (default: the current app).
+
+        :raises LookupError: :meth:`init_app` was not called for that app.
+        """
+        target = app if app is not None else current_app
+        try:
+            found: JobService = target.extensions["sse_flush"][self.name]
+        except KeyError:
+            raise LookupError(f"SSEFlush {self.name!r} was not initialised on this app") from None
+        return found

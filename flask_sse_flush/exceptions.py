@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["Cancelled", "InvalidPayload", "PayloadTooLarge", "SSEFlushError", "StreamClosed"]
+__all__ = [
+    "BrokerUnavailable",
+    "Cancelled",
+    "InvalidPayload",
+    "JobEnded",
+    "JobNotStarted",
+    "PayloadTooLarge",
+    "SSEFlushError",
+    "StreamClosed",
+    "TooManyJobs",
+    "UnknownJob",
+]
 
 
 class SSEFlushError(Exception):
@@ -45,3 +56,54 @@ class PayloadTooLarge(InvalidPayload):
     """The request's payload is larger than the configured ``max_payload``."""
 
     status = 413
+
+
+class UnknownJob(SSEFlushError, LookupError):
+    """No job has that id: it never existed, or its log was purged after its retention.
+
+    The blueprint answers ``404`` with a JSON body.
+    """
+
+    status = 404
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job {job_id[:80]!r} (never started, or purged)")
+        self.job_id = job_id
+
+
+class JobEnded(SSEFlushError):
+    """The job has ended (``complete``, ``error`` or ``cancelled``): it takes no more events."""
+
+    status = 409
+
+
+class TooManyJobs(SSEFlushError):
+    """``max_jobs`` jobs are running already; try again later.
+
+    The blueprint answers ``429`` with ``Retry-After: <retry_after>``.
+    """
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobNotStarted(SSEFlushError):
+    """The executor refused the job (a full pool, a queue that is down); it was ended.
+
+    The blueprint answers ``503`` with ``Retry-After``.
+    """
+
+    status = 503
+
+
+class BrokerUnavailable(SSEFlushError):
+    """The broker (the event store) cannot be reached or failed.
+
+    Raise it from a broker for any failure of its store. The blueprint
+    answers ``503`` with ``Retry-After`` and a JSON body, never a ``500``.
+    """
+
+    status = 503

@@ -16,11 +16,20 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LINE_BREAK", "Event", "EventDecoder", "comment", "decode_events"]
+__all__ = [
+    "LINE_BREAK",
+    "PROGRESS_COALESCING",
+    "Coalescing",
+    "Event",
+    "EventDecoder",
+    "comment",
+    "decode_events",
+    "newest_of_each_level",
+]
 
 #: The line breaks of the SSE grammar, longest first so CRLF is one break.
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -78,6 +87,10 @@ class Event:
     event: str | None = None
     id: str | None = None
     retry: int | None = None
+    #: The complete encoded frame, built once when the event is made: a bad
+    #: value fails in the caller's frame rather than later inside a stream,
+    #: and fan-out to many clients reuses the bytes.
+    frame: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.event is not None:
@@ -97,9 +110,7 @@ class Event:
                 raise TypeError(f"retry must be an int (milliseconds), not {self.retry!r}")
             if self.retry < 0:
                 raise ValueError(f"retry must be >= 0 milliseconds, not {self.retry}")
-        # Encode once, now: a bad value fails in the caller's frame rather than
-        # later inside the stream, and fan-out to many clients reuses the bytes.
-        object.__setattr__(self, "_frame", self._build())
+        object.__setattr__(self, "frame", self._build())
 
     @property
     def text(self) -> str:
@@ -112,8 +123,7 @@ class Event:
 
     def encode(self) -> bytes:
         """Return the whole frame as UTF-8 bytes, ending with a blank line."""
-        frame: bytes = self.__dict__["_frame"]
-        return frame
+        return self.frame
 
     @classmethod
     def _parsed(cls, data: str, event: str | None, id: str | None, retry: int | None) -> Event:
@@ -125,7 +135,7 @@ class Event:
         self = object.__new__(cls)
         for name, value in (("data", data), ("event", event), ("id", id), ("retry", retry)):
             object.__setattr__(self, name, value)
-        object.__setattr__(self, "_frame", self._build())
+        object.__setattr__(self, "frame", self._build())
         return self
 
     def _build(self) -> bytes:
@@ -151,6 +161,53 @@ class Event:
 
     def __bytes__(self) -> bytes:
         return self.encode()
+
+
+def newest_of_each_level(levels: Iterable[Hashable | None]) -> list[int]:
+    """Indices to keep: each level's newest entry, and every entry without one.
+
+    The coalescing rule of a slow client's buffer and of a broker's bounded
+    event log: an event whose type is a level (progress) only matters as its
+    latest value; every other event is a log entry and is kept.
+    """
+    levels = list(levels)
+    newest = {level: index for index, level in enumerate(levels) if level is not None}
+    return [i for i, level in enumerate(levels) if level is None or newest[level] == i]
+
+
+@dataclass(frozen=True)
+class Coalescing:
+    """Which event types are *levels*, where only the newest value matters.
+
+    ``progress`` is one: a client that fell behind needs the latest
+    percentage, not every step to it. Declared once and used everywhere
+    events may be dropped for being stale: a stream's buffer for a slow
+    client and a broker's bounded log. A broker hands each frame to its
+    streams together with its level, so the two cannot disagree.
+
+    :param types: the event types to treat as levels.
+    """
+
+    types: frozenset[str] = frozenset({"progress"})
+
+    def __post_init__(self) -> None:
+        given: object = self.types
+        if isinstance(given, str):
+            raise TypeError(f"types must be a collection of event types, not the str {given!r}")
+        object.__setattr__(self, "types", frozenset(self.types))
+
+    @classmethod
+    def of(cls, value: Coalescing | Collection[str]) -> Coalescing:
+        """``value`` itself, or a policy for the event types it lists."""
+        return value if isinstance(value, Coalescing) else cls(frozenset(value))
+
+    def level(self, event_type: str | None) -> str | None:
+        """The level of an event of ``event_type``, or ``None`` if it is never dropped."""
+        return event_type if event_type in self.types else None
+
+
+#: The default policy: ``progress`` events are levels, all others a log.
+PROGRESS_COALESCING = Coalescing()
 
 
 def comment(text: str = "") -> bytes:

@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
-from ._concurrency import new_lock
 from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
-from .exceptions import Cancelled
+from .exceptions import Cancelled, UnknownJob
 from .frames import Event
+from .runtime import new_lock
 
 __all__ = [
     "CompleteData",
@@ -162,7 +162,7 @@ class RenderJob:
         """The job's current status, as the broker has it."""
         status = self.broker.status(self.id)
         if status is None:
-            raise KeyError(f"job {self.id} is no longer known to its broker")
+            raise UnknownJob(self.id)
         return status
 
     def cancel(self) -> None:

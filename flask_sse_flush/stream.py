@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 from flask import Response
 
-from ._concurrency import Empty, new_channel, new_lock
 from .exceptions import StreamClosed
-from .frames import Event, comment
+from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
+from .runtime import Empty, new_channel, new_lock
 
 __all__ = ["KEEPALIVE", "EventStream", "opening_frame", "sse_response"]
 
@@ -82,8 +82,11 @@ class EventStream:
 
     A client that reads slower than events are sent cannot make the stream
     grow without bound: once more than ``buffer`` events wait, queued events
-    whose type is in ``coalesce`` (progress is a level, not a log) are
-    reduced to the newest of each type. Other events are never dropped.
+    that are levels (progress is a level, not a log) are reduced to the
+    newest of each level. Other events are never dropped. Events sent with
+    :meth:`send` get their level from ``coalesce``; frames a broker delivers
+    (:meth:`deliver`) carry the level the broker's own policy gave them, so
+    a brokered stream follows the one policy its broker declares.
 
     :param keepalive: seconds of silence before a ``: keepalive`` comment;
         ``None`` disables keepalives.
@@ -93,7 +96,8 @@ class EventStream:
         the opening frame (see :func:`opening_frame`).
     :param buffer: how many events may wait for a slow client before
         coalescing starts; ``None`` for no bound.
-    :param coalesce: the event types that only matter as their latest value.
+    :param coalesce: which event types only matter as their latest value
+        (a :class:`~flask_sse_flush.frames.Coalescing`, or the types).
     """
 
     def __init__(
@@ -103,7 +107,7 @@ class EventStream:
         retry: int | None = None,
         last_event_id: str | None = None,
         buffer: int | None = 256,
-        coalesce: Collection[str] = ("progress",),
+        coalesce: Coalescing | Collection[str] = PROGRESS_COALESCING,
     ) -> None:
         if keepalive is not None and not keepalive > 0:
             raise ValueError(
@@ -111,7 +115,7 @@ class EventStream:
             )
         self.keepalive = keepalive
         self._opening = opening_frame(retry, last_event_id)
-        self._coalesce = frozenset(coalesce)
+        self._coalescing = Coalescing.of(coalesce)
         self._channel = new_channel(buffer)
         self._lock = new_lock()
         self._closed = False
@@ -131,12 +135,21 @@ class EventStream:
 
         :raises StreamClosed: the stream was closed or its client left.
         """
-        # The fan-out hot path: an Event carries its frame, encoded once.
-        if type(event) is Event:
-            frame: bytes = event.__dict__["_frame"]
-            level = event.event if event.event in self._coalesce else None
+        if isinstance(event, Event):
+            self.deliver(event.frame, self._coalescing.level(event.event))
         else:
-            frame, level = _as_frame(event), None
+            self.deliver(_as_frame(event), None)
+
+    def deliver(self, frame: bytes, level: str | None = None) -> None:
+        """Queue one complete, encoded frame; what a broker calls for each event.
+
+        The fan-out hot path: no checks beyond the stream's state, so
+        ``frame`` must be a whole frame (an :attr:`Event.frame
+        <flask_sse_flush.Event.frame>`). ``level`` is its coalescing level,
+        ``None`` for a frame that is never dropped. Never blocks.
+
+        :raises StreamClosed: the stream was closed or its client left.
+        """
         # Checked and queued under the lock close() takes, so a frame can
         # never land behind the end marker and vanish without an error.
         with self._lock:

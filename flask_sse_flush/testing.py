@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any
@@ -24,7 +25,14 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .frames import Event, decode_events
 
-__all__ = ["iter_chunks", "iter_events", "parse_events"]
+__all__ = [
+    "free_port",
+    "gunicorn_command",
+    "iter_chunks",
+    "iter_events",
+    "parse_events",
+    "server_process",
+]
 
 #: What :func:`iter_events` and :func:`parse_events` read: a Werkzeug or
 #: Flask (test) response, an object with ``iter_bytes()`` (httpx), raw
@@ -123,3 +131,46 @@ def server_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def gunicorn_command(
+    app: str,
+    port: int,
+    *,
+    worker_class: str = "gevent",
+    workers: int = 1,
+    host: str = "127.0.0.1",
+    chdir: str | None = None,
+    options: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a gunicorn serving ``app`` for a test or a benchmark.
+
+    It runs ``python -m gunicorn`` with this interpreter, so the server
+    sees the same packages as the test. gunicorn 27 opens a *control
+    socket* at a fixed path (``$XDG_RUNTIME_DIR/gunicorn.ctl``), which
+    servers started side by side would share; it is turned off where the
+    installed gunicorn has one. ::
+
+        with server_process(gunicorn_command("app:app", port), port):
+            ...
+
+    :param app: the WSGI app, as gunicorn takes it (``"module:app"``).
+    :param port: the port to bind on ``host``.
+    :param worker_class: ``"gevent"``, ``"gevent_pywsgi"``, ``"gthread"``, ...
+    :param chdir: the folder gunicorn imports ``app`` from.
+    :param options: more gunicorn options, e.g. ``["--worker-connections", "6000"]``.
+    """
+    command = [sys.executable, "-m", "gunicorn"]
+    if _gunicorn_has("control_socket_disable"):
+        command.append("--no-control-socket")
+    command += ["--worker-class", worker_class, "--workers", str(workers)]
+    command += ["--bind", f"{host}:{port}"]
+    if chdir is not None:
+        command += ["--chdir", chdir]
+    return [*command, *options, app]
+
+
+def _gunicorn_has(setting: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return any(known.name == setting for known in KNOWN_SETTINGS)

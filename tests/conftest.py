@@ -1,10 +1,30 @@
-"""Shared by every test: the timing margins report at the end of a run."""
+"""The one conftest: markers by folder, the shared real-server fixtures, and
+the timing margins report at the end of a run. See ``tests/README.md``.
+"""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tests.browser import support as browser
+from tests.integration.support import Server, running_server
 from tests.timing import measurements
+
+#: The servers every ``server``-using integration test runs against.
+SERVERS = ["gunicorn-gevent", "gunicorn-gevent_pywsgi", "werkzeug", "wsgiref"]
+
+_MARKERS = {"integration": "integration", "browser": "integration", "smoke": "smoke"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for folder, marker in _MARKERS.items():
+            if folder in item.path.parts:
+                item.add_marker(getattr(pytest.mark, marker))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -16,3 +36,38 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"{m.used:6.0%} of bound  {m.value:.4g} < {m.limit:.4g}  {m.what}  {m.test}"
         )
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """Each real server in turn, serving ``tests/integration/app.py``, once per module."""
+    log_dir = tmp_path_factory.mktemp(request.param)
+    with running_server(request.param, log_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def display() -> Iterator[str]:
+    """A virtual X display for the browsers."""
+    browser.require(*browser.missing_tools())
+    with browser.virtual_display() as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The instrumented demo (``tests/browser/app.py``) under gunicorn -k gevent."""
+    log_dir = tmp_path_factory.mktemp("demo")
+    with running_server("gunicorn-gevent", log_dir, app_dir=browser.HERE) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nginx(demo_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser.Nginx]:
+    """Debian's nginx in front of the demo: default buffering, and gzip on."""
+    found = shutil.which("nginx") or Path("/usr/sbin/nginx").exists()
+    browser.require(*([] if found else ["nginx"]))
+    with browser.nginx_in_front(demo_server.port, tmp_path_factory.mktemp("nginx")) as proxy:
+        yield proxy

@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.testing import iter_events, parse_events
 
 
@@ -48,8 +49,9 @@ class Recorder:
         return {"filename": "a.mp4", "url": "/download/a.mp4"}
 
 
-def make_app(render: Any, **options: Any) -> Flask:
+def make_app(render: Any, config: dict[str, Any] | None = None, **options: Any) -> Flask:
     app = Flask(__name__)
+    app.config.update(config or {})
     app.register_blueprint(create_render_blueprint(render, **options))
     return app
 
@@ -166,9 +168,40 @@ def test_payload_over_max_payload_is_413(recorder: Recorder) -> None:
 
 
 def test_max_payload_from_app_config(recorder: Recorder) -> None:
-    app = make_app(recorder)
-    app.config["SSE_FLUSH_MAX_PAYLOAD"] = 10
+    app = make_app(recorder, {"SSE_FLUSH_MAX_PAYLOAD": 10})
     assert app.test_client().get(url({"x": "y" * 20})).status_code == 413
+
+
+def test_settings_are_resolved_once_at_registration(recorder: Recorder) -> None:
+    app = make_app(recorder, {"SSE_FLUSH_MAX_PAYLOAD": 10}, max_jobs=3)
+    app.config["SSE_FLUSH_MAX_PAYLOAD"] = 10_000  # too late: read at registration
+    assert app.test_client().get(url({"x": "y" * 20})).status_code == 413
+    settings = app.extensions["sse_flush"]["sse_flush"].settings
+    assert (settings.max_payload, settings.max_jobs, settings.keepalive) == (10, 3, 15.0)
+    with pytest.raises(AttributeError):
+        settings.max_jobs = 4
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"SSE_FLUSH_KEEPALIVE": 0}, "keepalive"),
+        ({"SSE_FLUSH_MAX_JOBS": "many"}, "max_jobs"),
+        ({"SSE_FLUSH_RETRY": -1}, "retry"),
+    ],
+)
+def test_a_bad_config_value_fails_at_registration(
+    recorder: Recorder, config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_app(recorder, config)
+
+
+def test_a_bad_option_fails_when_the_blueprint_is_made(recorder: Recorder) -> None:
+    with pytest.raises(ValueError, match="max_payload"):
+        create_render_blueprint(recorder, max_payload=0)
+    with pytest.raises(ValueError, match="coalesce is declared by the broker"):
+        create_render_blueprint(recorder, broker=MemoryBroker(), coalesce=["progress"])
 
 
 @pytest.mark.parametrize("error", [ValueError("month must be 1-12"), KeyError("month")])
@@ -194,8 +227,7 @@ def test_url_prefix_and_keepalive_from_config() -> None:
         time.sleep(0.35)
         return {}
 
-    app = make_app(render, url_prefix="/api")
-    app.config["SSE_FLUSH_KEEPALIVE"] = 0.1
+    app = make_app(render, {"SSE_FLUSH_KEEPALIVE": 0.1}, url_prefix="/api")
     response = app.test_client().get(url({}, prefix="/api"), buffered=False)
     chunks = list(response.iter_encoded())
     response.close()

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from flask_sse_flush import Event, StreamClosed
+from flask_sse_flush import Event, JobEnded, StreamClosed
 from flask_sse_flush.brokers import Broker, MemoryBroker, event_id, parse_event_id
+from flask_sse_flush.testing import parse_events
 
 TIMEOUT = 10.0
 
@@ -32,12 +33,16 @@ class Collector:
         self.owner = threading.get_ident()
         self.replayed = 0
 
-    def send(self, event: Event) -> None:
+    def deliver(self, frame: bytes, level: str | None) -> None:
         if self.closed.is_set():
             self.sent_after_close += 1
         if threading.get_ident() == self.owner:
             self.replayed += 1
-        self.events.append(event)
+        (event,) = parse_events(frame)
+        assert level == ("progress" if event.event == "progress" else None)
+        # As published: JSON data back as objects, so events compare equal.
+        data = event.json() if event.text.startswith(("{", "[")) else event.data
+        self.events.append(Event(data, event=event.event, id=event.id))
 
     def close(self) -> None:
         self.closed.set()
@@ -54,7 +59,7 @@ class Gone:
         self.calls = 0
         self.closed = False
 
-    def send(self, event: Event) -> None:
+    def deliver(self, frame: bytes, level: str | None) -> None:
         self.calls += 1
         raise StreamClosed("the client left")
 
@@ -170,13 +175,46 @@ class BrokerContract:
         broker = self.make_broker()
         broker.create("job")
         broker.publish("job", 1, ev("job", 1, "error", {"message": "x"}), final=True)
-        with pytest.raises(ValueError):
+        with pytest.raises(JobEnded):
             broker.publish("job", 2, ev("job", 2))
         status = broker.status("job")
         assert status is not None and (status.last_seq, status.final_seq) == (1, 1)
         late = Collector()
         broker.subscribe("job", late)
         assert late.seqs == [1]
+
+    def test_a_slow_delivery_holds_up_no_subscribe_leave_or_cancel(self) -> None:
+        # A publisher fanning out to many streams (here: one slow one) must not
+        # hold a lock that a hub greenlet attaching, leaving or cancelling waits on.
+        broker = self.make_broker()
+        broker.create("job")
+        entered, release = threading.Event(), threading.Event()
+
+        class Slow:
+            def deliver(self, frame: bytes, level: str | None) -> None:
+                entered.set()
+                release.wait(5)
+
+            def close(self) -> None:
+                pass
+
+        broker.subscribe("job", Slow())
+        publisher = threading.Thread(target=lambda: broker.publish("job", 1, ev("job", 1)))
+        publisher.start()
+        try:
+            assert entered.wait(5)
+            started = time.monotonic()
+            other = Collector()
+            assert broker.subscribe("job", other)
+            broker.unsubscribe("job", other)
+            assert broker.status("job") is not None
+            assert broker.cancel("job")
+            took = time.monotonic() - started
+        finally:
+            release.set()
+            publisher.join(5)
+        assert took < 1.0, f"held up {took:.2f} s behind a delivery"
+        assert other.seqs == [1]  # replayed from the log, exactly once
 
     # -- subscribe / replay ----------------------------------------------------
 

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from flask_sse_flush._concurrency import Empty, gevent_is_active, new_channel
+from flask_sse_flush.runtime import Empty, gevent_is_active, new_channel
 
 pytest.importorskip("gevent")
 
@@ -53,7 +53,7 @@ def test_hub_channel_from_native_threads_and_greenlets() -> None:
         import time
         import gevent
         from gevent.monkey import get_original
-        from flask_sse_flush._concurrency import Empty, gevent_is_active, new_channel
+        from flask_sse_flush.runtime import Empty, gevent_is_active, new_channel
 
         assert gevent_is_active()
         channel = new_channel()
@@ -156,7 +156,7 @@ def test_native_jobs_lower_the_switch_interval_while_they_run() -> None:
         import sys
         import gevent
         from gevent.monkey import get_original
-        from flask_sse_flush._concurrency import start_native_thread
+        from flask_sse_flush.runtime import start_native_thread
 
         default = sys.getswitchinterval()
         seen = []
@@ -182,10 +182,19 @@ def test_native_jobs_lower_the_switch_interval_while_they_run() -> None:
         assert seen == [0.0005, 0.0005], seen
         assert sys.getswitchinterval() == default  # restored by the last one out
 
-        start_native_thread(lambda: seen.append(sys.getswitchinterval()), "c", None)
+        from flask_sse_flush.runtime import job_switch_interval, set_job_switch_interval
+
+        assert job_switch_interval() == 0.0005
+        set_job_switch_interval(None)  # the process-wide setting: leave it alone
+        start_native_thread(lambda: seen.append(sys.getswitchinterval()), "c")
         while len(seen) < 3:
             gevent.sleep(0.01)
-        assert seen[2] == default  # None leaves the interpreter alone
+        assert seen[2] == default
+        set_job_switch_interval(0.002)
+        start_native_thread(lambda: seen.append(sys.getswitchinterval()), "d")
+        while len(seen) < 4:
+            gevent.sleep(0.01)
+        assert seen[3] == 0.002
         print("ok")
         """
     )
@@ -214,6 +223,93 @@ def test_streams_never_served_leave_no_watcher_in_the_loop() -> None:
         assert next(body) == b": keepalive\\n\\n"  # waited: its watcher exists now
         body.close()  # the client left
         assert loop.activecnt == before, (before, loop.activecnt)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_call_on_hub_returns_raises_and_times_out() -> None:
+    out = run_under_gevent(
+        """
+        import time
+        import gevent
+        from gevent.monkey import get_original
+        from flask_sse_flush import call_on_hub
+        from flask_sse_flush.runtime import start_native_thread
+
+        results = []
+        killed = []
+
+        def on_hub_forever():
+            try:
+                gevent.sleep(30)
+            except BaseException as exc:  # the timeout kills this greenlet
+                killed.append(type(exc).__name__)
+                raise
+
+        def fails():
+            raise KeyError("from the hub")
+
+        def job():
+            results.append(call_on_hub(lambda: gevent.getcurrent() is not None))
+            try:
+                call_on_hub(fails)
+            except KeyError as exc:
+                results.append(str(exc))
+            started = get_original("time", "monotonic")()
+            try:
+                call_on_hub(on_hub_forever, timeout=0.3)
+            except TimeoutError:
+                results.append(round(get_original("time", "monotonic")() - started, 1))
+
+        start_native_thread(job, "job")
+        for _ in range(500):
+            if len(results) == 3 and killed:
+                break
+            gevent.sleep(0.01)
+        assert results[:2] == [True, "'from the hub'"], results
+        assert 0.3 <= results[2] < 1.5, results
+        assert killed == ["TimeoutError"], killed
+        # On the hub itself, or without a job's hub, it is a plain call.
+        assert call_on_hub(lambda: 42) == 42
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_call_on_hub_does_not_wait_for_a_hub_that_has_gone() -> None:
+    out = run_under_gevent(
+        """
+        import gevent
+        from gevent.monkey import get_original
+        from flask_sse_flush import call_on_hub
+        from flask_sse_flush.runtime.hub import started_by
+
+        outcome = []
+        done = get_original("_thread", "allocate_lock")()
+        done.acquire()
+
+        class GoneHub:  # what a destroyed hub looks like to the waiting thread
+            thread_ident = -1
+            dead = True
+            class loop:
+                @staticmethod
+                def run_callback_threadsafe(*args):
+                    pass
+
+        def job():
+            try:
+                call_on_hub(lambda: None)
+            except RuntimeError as exc:
+                outcome.append(str(exc))
+            done.release()
+
+        get_original("_thread", "start_new_thread")(started_by(GoneHub()).run, (job,))
+        while not done.acquire(False):
+            gevent.sleep(0.01)
+        assert outcome and "has stopped" in outcome[0], outcome
         print("ok")
         """
     )

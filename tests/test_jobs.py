@@ -12,6 +12,7 @@ import pytest
 
 from flask_sse_flush import Cancelled, Event, Progress, RenderJob, SSEFlushError
 from flask_sse_flush.brokers import JobStatus, MemoryBroker, StatusChange
+from flask_sse_flush.testing import parse_events
 
 # -- Progress ---------------------------------------------------------------
 
@@ -98,6 +99,11 @@ def test_progress_raises_cancelled_after_cancel() -> None:
 # -- RenderJob ----------------------------------------------------------------
 
 
+def as_sent(frame: bytes) -> list[Event]:
+    """The events a frame carries, their JSON data parsed back into objects."""
+    return [Event(e.json(), event=e.event, id=e.id) for e in parse_events(frame)]
+
+
 class Collector:
     """A subscriber that keeps every event it is sent."""
 
@@ -105,9 +111,9 @@ class Collector:
         self.events: list[Event] = []
         self.closed = False
 
-    def send(self, event: Event) -> None:
+    def deliver(self, frame: bytes, level: str | None) -> None:
         assert not self.closed, "an event was sent after close()"
-        self.events.append(event)
+        self.events.extend(as_sent(frame))
 
     def close(self) -> None:
         self.closed = True
@@ -528,8 +534,8 @@ def test_a_base_exception_still_ends_the_job_then_propagates() -> None:
     received: list[Event] = []
 
     class Sink:
-        def send(self, event: Event) -> None:
-            received.append(event)
+        def deliver(self, frame: bytes, level: str | None) -> None:
+            received.extend(as_sent(frame))
 
         def close(self) -> None:
             received.append(Event("closed", event="closed"))

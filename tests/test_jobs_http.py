@@ -287,6 +287,7 @@ def test_an_executor_that_refuses_gives_503_and_ends_the_job() -> None:
     assert "could not be started" in response.get_json()["error"]
     service = app.extensions["sse_flush"]["sse_flush"]
     assert service.running == 0
+    assert service.running_jobs() == []
     (job,) = list(service.broker._jobs)  # the refused job ended; nobody waits on it
     assert service.broker.status(job).state == "error"
 
@@ -301,3 +302,100 @@ def test_validate_raising_payload_too_large_keeps_its_413() -> None:
     response = client.get(stream_url({}))
     assert response.status_code == 413
     assert response.get_json() == {"error": "too many books"}
+
+
+def test_head_never_subscribes_starts_or_cancels_a_job() -> None:
+    # curl -I on a detached job whose last client leaving would cancel it.
+    render = Gated()
+    app, client = make_client(render, on_disconnect="cancel")
+    job = client.post("/render", json={}).get_json()["id"]
+    assert render.reported.wait(5)
+    service = app.extensions["sse_flush"]["sse_flush"]
+    for response in (
+        client.head(f"/render/stream?job={job}"),
+        client.head("/render/stream", headers={"Last-Event-ID": f"{job}-1"}),
+        client.head(f"/render/stream?lastEventId={job}-2"),
+        client.head(f"/render/stream?job={job}", headers={"Last-Event-ID": f"{job}-0"}),
+    ):
+        assert response.status_code == 200
+        assert response.mimetype == "text/event-stream"
+        assert service.broker.subscribers(job) == 0
+        response.close()  # what a server does with a HEAD body it never sends
+    time.sleep(0.05)
+    assert not render.cancelled.is_set()
+    assert client.get(f"/render/{job}").get_json()["state"] == "running"
+    assert render.calls == 1
+    assert client.head("/render/stream?job=nope").status_code == 404
+    render.go.set()
+
+
+def test_an_executor_receives_a_queued_job_with_its_id_and_payload() -> None:
+    queued: list[Any] = []
+    app, client = make_client(Gated(reports=1), executor=queued.append)
+    created = client.post("/render", json={"month": 3}).get_json()
+    (job,) = queued
+    assert (job.id, job.payload) == (created["id"], {"month": 3})
+    json.dumps(job.payload)  # what a queue needs, and nothing more
+    service = app.extensions["sse_flush"]["sse_flush"]
+    assert service.running_jobs() == [job.id]
+    threading.Thread(target=job).start()  # calling it runs the job here
+    job_state = lambda: client.get(created["status"]).get_json()["state"]  # noqa: E731
+    wait_for(lambda: job_state() == "running")
+    service.broker.cancel(job.id)
+    wait_for(lambda: job_state() == "cancelled")
+    assert service.wait(5)
+    assert service.running_jobs() == []
+
+
+def test_the_service_waits_for_its_running_jobs_with_a_deadline() -> None:
+    render = Gated()
+    app, client = make_client(render)
+    ids = [client.post("/render", json={}).get_json()["id"] for _ in range(2)]
+    service = app.extensions["sse_flush"]["sse_flush"]
+    assert sorted(service.running_jobs()) == sorted(ids)
+    started = time.monotonic()
+    assert service.wait(0.1) is False
+    assert time.monotonic() - started < 2
+    render.go.set()
+    assert service.wait(5) is True
+    assert service.running == 0 and service.running_jobs() == []
+
+
+def test_the_extension_form() -> None:
+    from flask_sse_flush import JobService, SSEFlush
+
+    sse = SSEFlush(Gated(reports=1), url_prefix="/api", name="videos")
+    first, second = Flask("first"), Flask("second")
+    second.config["SSE_FLUSH_MAX_JOBS"] = 1
+    sse.init_app(first)
+    sse.init_app(second)
+    assert isinstance(sse.service(first), JobService)
+    assert sse.service(first) is not sse.service(second)  # one service per app
+    assert sse.service(first).broker is not sse.service(second).broker
+    assert (sse.service(first).settings.max_jobs, sse.service(second).settings.max_jobs) == (32, 1)
+    with first.app_context():
+        assert sse.service() is sse.service(first)
+    assert first.test_client().post("/api/render", json={}).status_code == 202
+    with pytest.raises(LookupError, match="not initialised"):
+        sse.service(Flask("third"))
+    SSEFlush(Gated(), app=Flask("direct"))  # app= initialises at once
+
+
+def test_a_broker_failure_is_a_json_503_not_a_500() -> None:
+    from flask_sse_flush import BrokerUnavailable
+    from flask_sse_flush.brokers import MemoryBroker
+
+    class Down(MemoryBroker):
+        def status(self, job_id: str) -> Any:
+            raise BrokerUnavailable("connection refused by 127.0.0.1:6379")
+
+    _, client = make_client(Gated(), broker=Down())
+    for response in (
+        client.get("/render/abc"),
+        client.delete("/render/abc"),
+        client.get("/render/stream?job=abc"),
+        client.get("/render/stream", headers={"Last-Event-ID": "abc-1"}),
+    ):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        assert response.get_json() == {"error": "the event store is unavailable; try again later"}

@@ -1,9 +1,11 @@
-"""Imports flow one way, and only some modules may know about Flask.
+"""Imports flow one way, only some modules may know about Flask, and no
+code outside the package reaches into its private parts.
 
-Bottom up: exceptions, frames <- _concurrency, transport, headers, brokers
-<- stream, jobs <- blueprint, mirror <- testing, demo, __init__. ``frames``,
-``jobs``, the brokers and ``_concurrency`` stay framework-free so a job
-worker without an app can use them.
+Bottom up: exceptions, frames, settings <- runtime (detect <- channels, hub
+<- executors), transport, headers, brokers <- stream, jobs <- service <-
+blueprint, mirror <- testing, demo, __init__. ``frames``, ``jobs``, the
+brokers, ``settings``, ``service`` and the runtime stay framework-free so a
+job worker without an app can use them.
 """
 
 from __future__ import annotations
@@ -15,27 +17,44 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "flask_sse_flush"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "flask_sse_flush"
 
 # module -> the package modules it may import
 ALLOWED: dict[str, set[str]] = {
     "exceptions": set(),
     "frames": set(),
-    "_concurrency": set(),
+    "settings": set(),
+    "runtime/detect": set(),
+    "runtime/channels": {"detect", "frames"},
+    "runtime/hub": {"detect"},
+    "runtime/executors": {"detect", "hub"},
+    "runtime/__init__": {"channels", "detect", "executors", "hub"},
     "transport": set(),
     "headers": {"transport"},
-    "stream": {"_concurrency", "exceptions", "frames", "headers"},
-    "jobs": {"_concurrency", "brokers", "exceptions", "frames"},
+    "stream": {"exceptions", "frames", "headers", "runtime"},
+    "jobs": {"brokers", "exceptions", "frames", "runtime"},
     "brokers/base": {"frames"},
-    "brokers/memory": {"_concurrency", "base", "exceptions", "frames"},
+    "brokers/memory": {"base", "exceptions", "frames", "runtime"},
     "brokers/__init__": {"base", "memory"},
-    "blueprint": {"_concurrency", "brokers", "exceptions", "headers", "jobs", "stream"},
+    "service": {"brokers", "exceptions", "jobs", "runtime", "settings"},
+    "blueprint": {
+        "brokers", "exceptions", "frames", "headers", "jobs", "service", "settings", "stream",
+    },
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames"},
-}
-MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo"}
-FRAMEWORK_FREE = {"frames", "jobs", "_concurrency", "exceptions", "transport"}
+    "demo/__init__": {"__init__", "render"},
+    "demo/render": {"__init__"},
+    "demo/draw": set(),
+}  # fmt: skip
+MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo/__init__"}
+FRAMEWORK_FREE = {
+    "frames", "jobs", "exceptions", "transport", "settings", "service",
+    "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
+}  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
+#: Code outside the package, which may use only its public names.
+OUTSIDE = [ROOT / "tests", ROOT / "benchmarks", PACKAGE / "demo"]
 
 
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
@@ -48,6 +67,8 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
                 module = (node.module or "").split(".")[0]
                 if module:
                     own.add(module)
+                elif node.level >= 2:
+                    own.add("__init__")  # `from .. import X`: the public face
                 else:
                     own.update(alias.name for alias in node.names)
             elif node.module:
@@ -64,13 +85,56 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
 
 def test_every_module_is_classified() -> None:
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    modules |= {f"brokers/{p.stem}" for p in (PACKAGE / "brokers").glob("*.py")}
+    for folder in ("brokers", "runtime", "demo"):
+        modules |= {f"{folder}/{p.stem}" for p in (PACKAGE / folder).glob("*.py")}
     assert modules == set(ALLOWED), "add new modules to ALLOWED with their layer"
+
+
+def private_uses(path: Path) -> list[str]:
+    """The private modules or names of the library that ``path`` imports."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level and PACKAGE in path.parents:
+                continue  # the package's own modules, checked by ALLOWED above
+            module = node.module or ""
+            if node.level:
+                module = "flask_sse_flush"
+            if module.split(".")[0] != "flask_sse_flush":
+                continue
+            if any(part.startswith("_") for part in module.split(".")):
+                found.append(module)
+            found += [f"{module}.{a.name}" for a in node.names if a.name.startswith("_")]
+        elif isinstance(node, ast.Import):
+            found += [
+                a.name
+                for a in node.names
+                if a.name.startswith("flask_sse_flush")
+                and any(part.startswith("_") for part in a.name.split("."))
+            ]
+    return found
+
+
+@pytest.mark.parametrize("path", [p for d in OUTSIDE for p in sorted(d.rglob("*.py"))], ids=str)
+def test_code_outside_the_package_uses_only_public_names(path: Path) -> None:
+    assert private_uses(path) == [], f"{path} imports private parts of the library"
+
+
+def test_the_demo_uses_only_the_public_api() -> None:
+    for path in (PACKAGE / "demo").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                names = [a.name for a in node.names]
+                assert node.module is None, f"{path.name} imports flask_sse_flush.{node.module}"
+                import flask_sse_flush
+
+                assert set(names) <= set(flask_sse_flush.__all__), names
 
 
 @pytest.mark.parametrize("module", sorted(ALLOWED))
 def test_imports_flow_one_way(module: str) -> None:
     own, other = imports_of(PACKAGE / f"{module}.py")
+    own.discard(module.rpartition("/")[2])
     assert own <= ALLOWED[module], f"{module} imports {sorted(own - ALLOWED[module])}"
     if module not in MAY_IMPORT_FLASK:
         assert not other & FRAMEWORKS, f"{module} must stay framework-free"
@@ -78,6 +142,7 @@ def test_imports_flow_one_way(module: str) -> None:
 
 @pytest.mark.parametrize("module", sorted(FRAMEWORK_FREE | {"brokers"}))
 def test_framework_free_modules_import_without_flask(module: str) -> None:
+    module = module.replace("/", ".")
     """Not even indirectly: a job worker with no Flask installed can use them."""
     code = (
         "import sys, importlib\n"

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from flask_sse_flush import Event, EventStream
-from flask_sse_flush._concurrency import Empty, new_channel
 from flask_sse_flush.frames import decode_events
+from flask_sse_flush.runtime import Empty, new_channel
 from flask_sse_flush.stream import KEEPALIVE
 
 TIMEOUT = 5.0

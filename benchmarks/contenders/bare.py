@@ -10,7 +10,26 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from . import Contender, gunicorn, werkzeug
 from .common import KEEPALIVE, burn, pause, schedule, tick_frame
+
+CONTENDERS = [
+    Contender(
+        "bare-gevent",
+        "bare Flask generator, gunicorn -k gevent",
+        10_000,
+        gunicorn("benchmarks.contenders.bare:app"),
+        rank=2,
+    ),
+    Contender(
+        "naive-werkzeug",
+        "naive Flask (two writes per event, no TCP_NODELAY), werkzeug",
+        1_000,
+        werkzeug("benchmarks.contenders.bare:naive_app"),
+        "one OS thread per stream",
+        rank=5,
+    ),
+]
 
 
 def create_app(two_writes: bool = False) -> Flask:

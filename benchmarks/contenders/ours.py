@@ -1,18 +1,40 @@
-"""flask-sse-flush: a detached job's broker fans events out to EventStreams."""
+"""flask-sse-flush: a detached job's broker fans events out to EventStreams.
+
+The broadcast publishes from a native OS thread, as the blueprint runs its
+jobs by default, so the fan-out crosses from that thread to the hub.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
 from flask_sse_flush import Event, EventStream
-from flask_sse_flush._concurrency import start_greenlet, start_native_thread
 from flask_sse_flush.brokers import MemoryBroker, event_id
+from flask_sse_flush.runtime import new_lock, start_greenlet, start_native_thread
 
+from . import Contender, gunicorn, werkzeug
 from .common import KEEPALIVE, burn, pause, schedule, tick
+
+CONTENDERS = [
+    Contender(
+        "ours-gevent",
+        "flask-sse-flush, gunicorn -k gevent",
+        10_000,
+        gunicorn("benchmarks.contenders.ours:app"),
+        rank=1,
+    ),
+    Contender(
+        "ours-werkzeug",
+        "flask-sse-flush, werkzeug dev server",
+        1_000,
+        werkzeug("benchmarks.contenders.ours:app"),
+        "one OS thread per stream: 10,000 threads is not what a dev server is for",
+        rank=4,
+    ),
+]
 
 JOB = "bench"
 
@@ -22,7 +44,7 @@ def create_app() -> Flask:
     # The log is for replay; a broadcast benchmark needs only a little of it.
     broker = MemoryBroker(max_events=16)
     broker.create(JOB)
-    lock = threading.Lock()
+    lock = new_lock()  # the publisher is a native thread
     state = {"seq": 0}
 
     def publish(count: int, interval: float, start: int | None) -> None:
@@ -49,7 +71,7 @@ def create_app() -> Flask:
     def pub() -> Any:
         count, interval = int(request.args["count"]), float(request.args["interval"])
         start = int(request.args["start"]) if "start" in request.args else None
-        start_greenlet(lambda: publish(count, interval, start), name="bench publisher")
+        start_native_thread(lambda: publish(count, interval, start), name="bench publisher")
         return jsonify(ok=True)
 
     @app.get("/count")

@@ -13,7 +13,18 @@ import socket
 import sys
 from urllib.parse import parse_qs, urlsplit
 
+from . import Contender
 from .common import KEEPALIVE, burn, pause, schedule, tick_frame
+
+CONTENDERS = [
+    Contender(
+        "raw-asyncio",
+        "the limit: raw asyncio socket server",
+        10_000,
+        lambda port: [sys.executable, "-m", "benchmarks.contenders.raw", str(port)],
+        rank=0,
+    ),
+]
 
 HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"

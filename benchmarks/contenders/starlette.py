@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +16,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from . import Contender
 from .common import KEEPALIVE, burn, pause, schedule, tick
+
+
+def _command(port: int) -> list[str]:
+    # As `pip install "uvicorn[standard]"` runs it: uvloop and httptools.
+    fast = ["--loop", "uvloop"] if importlib.util.find_spec("uvloop") else []
+    fast += ["--http", "httptools"] if importlib.util.find_spec("httptools") else []
+    return [
+        sys.executable, "-m", "uvicorn", "benchmarks.contenders.starlette:app", "--host",
+        "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+        "--backlog", "4096", *fast,
+    ]  # fmt: skip
+
+
+CONTENDERS = [Contender("sse-starlette", "sse-starlette, uvicorn", 10_000, _command, rank=3)]
 
 subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
 state = {"seq": 0}

@@ -6,6 +6,10 @@ cancellation to wherever the job runs. The in-memory broker serves one
 process; a Redis Streams broker (planned) will serve many workers and
 hosts with the same promises, checked by the same test suite.
 
+A broker hands its subscribers *frames*: the encoded bytes of each event
+and its coalescing level (:class:`~flask_sse_flush.frames.Coalescing`),
+which is what a remote store can hand over without rebuilding events.
+
 Event ids are ``"<job id>-<n>"``: ``n`` counts the job's events from 1, so
 an id names the job *and* the place in it. That is what lets a reconnecting
 ``EventSource`` (which sends back only ``Last-Event-ID``) resume the very
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
@@ -115,17 +120,28 @@ class JobStatus:
 class Subscriber(Protocol):
     """Where a broker delivers a job's events: an :class:`~flask_sse_flush.EventStream`.
 
-    ``send`` must not block; it raises :class:`~flask_sse_flush.StreamClosed`
-    once the subscriber has gone, and the broker then forgets it.
+    ``deliver`` takes one complete encoded frame and its coalescing level
+    (``None`` for an event that is never dropped). It must not block; it
+    raises :class:`~flask_sse_flush.StreamClosed` once the subscriber has
+    gone, and the broker then forgets it. ``close`` ends the subscriber
+    after the frames already delivered.
     """
 
-    def send(self, event: Event) -> None: ...
+    def deliver(self, frame: bytes, level: str | None) -> None: ...
 
     def close(self) -> None: ...
 
 
 class Broker(Protocol):
-    """The event log, status and fan-out of every job."""
+    """The event log, status and fan-out of every job.
+
+    Errors: an unknown job raises :class:`~flask_sse_flush.UnknownJob`, a
+    publish to an ended job :class:`~flask_sse_flush.JobEnded`, and a store
+    that cannot be reached :class:`~flask_sse_flush.BrokerUnavailable`.
+    The publishes of one job come one at a time, in ``seq`` order (a
+    :class:`~flask_sse_flush.RenderJob` numbers and publishes under its own
+    lock); a broker may deliver them to subscribers outside its own locks.
+    """
 
     def create(self, job_id: str) -> JobStatus:
         """Start a job's log in state ``queued``.
@@ -148,11 +164,17 @@ class Broker(Protocol):
         ``change`` is applied to the status in the same step. ``final``
         marks the job's last event: subscribers are closed after it and the
         log is kept for the retention period, then purged.
+
+        :raises UnknownJob: no such job.
+        :raises JobEnded: the job's final event was published already.
         """
         ...
 
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
-        """Change a job's status without an event."""
+        """Change a job's status without an event.
+
+        :raises UnknownJob: no such job.
+        """
         ...
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -180,6 +202,9 @@ class Broker(Protocol):
         """Ask the job to stop; ``False`` if it is unknown or has ended."""
         ...
 
-    def on_cancel(self, job_id: str, callback: Any) -> None:
-        """Call ``callback()`` when the job is cancelled (at once if it was)."""
+    def on_cancel(self, job_id: str, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` when the job is cancelled (at once if it was).
+
+        :raises UnknownJob: no such job.
+        """
         ...

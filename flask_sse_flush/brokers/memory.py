@@ -9,25 +9,37 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._concurrency import new_lock, newest_of_each_level
-from ..exceptions import StreamClosed
-from ..frames import Event
+from ..exceptions import JobEnded, StreamClosed, UnknownJob
+from ..frames import PROGRESS_COALESCING, Coalescing, Event, newest_of_each_level
+from ..runtime import new_lock
 from .base import JobStatus, StatusChange, Subscriber, valid_job_id
 
 __all__ = ["MemoryBroker"]
 
 log = logging.getLogger(__name__)
 
+#: One logged event: its number, its frame and its coalescing level.
+_Entry = tuple[int, bytes, "str | None"]
+
 
 @dataclass(eq=False)
 class _Job:
     status: JobStatus
     lock: Any
-    events: collections.deque[tuple[int, Event]] = field(default_factory=collections.deque)
-    subscribers: list[Subscriber] = field(default_factory=list)
+    events: collections.deque[_Entry] = field(default_factory=collections.deque)
+    # Insertion-ordered, O(1) to leave; fan-out iterates a snapshot taken
+    # under the lock, rebuilt only after the membership changed.
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    snapshot: tuple[Subscriber, ...] | None = ()
     on_cancel: list[Callable[[], Any]] = field(default_factory=list)
     cancelled: bool = False
     ended_at: float | None = None
+
+    def members(self) -> tuple[Subscriber, ...]:
+        """The subscribers now; call with the lock held."""
+        if self.snapshot is None:
+            self.snapshot = tuple(self.subscribers)
+        return self.snapshot
 
 
 class MemoryBroker:
@@ -36,13 +48,25 @@ class MemoryBroker:
     Serves the jobs and streams of one process (one gunicorn worker). Use
     one broker per app; the blueprint makes one if you pass none.
 
+    A job's lock guards its log and its list of subscribers, and is held
+    only for a few statements: a publish appends and takes a snapshot of
+    the subscribers under it, then delivers to them *outside* it, so a hub
+    greenlet that subscribes, leaves or cancels never waits behind a
+    native-thread job's fan-out to thousands of streams. Replay-then-live
+    stays exact: a new subscriber's replay and its registration are one
+    step under the lock, so each event reaches it once, either from the
+    log or from a fan-out whose snapshot came after it.
+
     :param retention: seconds a job's log is kept after the job ends, so
         late reconnects can still replay it; then it is purged.
     :param max_events: the most events kept per job. Past it, the log
-        keeps only the newest event of each type in ``coalesce`` (progress
-        is a level, not a history) and every other event, so a job that
-        reports 100,000 times does not hold 100,000 events.
-    :param coalesce: event types that only matter as their latest value.
+        keeps only the newest event of each level (``coalesce``) and every
+        other event, so a job that reports 100,000 times does not hold
+        100,000 events.
+    :param coalesce: which event types are levels
+        (:class:`~flask_sse_flush.frames.Coalescing`, or the types
+        themselves); progress by default. Streams receive each frame with
+        its level, so they coalesce by this same policy.
     :param clock: the time source, in seconds (tests may pass their own).
     """
 
@@ -51,7 +75,7 @@ class MemoryBroker:
         *,
         retention: float = 600.0,
         max_events: int = 1000,
-        coalesce: Collection[str] = ("progress",),
+        coalesce: Coalescing | Collection[str] = PROGRESS_COALESCING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if retention < 0:
@@ -60,7 +84,7 @@ class MemoryBroker:
             raise ValueError(f"max_events must be at least 2, not {max_events!r}")
         self.retention = retention
         self.max_events = max_events
-        self._coalesce = frozenset(coalesce)
+        self.coalescing = Coalescing.of(coalesce)
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
         self._lock = new_lock()
@@ -111,7 +135,7 @@ class MemoryBroker:
     def _require(self, job_id: str) -> _Job:
         job = self._job(job_id)
         if job is None:
-            raise KeyError(f"unknown job {job_id!r}")
+            raise UnknownJob(job_id)
         return job
 
     def publish(
@@ -124,10 +148,11 @@ class MemoryBroker:
         final: bool = False,
     ) -> None:
         job = self._require(job_id)
+        frame, level = event.frame, self.coalescing.level(event.event)
         with job.lock:
             if job.ended_at is not None:
-                raise ValueError(f"job {job_id!r} has ended; it takes no more events")
-            job.events.append((seq, event))
+                raise JobEnded(f"job {job_id!r} has ended; it takes no more events")
+            job.events.append((seq, frame, level))
             if len(job.events) > self.max_events:
                 self._compact(job)
             extra: dict[str, Any] = {"last_seq": seq}
@@ -135,23 +160,32 @@ class MemoryBroker:
                 extra["final_seq"] = seq
                 job.ended_at = self._clock()
             job.status = job.status.changed(change, **extra)
-            # Delivered under the job's lock, so a subscriber attaching at
-            # the same moment gets each event exactly once, in order.
-            for subscriber in list(job.subscribers):
-                try:
-                    subscriber.send(event)
-                except StreamClosed:
-                    job.subscribers.remove(subscriber)
+            members = job.members()
             if final:
-                for subscriber in job.subscribers:
-                    subscriber.close()
+                # No one joins an ended job's fan-out: a late subscriber
+                # replays the log and is closed at once.
                 job.subscribers.clear()
+                job.snapshot = ()
                 job.on_cancel.clear()
+        # Outside the lock: 10,000 deliveries must not hold up the hub.
+        gone = []
+        for subscriber in members:
+            try:
+                subscriber.deliver(frame, level)
+            except StreamClosed:
+                gone.append(subscriber)
+        if final:
+            for subscriber in members:
+                subscriber.close()
+        elif gone:
+            with job.lock:
+                for subscriber in gone:
+                    if job.subscribers.pop(subscriber, False) is None:
+                        job.snapshot = None
 
     def _compact(self, job: _Job) -> None:
         events = list(job.events)  # indexing a deque's middle is O(n)
-        levels = (e.event if e.event in self._coalesce else None for _, e in events)
-        kept = [events[i] for i in newest_of_each_level(levels)]
+        kept = [events[i] for i in newest_of_each_level(level for _, _, level in events)]
         # Events that cannot be coalesced still may not grow without bound.
         job.events = collections.deque(kept[-self.max_events :])
 
@@ -170,16 +204,19 @@ class MemoryBroker:
         if job is None:
             return False
         with job.lock:
+            # Replay and registration in one step (a log holds at most
+            # max_events frames, so this stays short).
             try:
-                for seq, event in job.events:
+                for seq, frame, level in job.events:
                     if seq > after:
-                        subscriber.send(event)
+                        subscriber.deliver(frame, level)
             except StreamClosed:
                 return True
-            if job.ended_at is not None:
-                subscriber.close()
-            else:
-                job.subscribers.append(subscriber)
+            if job.ended_at is None:
+                job.subscribers[subscriber] = None
+                job.snapshot = None
+                return True
+        subscriber.close()
         return True
 
     def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
@@ -187,8 +224,8 @@ class MemoryBroker:
         if job is None:
             return 0
         with job.lock:
-            if subscriber in job.subscribers:
-                job.subscribers.remove(subscriber)
+            if job.subscribers.pop(subscriber, False) is None:
+                job.snapshot = None
             return len(job.subscribers)
 
     def subscribers(self, job_id: str) -> int:

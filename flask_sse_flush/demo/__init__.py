@@ -14,8 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, send_from_directory
 
-from .. import Progress, create_render_blueprint
-from ..jobs import RenderFunction
+from .. import Progress, RenderFunction, create_render_blueprint
 from .render import (
     FILENAME,
     RenderSettings,

@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from .. import Progress, map_bundle_progress, map_render_progress
-from .._concurrency import call_on_hub
+from .. import Progress, call_on_hub, map_bundle_progress, map_render_progress
 
 __all__ = [
     "FILENAME",

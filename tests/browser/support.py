@@ -21,10 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flask_sse_flush.testing import free_port
 from tests.integration.support import HOST
 
+HERE = Path(__file__).resolve().parent
+#: Where screenshots go (kept out of git; docs/_static has the chosen one).
+SCREENSHOTS = HERE.parent.parent / "build" / "screenshots"
 ENGINES = ("chromium", "firefox", "webkit")
+
+
+def require(*tools: str) -> None:
+    """Skip when a system tool is missing, or fail where it must be there (CI)."""
+    if not tools:
+        return
+    message = f"not installed: {', '.join(tools)} (make system-deps installs them)"
+    if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
 
 FIREFOX_PREFS = """
 user_pref("browser.shell.checkDefaultBrowser", false);

@@ -19,8 +19,7 @@ import pytest
 from tests.integration.support import Server
 from tests.timing import assert_p95_under
 
-from .conftest import SCREENSHOTS, require
-from .support import ENGINES, Nginx, browser, missing_tools, screenshot
+from .support import ENGINES, SCREENSHOTS, Nginx, browser, missing_tools, require, screenshot
 
 LATENCY_P95_LIMIT_MS = 100.0
 

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, request
 
 from flask_sse_flush import Cancelled, EventStream, Progress, create_render_blueprint, send_event
-from flask_sse_flush._concurrency import gevent_is_active
+from flask_sse_flush.runtime import gevent_is_active
 from flask_sse_flush.transport import client_socket
 
 
@@ -67,6 +67,10 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
             blocking_sleep = get_original("time", "sleep")
         progress(1, "blocked")
         blocking_sleep(float(payload["block"]))
+    if "wait_for" in payload:
+        # Hold the first report until the test has its clients in place.
+        while not Path(payload["wait_for"]).exists():
+            time.sleep(0.01)
     steps = int(payload.get("steps", 5))
     interval = float(payload.get("interval", 0.05))
     time.sleep(float(payload.get("delay_first", 0)))
@@ -113,6 +117,23 @@ def create_app(log_dir: str | None = None) -> Any:
             render, name="cancelling", url_prefix="/cancelling", on_disconnect="cancel"
         )
     )
+    app.register_blueprint(
+        create_render_blueprint(
+            render, name="greenlet", url_prefix="/greenlet", executor="greenlet"
+        )
+    )
+
+    @app.get("/__hub")
+    def hub() -> Any:
+        """The OS thread of the worker's hub, as gevent's monitor names it."""
+        import gevent
+
+        return {"thread": hex(gevent.get_hub().thread_ident)}
+
+    @app.get("/__subscribers/<job_id>")
+    def subscribers(job_id: str) -> Any:
+        service = app.extensions["sse_flush"]["sse_flush"]
+        return {"n": service.broker.subscribers(job_id)}
 
     @app.get("/timed")
     def timed() -> Any:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,31 +17,24 @@ from urllib.parse import quote
 
 from flask_sse_flush import Event
 from flask_sse_flush.frames import EventDecoder
-from flask_sse_flush.testing import free_port, server_process
+from flask_sse_flush.testing import free_port, gunicorn_command, server_process
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 
 
-def _gunicorn_has(setting: str) -> bool:
-    from gunicorn.config import KNOWN_SETTINGS
-
-    return any(known.name == setting for known in KNOWN_SETTINGS)
-
-
-def server_command(kind: str, port: int, log_dir: Path, app_dir: Path = HERE) -> list[str]:
+def server_command(
+    kind: str, port: int, log_dir: Path, app_dir: Path = HERE, options: Sequence[str] = ()
+) -> list[str]:
     if kind.startswith("gunicorn"):
         worker = kind.split("-", 1)[1]  # gunicorn-gevent -> gevent
-        # Newer gunicorns open a control socket at a fixed path; servers that
-        # tests start side by side must not share it.
-        extra = ["--no-control-socket"] if _gunicorn_has("control_socket_disable") else []
-        return [
-            sys.executable, "-m", "gunicorn", *extra,
-            "--worker-class", worker, "--workers", "1",
-            "--bind", f"{HOST}:{port}", "--chdir", str(app_dir),
-            "--graceful-timeout", "1", "--log-level", "warning",
+        return gunicorn_command(
             f"app:create_app({str(log_dir)!r})",
-        ]  # fmt: skip
+            port,
+            worker_class=worker,
+            chdir=str(app_dir),
+            options=["--graceful-timeout", "1", "--log-level", "warning", *options],
+        )
     return [sys.executable, str(HERE / "serve.py"), kind, str(port), str(log_dir)]
 
 
@@ -64,15 +57,22 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(
-    kind: str, log_dir: Path, timeout: float = 30.0, *, app_dir: Path = HERE
+    kind: str,
+    log_dir: Path,
+    timeout: float = 30.0,
+    *,
+    app_dir: Path = HERE,
+    options: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Start a real server on a free loopback port; stop it however the test ends.
 
-    It serves ``create_app(log_dir)`` from ``app.py`` in ``app_dir``.
+    It serves ``create_app(log_dir)`` from ``app.py`` in ``app_dir``;
+    ``options`` go to gunicorn, ``env`` is added to the environment.
     """
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    command = server_command(kind, port, log_dir, app_dir)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    command = server_command(kind, port, log_dir, app_dir, options)
     started = False
     with (log_dir / "server.out").open("wb") as output:
         try:

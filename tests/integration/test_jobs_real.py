@@ -207,3 +207,25 @@ def test_jobs_leave_no_threads_or_descriptors_behind(gevent_server: Server) -> N
     after = footprint()
     assert after[0] <= threads, f"threads {threads} -> {after[0]}"
     assert after[1] <= fds + 2, f"file descriptors {fds} -> {after[1]}"
+
+
+def test_head_leaves_a_detached_job_running_under_on_disconnect_cancel(
+    gevent_server: Server,
+) -> None:
+    body = json.dumps({"steps": 40, "interval": 0.05}).encode()
+    with raw_get(gevent_server.port, "/cancelling/render", method="POST", body=body) as response:
+        assert response.status == 202
+        job = response.json()["id"]
+    for path, headers in (
+        (f"/cancelling/render/stream?job={job}", {}),
+        ("/cancelling/render/stream", {"Last-Event-ID": f"{job}-1"}),
+        (f"/cancelling/render/stream?lastEventId={job}-1", {}),
+    ):
+        with raw_get(gevent_server.port, path, headers, method="HEAD") as response:
+            assert response.status == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+    time.sleep(1.0)  # as `curl -I` leaves: nothing may have cancelled the job
+    with raw_get(gevent_server.port, f"/cancelling/render/{job}") as response:
+        assert response.json()["state"] == "running"
+    with raw_get(gevent_server.port, f"/cancelling/render/{job}", method="DELETE") as response:
+        assert response.status == 202

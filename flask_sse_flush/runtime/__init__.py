@@ -1,0 +1,43 @@
+"""The concurrency runtime: gevent or threads, decided once, asked for by name.
+
+Everything else in the library asks this package for "a channel" (a queue
+any thread or greenlet may put into, read by one stream), "a lock", "run
+this job in a native thread" and "run this on the hub". One concern a
+module:
+
+* :mod:`~flask_sse_flush.runtime.detect`: whether gevent runs this process;
+* :mod:`~flask_sse_flush.runtime.channels`: the channel behind each stream;
+* :mod:`~flask_sse_flush.runtime.executors`: native threads, greenlets, the
+  switch interval;
+* :mod:`~flask_sse_flush.runtime.hub`: :func:`call_on_hub`, the way back to
+  the hub from a native thread.
+
+What apps need is re-exported here and documented in :doc:`/api`.
+"""
+
+from __future__ import annotations
+
+from .channels import Channel, Empty, new_channel
+from .detect import gevent_is_active, new_lock
+from .executors import (
+    DEFAULT_JOB_SWITCH_INTERVAL,
+    job_switch_interval,
+    set_job_switch_interval,
+    start_greenlet,
+    start_native_thread,
+)
+from .hub import call_on_hub
+
+__all__ = [
+    "DEFAULT_JOB_SWITCH_INTERVAL",
+    "Channel",
+    "Empty",
+    "call_on_hub",
+    "gevent_is_active",
+    "job_switch_interval",
+    "new_channel",
+    "new_lock",
+    "set_job_switch_interval",
+    "start_greenlet",
+    "start_native_thread",
+]

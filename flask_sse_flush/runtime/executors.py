@@ -1,0 +1,163 @@
+"""Where jobs run: a native OS thread (even under gevent) or a greenlet.
+
+Also the one process-wide setting jobs touch: the interpreter's GIL switch
+interval while native jobs run beside a gevent hub.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .detect import gevent_is_active, new_lock, original
+from .hub import started_by
+
+__all__ = [
+    "DEFAULT_JOB_SWITCH_INTERVAL",
+    "job_switch_interval",
+    "set_job_switch_interval",
+    "start_greenlet",
+    "start_native_thread",
+]
+
+#: The switch interval native jobs run with beside a gevent hub (seconds).
+DEFAULT_JOB_SWITCH_INTERVAL = 0.0005
+
+
+class _SwitchInterval:
+    """Lowers the interpreter's GIL switch interval while native jobs run.
+
+    Every socket write of the hub releases the GIL and must win it back; a
+    CPU-bound job thread keeps it for a whole switch interval each time (5 ms
+    by default), so one broadcast to 100 streams queues behind the job 100
+    times, the "GIL convoy". A shorter interval while jobs run bounds each
+    wait. The setting is process-wide, hence one counted holder: the first
+    job in lowers it, the last job out restores it.
+    """
+
+    def __init__(self, interval: float | None) -> None:
+        self.interval = interval
+        self._lock: Any = None
+        self._running = 0
+        self._saved: float | None = None
+
+    def _native_lock(self) -> Any:
+        # Made on first use: only then is gevent sure to be active.
+        if self._lock is None:
+            self._lock = new_lock()
+        return self._lock
+
+    def enter(self) -> None:
+        with self._native_lock():
+            if self._running == 0 and self.interval is not None:
+                current = sys.getswitchinterval()
+                if self.interval < current:
+                    self._saved = current
+                    sys.setswitchinterval(self.interval)
+            self._running += 1
+
+    def exit(self) -> None:
+        with self._native_lock():
+            self._running -= 1
+            if self._running == 0 and self._saved is not None:
+                sys.setswitchinterval(self._saved)
+                self._saved = None
+
+
+# The interpreter's switch interval is one per process, so this holder is too.
+_SWITCH_INTERVAL = _SwitchInterval(DEFAULT_JOB_SWITCH_INTERVAL)
+
+
+def set_job_switch_interval(seconds: float | None) -> None:
+    """Set the GIL switch interval native jobs run with under gevent, for this process.
+
+    While at least one job runs in a native thread beside a gevent hub, the
+    interpreter's switch interval is lowered to ``seconds`` (0.5 ms by
+    default) and restored when the last one ends. Each socket write of the
+    worker releases the GIL and must win it back from a CPU-bound job: at
+    the interpreter's 5 ms, one broadcast to 100 streams waits behind the
+    job 100 times. ``None`` leaves the interpreter's setting alone. It is a
+    process-wide setting, like :func:`sys.setswitchinterval` itself; call it
+    once, at start-up (e.g. in gunicorn's ``post_fork``). A lower interval
+    only shortens each wait: CPU-bound jobs belong in another process.
+
+    :raises ValueError: ``seconds`` is not positive.
+    """
+    if seconds is not None and not seconds > 0:
+        raise ValueError(
+            f"the switch interval must be a positive number of seconds or None, not {seconds!r}"
+        )
+    with _SWITCH_INTERVAL._native_lock():
+        _SWITCH_INTERVAL.interval = seconds
+
+
+def job_switch_interval() -> float | None:
+    """The switch interval native jobs run with (see :func:`set_job_switch_interval`)."""
+    return _SWITCH_INTERVAL.interval
+
+
+def start_native_thread(target: Callable[[], None], name: str) -> None:
+    """Run ``target`` in a new OS thread, even under gevent.
+
+    Under gevent, ``threading.Thread`` makes a greenlet: a CPU-bound or
+    blocking job in it would stall every stream of the worker. The original
+    ``_thread.start_new_thread`` makes a real thread, which the GIL
+    time-slices against the hub; while it runs, the switch interval is
+    lowered (:func:`set_job_switch_interval`), and the thread can reach the
+    hub that started it with :func:`~flask_sse_flush.runtime.call_on_hub`.
+    """
+    if gevent_is_active():
+        import gevent
+
+        job = _with_hub_cleanup(target)
+        job = _with_switch_interval(job)
+        context = started_by(gevent.get_hub())
+        original("_thread", "start_new_thread")(context.run, (job,))
+        return
+    threading.Thread(target=target, name=name, daemon=True).start()
+
+
+def _with_switch_interval(target: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        _SWITCH_INTERVAL.enter()
+        try:
+            target()
+        finally:
+            _SWITCH_INTERVAL.exit()
+
+    return run
+
+
+def _with_hub_cleanup(target: Callable[[], None]) -> Callable[[], None]:
+    """Destroy the gevent hub the thread may have made, when it ends.
+
+    Job code in a native thread still calls patched functions (``time.sleep``
+    is ``gevent.sleep``), which give the thread a hub and an event loop of
+    its own. gevent asks that such hubs be destroyed; otherwise every job
+    would leak the loop's file descriptors.
+    """
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            try:
+                from gevent._hub_local import get_hub_if_exists
+            except ImportError:  # pragma: no cover - older gevent
+                from gevent.hub import _get_hub as get_hub_if_exists
+            hub = get_hub_if_exists()
+            if hub is not None:
+                hub.destroy(destroy_loop=True)
+
+    return run
+
+
+def start_greenlet(target: Callable[[], None], name: str) -> None:
+    """Run ``target`` as a greenlet under gevent, as a daemon thread otherwise.
+
+    For I/O-bound jobs under gevent: cheaper than a thread, but a job that
+    computes or blocks without yielding stalls the hub.
+    """
+    threading.Thread(target=target, name=name, daemon=True).start()

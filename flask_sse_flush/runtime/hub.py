@@ -1,0 +1,80 @@
+"""The bridge from a job's native OS thread back to the gevent hub that started it."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .detect import native_thread_ident, new_lock
+
+__all__ = ["HUB_POLL_INTERVAL", "call_on_hub", "started_by"]
+
+R = TypeVar("R")
+
+_MAIN_HUB: contextvars.ContextVar[Any] = contextvars.ContextVar("flask_sse_flush_main_hub")
+
+#: How often (seconds) a thread waiting in :func:`call_on_hub` checks that
+#: the hub is still there to answer.
+HUB_POLL_INTERVAL = 0.25
+
+
+def started_by(hub: Any) -> contextvars.Context:
+    """A context in which :func:`call_on_hub` reaches ``hub``; a new thread runs in it."""
+    context = contextvars.copy_context()
+    context.run(_MAIN_HUB.set, hub)
+    return context
+
+
+def call_on_hub(function: Callable[[], R], *, timeout: float | None = None) -> R:
+    """Run ``function`` in a greenlet of the hub that started this job; return its result.
+
+    For the parts of a native-thread job that need gevent's cooperative
+    machinery, chiefly subprocesses: gevent's ``subprocess`` waits on its
+    child through the main loop's watchers, which no other thread can use.
+    The calling thread blocks (only itself) until the greenlet is done; an
+    exception in ``function`` is raised here. Without gevent, or when
+    already on that hub, ``function`` is simply called.
+
+    :param timeout: the most seconds to wait; then the greenlet is killed
+        and :class:`TimeoutError` raised. ``None`` waits as long as it runs.
+    :raises TimeoutError: ``timeout`` passed.
+    :raises RuntimeError: the hub stopped (its worker is shutting down)
+        before it ran ``function`` to the end; the caller never hangs on a
+        hub that is gone.
+
+    .. versionadded:: 0.1
+    """
+    hub = _MAIN_HUB.get(None)
+    if hub is None or native_thread_ident()() == hub.thread_ident:
+        return function()
+    import gevent
+
+    done = new_lock()
+    done.acquire()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["greenlet"] = gevent.getcurrent()
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            done.release()
+
+    hub.loop.run_callback_threadsafe(gevent.spawn, run)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not done.acquire(True, HUB_POLL_INTERVAL):
+        if getattr(hub, "loop", None) is None or hub.dead:
+            raise RuntimeError("the gevent hub that started this job has stopped")
+        if deadline is not None and time.monotonic() >= deadline:
+            greenlet = outcome.get("greenlet")
+            if greenlet is not None:
+                hub.loop.run_callback_threadsafe(greenlet.kill, TimeoutError, False)
+            raise TimeoutError(f"call_on_hub: {function!r} did not finish in {timeout} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    result: R = outcome["value"]
+    return result

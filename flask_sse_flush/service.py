@@ -1,0 +1,231 @@
+"""The job service: what the blueprint's views call; knows nothing of Flask.
+
+One service runs the jobs of one blueprint in one app: it admits them
+(``max_jobs``), starts them on the executor, keeps the registry of the jobs
+running in this process (so a shutdown can wait for them), attaches streams
+to jobs, and applies the disconnect policy when a stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, TypeAlias, Union
+
+from .brokers.base import Broker, JobStatus, Subscriber
+from .exceptions import JobEnded, JobNotStarted, TooManyJobs, UnknownJob
+from .jobs import RenderFunction, RenderJob
+from .runtime import new_lock, start_greenlet, start_native_thread
+from .settings import Settings
+
+__all__ = [
+    "RETRY_AFTER_SECONDS",
+    "Attachable",
+    "Executor",
+    "JobService",
+    "QueuedJob",
+    "Spawn",
+    "spawner",
+]
+
+log = logging.getLogger(__name__)
+
+#: The ``Retry-After`` (seconds) of a ``429`` or ``503``.
+RETRY_AFTER_SECONDS = 5
+
+
+class QueuedJob:
+    """A job handed to an executor: call it to run the job here.
+
+    :attr:`id` and :attr:`payload` (the validated, JSON-serialisable
+    request payload) are what an app needs to hand the job to a queue
+    instead.
+    """
+
+    __slots__ = ("_run", "id", "payload")
+
+    def __init__(self, job_id: str, payload: dict[str, Any], run: Callable[[], None]) -> None:
+        self.id = job_id
+        self.payload = payload
+        self._run = run
+
+    def __call__(self) -> None:
+        self._run()
+
+    def __repr__(self) -> str:
+        return f"<QueuedJob {self.id}>"
+
+
+#: ``spawn(job)``: start ``job()`` concurrently and return without waiting.
+Spawn = Callable[[QueuedJob], object]
+#: How jobs run: ``"thread"`` (a native OS thread, even under gevent),
+#: ``"greenlet"`` (under gevent; for I/O-bound jobs), or a :data:`Spawn`.
+Executor: TypeAlias = Union[Literal["thread", "greenlet"], Spawn]  # noqa: UP007
+
+
+def spawner(executor: Executor) -> Spawn:
+    """The :data:`Spawn` function an :data:`Executor` names.
+
+    :raises ValueError: ``executor`` is neither a known name nor callable.
+    """
+    if executor == "thread":
+        return lambda job: start_native_thread(job, "flask-sse-flush job")
+    if executor == "greenlet":
+        return lambda job: start_greenlet(job, name="flask-sse-flush job")
+    if callable(executor):
+        return executor
+    raise ValueError(f"executor must be 'thread', 'greenlet' or a callable, not {executor!r}")
+
+
+class Attachable(Subscriber, Protocol):
+    """A subscriber that says when it ends: an :class:`~flask_sse_flush.EventStream`."""
+
+    def on_close(self, callback: Callable[[], Any]) -> Any: ...
+
+
+class JobService:
+    """The jobs behind one render blueprint in one app.
+
+    Found at ``app.extensions["sse_flush"][<blueprint name>]`` once the
+    blueprint is registered (or through :meth:`SSEFlush.service
+    <flask_sse_flush.SSEFlush.service>`).
+
+    :param render: ``render(payload, progress) -> dict``.
+    :param broker: where the jobs' events and status live.
+    :param spawn: starts each job (see :func:`spawner`).
+    :param settings: the blueprint's resolved settings.
+    """
+
+    def __init__(
+        self, render: RenderFunction, broker: Broker, spawn: Spawn, settings: Settings
+    ) -> None:
+        self.render = render
+        self.broker = broker
+        self.settings = settings
+        self._spawn = spawn
+        self._lock = new_lock()
+        self._jobs: dict[str, RenderJob] = {}
+        self._admitted = 0
+
+    @property
+    def on_disconnect(self) -> str:
+        return self.settings.on_disconnect
+
+    @property
+    def running(self) -> int:
+        """Jobs of this service queued or running in this process."""
+        return self._admitted
+
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs this process has started and not yet finished."""
+        with self._lock:
+            return list(self._jobs)
+
+    def start(self, payload: dict[str, Any]) -> RenderJob:
+        """Create and start a job.
+
+        :raises TooManyJobs: ``max_jobs`` are running already.
+        :raises JobNotStarted: the executor refused it (the job is ended
+            with an ``error`` event, so nobody waits on it).
+        """
+        limit = self.settings.max_jobs
+        with self._lock:
+            if limit is not None and self._admitted >= limit:
+                raise TooManyJobs(
+                    f"too many render jobs running (at most {limit}); try again later",
+                    RETRY_AFTER_SECONDS,
+                )
+            self._admitted += 1
+        try:
+            job = RenderJob(self.render, payload, self.broker)
+        except BaseException:
+            self._finished(None)
+            raise
+        with self._lock:
+            self._jobs[job.id] = job
+        try:
+            self._spawn(QueuedJob(job.id, payload, lambda: self._run(job)))
+        except Exception as exc:
+            log.exception("the executor refused render job %s", job.id)
+            job.abort(f"the job could not be started ({type(exc).__name__})")
+            self._finished(job.id)
+            raise JobNotStarted("the render job could not be started; try again later") from exc
+        log.debug("started render job %s", job.id)
+        return job
+
+    def _run(self, job: RenderJob) -> None:
+        try:
+            job.run()
+        finally:
+            self._finished(job.id)
+
+    def _finished(self, job_id: str | None) -> None:
+        with self._lock:
+            self._admitted -= 1
+            if job_id is not None:
+                self._jobs.pop(job_id, None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every job this process started has finished.
+
+        :param timeout: the most seconds to wait; ``None`` for no limit.
+        :returns: whether they all finished in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._admitted:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)  # gevent's sleep under gevent: the hub goes on
+        return True
+
+    def status(self, job_id: str) -> JobStatus:
+        """A job's status.
+
+        :raises UnknownJob: no such job (or it was purged).
+        """
+        status = self.broker.status(job_id)
+        if status is None:
+            raise UnknownJob(job_id)
+        return status
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Ask a job to stop; return its status after asking.
+
+        :raises UnknownJob: no such job.
+        :raises JobEnded: it had ended already.
+        """
+        status = self.status(job_id)
+        if not self.broker.cancel(job_id):
+            raise JobEnded(f"job {job_id!r} has already ended")
+        return self.broker.status(job_id) or status
+
+    def resume(self, job_id: str, after: int) -> JobStatus | None:
+        """Check that a stream may attach to ``job_id`` after event ``after``.
+
+        :returns: the job's status, or ``None`` when the client already has
+            the terminal event (nothing is left to send).
+        :raises UnknownJob: no such job.
+        :raises ValueError: ``after`` is ahead of the job's events.
+        """
+        status = self.status(job_id)
+        if after > status.last_seq:
+            raise ValueError(f"Last-Event-ID is ahead of job {job_id!r}'s events")
+        if status.final_seq is not None and after >= status.final_seq:
+            return None
+        return status
+
+    def attach(self, job_id: str, stream: Attachable, after: int) -> None:
+        """Subscribe ``stream`` to the job's events after ``after``; detach it when it ends.
+
+        :raises UnknownJob: the job is gone (purged since :meth:`resume`).
+        """
+        stream.on_close(lambda: self.detach(job_id, stream))
+        if not self.broker.subscribe(job_id, stream, after):
+            raise UnknownJob(job_id)
+
+    def detach(self, job_id: str, stream: Subscriber) -> None:
+        """A stream has ended: unsubscribe it, and apply the disconnect policy."""
+        remaining = self.broker.unsubscribe(job_id, stream)
+        if remaining == 0 and self.on_disconnect == "cancel" and self.broker.cancel(job_id):
+            log.debug("cancelled job %s: its last client left", job_id)

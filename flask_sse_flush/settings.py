@@ -1,0 +1,117 @@
+"""The settings of one render blueprint in one app, resolved once.
+
+Explicit arguments first, then the app's ``SSE_FLUSH_*`` config, then the
+documented defaults: read when the blueprint is registered, checked then
+(a bad value fails at start-up, not in a request), and frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeAlias
+
+__all__ = [
+    "CONFIG_KEYS",
+    "DEFAULT_KEEPALIVE",
+    "DEFAULT_MAX_JOBS",
+    "DEFAULT_MAX_PAYLOAD",
+    "DisconnectPolicy",
+    "Settings",
+]
+
+#: What a client's disconnect does to its job.
+DisconnectPolicy: TypeAlias = Literal["continue", "cancel"]
+
+DEFAULT_KEEPALIVE = 15.0
+DEFAULT_MAX_PAYLOAD = 64 * 1024
+DEFAULT_MAX_JOBS = 32
+
+#: The settings an app's config may set, and their keys.
+CONFIG_KEYS = {
+    "keepalive": "SSE_FLUSH_KEEPALIVE",
+    "retry": "SSE_FLUSH_RETRY",
+    "max_payload": "SSE_FLUSH_MAX_PAYLOAD",
+    "max_jobs": "SSE_FLUSH_MAX_JOBS",
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one render blueprint serves, in one app.
+
+    :param keepalive: seconds of silence before a keepalive comment;
+        ``None`` for none (``SSE_FLUSH_KEEPALIVE``).
+    :param retry: the reconnection delay (ms) announced to browsers;
+        ``None`` for the browser's default (``SSE_FLUSH_RETRY``).
+    :param max_payload: the largest payload accepted, in bytes
+        (``SSE_FLUSH_MAX_PAYLOAD``).
+    :param max_jobs: the most jobs running at once in this process;
+        ``None`` for no limit (``SSE_FLUSH_MAX_JOBS``).
+    :param buffer: events that may wait for a slow client before its queued
+        levels are coalesced; ``None`` for no bound.
+    :param on_disconnect: ``"continue"`` or ``"cancel"`` the job when its
+        last client leaves.
+    :raises ValueError: a value is out of range.
+    """
+
+    keepalive: float | None = DEFAULT_KEEPALIVE
+    retry: int | None = None
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_jobs: int | None = DEFAULT_MAX_JOBS
+    buffer: int | None = 256
+    on_disconnect: DisconnectPolicy = "continue"
+
+    def __post_init__(self) -> None:
+        keepalive = self.keepalive
+        if keepalive is not None and (
+            isinstance(keepalive, bool) or not isinstance(keepalive, (int, float)) or keepalive <= 0
+        ):
+            raise ValueError(
+                f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
+            )
+        if self.retry is not None and (not _is_int(self.retry) or self.retry < 0):
+            raise ValueError(f"retry must be a non-negative int (milliseconds), not {self.retry!r}")
+        if not _is_int(self.max_payload) or self.max_payload < 1:
+            raise ValueError(
+                f"max_payload must be a positive int (bytes), not {self.max_payload!r}"
+            )
+        if self.max_jobs is not None and (not _is_int(self.max_jobs) or self.max_jobs < 1):
+            raise ValueError(f"max_jobs must be a positive int or None, not {self.max_jobs!r}")
+        if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
+            raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
+        if self.on_disconnect not in ("continue", "cancel"):
+            raise ValueError(
+                f"on_disconnect must be 'continue' or 'cancel', not {self.on_disconnect!r}"
+            )
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, Any], **given: Any) -> Settings:
+        """Settings from explicit values, then ``config``, then the defaults.
+
+        For the settings a config key can set, a value given as ``None``
+        counts as not given (use the config key to turn keepalives off:
+        ``SSE_FLUSH_KEEPALIVE = None``); the others take what is given.
+
+        :param config: the app's config (any mapping).
+        :param given: explicit values, by field name.
+        :raises TypeError: ``given`` names no setting.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = set(given) - names
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name in names:
+            if name not in CONFIG_KEYS:
+                if name in given:
+                    values[name] = given[name]
+            elif given.get(name) is not None:
+                values[name] = given[name]
+            elif CONFIG_KEYS[name] in config:
+                values[name] = config[CONFIG_KEYS[name]]
+        return cls(**values)
