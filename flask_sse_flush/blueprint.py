@@ -13,7 +13,17 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NoReturn
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    has_app_context,
+    jsonify,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
 
 from .brokers.base import Broker, event_id, parse_event_id
 from .brokers.memory import MemoryBroker
@@ -106,6 +116,10 @@ def _json_error(status: int, message: str, **headers: str) -> Response:
     response.status_code = status
     response.headers.update(headers)
     return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    return _json_error(exc.code or 500, exc.description or exc.name)
 
 
 def _error_response(exc: SSEFlushError) -> Response:
@@ -254,6 +268,9 @@ def create_render_blueprint(
         return found
 
     blueprint.register_error_handler(SSEFlushError, _error_response)
+    # Werkzeug's own errors inside these views (MAX_CONTENT_LENGTH, a
+    # client gone mid-body) answer in the same JSON shape, not HTML.
+    blueprint.register_error_handler(HTTPException, _http_error)
 
     def read_payload(raw: str | None, source: str) -> dict[str, Any]:
         limit = service().settings.max_payload
@@ -383,6 +400,8 @@ class SSEFlush:
 
         :raises LookupError: :meth:`init_app` was not called for that app.
         """
+        if app is None and not has_app_context():
+            raise LookupError("no app given and no app context: pass the app")
         target = app if app is not None else current_app
         try:
             found: JobService = target.extensions["sse_flush"][self.name]

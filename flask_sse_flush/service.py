@@ -105,8 +105,19 @@ class JobService:
         self.settings = settings
         self._spawn = spawn
         self._lock = new_lock()
+        # Every job this service started and has not seen end: its slot of
+        # max_jobs. A slot is freed when the job's run here returns, or, for
+        # an executor that hands jobs to a queue, once the broker says the
+        # job ended (its final event came from wherever it ran).
         self._jobs: dict[str, RenderJob] = {}
-        self._admitted = 0
+        self._reserved = 0  # slots taken by jobs being created
+
+    def _reserve(self, limit: int | None) -> bool:
+        with self._lock:
+            if limit is not None and len(self._jobs) + self._reserved >= limit:
+                return False
+            self._reserved += 1
+            return True
 
     @property
     def on_disconnect(self) -> str:
@@ -114,13 +125,27 @@ class JobService:
 
     @property
     def running(self) -> int:
-        """Jobs of this service queued or running in this process."""
-        return self._admitted
+        """Jobs of this service queued or running (admitted and not yet ended)."""
+        return len(self.running_jobs())
 
     def running_jobs(self) -> list[str]:
-        """The ids of the jobs this process has started and not yet finished."""
+        """The ids of the jobs this service started and that have not ended."""
+        self._release_ended()
         with self._lock:
             return list(self._jobs)
+
+    def _release_ended(self) -> None:
+        with self._lock:
+            ids = list(self._jobs)
+        ended = []
+        for job_id in ids:
+            status = self.broker.status(job_id)
+            if status is None or status.ended:
+                ended.append(job_id)
+        if ended:
+            with self._lock:
+                for job_id in ended:
+                    self._jobs.pop(job_id, None)
 
     def start(self, payload: dict[str, Any]) -> RenderJob:
         """Create and start a job.
@@ -130,19 +155,21 @@ class JobService:
             with an ``error`` event, so nobody waits on it).
         """
         limit = self.settings.max_jobs
-        with self._lock:
-            if limit is not None and self._admitted >= limit:
+        if not self._reserve(limit):
+            self._release_ended()  # jobs run elsewhere end without telling us
+            if not self._reserve(limit):
                 raise TooManyJobs(
                     f"too many render jobs running (at most {limit}); try again later",
                     RETRY_AFTER_SECONDS,
                 )
-            self._admitted += 1
         try:
             job = RenderJob(self.render, payload, self.broker)
         except BaseException:
-            self._finished(None)
+            with self._lock:
+                self._reserved -= 1
             raise
         with self._lock:
+            self._reserved -= 1
             self._jobs[job.id] = job
         try:
             self._spawn(QueuedJob(job.id, payload, lambda: self._run(job)))
@@ -160,20 +187,18 @@ class JobService:
         finally:
             self._finished(job.id)
 
-    def _finished(self, job_id: str | None) -> None:
+    def _finished(self, job_id: str) -> None:
         with self._lock:
-            self._admitted -= 1
-            if job_id is not None:
-                self._jobs.pop(job_id, None)
+            self._jobs.pop(job_id, None)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every job this process started has finished.
+        """Wait until every job this service started has ended.
 
         :param timeout: the most seconds to wait; ``None`` for no limit.
-        :returns: whether they all finished in time.
+        :returns: whether they all ended in time.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._admitted:
+        while self.running_jobs():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)  # gevent's sleep under gevent: the hub goes on

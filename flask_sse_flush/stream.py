@@ -115,7 +115,7 @@ class EventStream:
             )
         self.keepalive = keepalive
         self._opening = opening_frame(retry, last_event_id)
-        self._coalescing = Coalescing.of(coalesce)
+        self._levels = Coalescing.of(coalesce).types
         self._channel = new_channel(buffer)
         self._lock = new_lock()
         self._closed = False
@@ -135,10 +135,20 @@ class EventStream:
 
         :raises StreamClosed: the stream was closed or its client left.
         """
-        if isinstance(event, Event):
-            self.deliver(event.frame, self._coalescing.level(event.event))
+        # The hot path (a burst to one client, the blueprint's own sends):
+        # an Event's frame was built once; only a subclass may encode its own.
+        if type(event) is Event:
+            frame: bytes = event.frame
+            level = event.event if event.event in self._levels else None
+        elif isinstance(event, Event):
+            frame = event.encode()
+            level = event.event if event.event in self._levels else None
         else:
-            self.deliver(_as_frame(event), None)
+            frame, level = _as_frame(event), None
+        with self._lock:
+            if self._closed:
+                raise StreamClosed("the stream is closed; its client will receive nothing more")
+            self._channel.put(frame, level)
 
     def deliver(self, frame: bytes, level: str | None = None) -> None:
         """Queue one complete, encoded frame; what a broker calls for each event.

@@ -183,6 +183,25 @@ class BrokerContract:
         broker.subscribe("job", late)
         assert late.seqs == [1]
 
+    def test_a_broken_subscriber_costs_the_others_nothing(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+
+        class Broken:
+            def deliver(self, frame: bytes, level: str | None) -> None:
+                raise RuntimeError("a bug in a custom subscriber")
+
+            def close(self) -> None:
+                raise RuntimeError("and in its close")
+
+        before, after = Collector(), Collector()
+        for subscriber in (before, Broken(), after):
+            broker.subscribe("job", subscriber)
+        broker.publish("job", 1, ev("job", 1))
+        broker.publish("job", 2, ev("job", 2, "complete", {}), final=True)
+        assert before.seqs == after.seqs == [1, 2]
+        assert before.closed.is_set() and after.closed.is_set()
+
     def test_a_slow_delivery_holds_up_no_subscribe_leave_or_cancel(self) -> None:
         # A publisher fanning out to many streams (here: one slow one) must not
         # hold a lock that a hub greenlet attaching, leaving or cancelling waits on.

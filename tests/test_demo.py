@@ -117,8 +117,13 @@ def test_old_videos_are_cleaned_up(tmp_path: Path) -> None:
         path.write_bytes(b"x")
         os.utime(path, (time.time() - age * 20, time.time() - age * 20))
     (tmp_path / "notes.txt").write_text("not ours")
+    stale, fresh = tmp_path / f"recap-{9:032x}.part.mp4", tmp_path / f"recap-{8:032x}.part.mp4"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")  # still being encoded
+    os.utime(stale, (time.time() - 120, time.time() - 120))
     clean_old_files(settings)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names[:2], "notes.txt"])
+    expected = [*names[:2], "notes.txt", fresh.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="needs os.nice")

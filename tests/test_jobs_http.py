@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush import Cancelled, Event, Progress, create_render_blueprint
 from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.testing import iter_events, parse_events
 
@@ -399,3 +399,35 @@ def test_a_broker_failure_is_a_json_503_not_a_500() -> None:
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "5"
         assert response.get_json() == {"error": "the event store is unavailable; try again later"}
+
+
+def test_a_job_queued_elsewhere_frees_its_slot_when_it_ends() -> None:
+    # An executor that hands jobs to a queue never runs job() here; the slot
+    # is freed once the broker says the job ended (its worker published it).
+    queued: list[Any] = []
+    app, client = make_client(Gated(), executor=queued.append, max_jobs=1)
+    assert client.post("/render", json={}).status_code == 202
+    assert client.post("/render", json={}).status_code == 429
+    service = app.extensions["sse_flush"]["sse_flush"]
+    done = Event({"filename": "f.mp4", "url": "/f.mp4"}, event="complete", id=f"{queued[0].id}-1")
+    change: Any = {"state": "complete", "result": done.json()}
+    service.broker.publish(queued[0].id, 1, done, change=change, final=True)  # as its worker
+    assert client.post("/render", json={}).status_code == 202
+    assert service.running == 1
+
+
+def test_werkzeug_errors_in_the_views_are_json() -> None:
+    app, client = make_client(Gated())
+    app.config["MAX_CONTENT_LENGTH"] = 10
+    response = client.post(
+        "/render", data=b"{" + b" " * 100 + b"}", content_type="application/json"
+    )
+    assert response.status_code == 413
+    assert response.is_json and "error" in response.get_json()
+
+
+def test_the_extension_outside_an_app_context_says_so() -> None:
+    from flask_sse_flush import SSEFlush
+
+    with pytest.raises(LookupError, match="no app context"):
+        SSEFlush(Gated()).service()

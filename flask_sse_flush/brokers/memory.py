@@ -169,15 +169,21 @@ class MemoryBroker:
                 job.on_cancel.clear()
         # Outside the lock: 10,000 deliveries must not hold up the hub.
         gone = []
-        for subscriber in members:
-            try:
-                subscriber.deliver(frame, level)
-            except StreamClosed:
-                gone.append(subscriber)
-        if final:
+        try:
             for subscriber in members:
-                subscriber.close()
-        elif gone:
+                try:
+                    subscriber.deliver(frame, level)
+                except StreamClosed:
+                    gone.append(subscriber)
+                except Exception:
+                    # One broken subscriber must not cost the others this event.
+                    log.exception("subscriber %r of job %s failed; dropping it", subscriber, job_id)
+                    gone.append(subscriber)
+        finally:
+            if final:
+                for subscriber in members:
+                    _close(subscriber)
+        if gone and not final:
             with job.lock:
                 for subscriber in gone:
                     if job.subscribers.pop(subscriber, False) is None:
@@ -216,7 +222,7 @@ class MemoryBroker:
                 job.subscribers[subscriber] = None
                 job.snapshot = None
                 return True
-        subscriber.close()
+        _close(subscriber)
         return True
 
     def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
@@ -255,3 +261,10 @@ class MemoryBroker:
                 job.on_cancel.append(callback)
                 return
         callback()
+
+
+def _close(subscriber: Subscriber) -> None:
+    try:
+        subscriber.close()
+    except Exception:
+        log.exception("closing subscriber %r failed", subscriber)

@@ -19,8 +19,8 @@ starts the children and relays their progress lines.
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +45,8 @@ __all__ = [
 
 #: The names of the files the demo writes; nothing else is ever served.
 FILENAME = re.compile(r"recap-[0-9a-f]{32}\.mp4")
+#: A video still being encoded (or left by a crash): cleaned up, never served.
+PARTIAL = re.compile(r"recap-[0-9a-f]{32}\.part\.mp4")
 MAX_BOOKS = 8
 MAX_TITLE = 60
 
@@ -180,29 +182,33 @@ def _encode(
     progress(map_render_progress(1.0), "rendering")
 
 
-def _lower_priority(niceness: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that lowers the child's CPU priority, or ``None``."""
-    if niceness <= 0 or not hasattr(os, "nice"):
-        return None
+def _lowered(command: list[str], niceness: int) -> list[str]:
+    """``command`` run at a lower CPU priority, through ``nice``, where there is one.
 
-    def lower() -> None:
-        os.nice(niceness)  # one system call: safe between fork and exec
-
-    return lower
+    ``nice`` sets the priority and then becomes the command (same process),
+    so killing it kills the command; no Python code runs between fork and
+    exec in a process whose other threads may hold locks.
+    """
+    nice = shutil.which("nice") if niceness > 0 else None
+    return [nice, "-n", str(niceness), *command] if nice else command
 
 
 def _run_child(
     command: list[str], settings: RenderSettings, what: str, on_frame: Callable[[int], None]
 ) -> None:
     """Run a child that prints ``frame=<n>`` lines; report each ``n``."""
-    with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_lower_priority(settings.niceness),
-    ) as process:
-        assert process.stdout is not None and process.stderr is not None
+    # Its error output goes to a file: a pipe read only after stdout ends
+    # would block a child that writes more than a pipe holds.
+    with (
+        tempfile.TemporaryFile() as errors,
+        subprocess.Popen(
+            _lowered(command, settings.niceness),
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        ) as process,
+    ):
+        assert process.stdout is not None
         try:
             for line in process.stdout:
                 key, _, value = line.strip().partition("=")
@@ -211,9 +217,11 @@ def _run_child(
         except BaseException:
             process.kill()  # cancelled: stop now
             raise
-        errors = process.stderr.read()
+        process.wait()
+        errors.seek(0)
+        message = errors.read().decode("utf-8", "replace").strip()[-300:]
     if process.returncode != 0:
-        raise RenderError(f"{what} failed ({process.returncode}): {errors.strip()[-300:]}")
+        raise RenderError(f"{what} failed ({process.returncode}): {message}")
 
 
 def clean_old_files(settings: RenderSettings) -> None:
@@ -221,14 +229,20 @@ def clean_old_files(settings: RenderSettings) -> None:
     if not settings.output_dir.is_dir():
         return
     videos = []
+    now = time.time()
     for path in settings.output_dir.iterdir():
-        if FILENAME.fullmatch(path.name):
+        if PARTIAL.fullmatch(path.name):
+            try:
+                if now - path.stat().st_mtime > settings.max_age:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+        elif FILENAME.fullmatch(path.name):
             try:
                 videos.append((path.stat().st_mtime, path))
             except FileNotFoundError:  # another render's cleanup got there first
                 continue
     videos.sort(reverse=True)
-    now = time.time()
     for index, (mtime, path) in enumerate(videos):
         if index >= settings.max_files or now - mtime > settings.max_age:
             path.unlink(missing_ok=True)

@@ -56,6 +56,10 @@ def call_on_hub(function: Callable[[], R], *, timeout: float | None = None) -> R
     outcome: dict[str, Any] = {}
 
     def run() -> None:
+        # Hub callbacks run in order, so a greenlet the caller gave up on
+        # before it started sees `abandoned` and never calls `function`.
+        if outcome.get("abandoned"):
+            return
         outcome["greenlet"] = gevent.getcurrent()
         try:
             outcome["value"] = function()
@@ -64,15 +68,31 @@ def call_on_hub(function: Callable[[], R], *, timeout: float | None = None) -> R
         finally:
             done.release()
 
-    hub.loop.run_callback_threadsafe(gevent.spawn, run)
+    def abandon() -> None:
+        outcome["abandoned"] = True
+        greenlet = outcome.get("greenlet")
+        if greenlet is not None:
+            greenlet.kill(TimeoutError, block=False)
+
+    loop = getattr(hub, "loop", None)
+    if loop is None or hub.dead:
+        raise RuntimeError("the gevent hub that started this job has stopped")
+    loop.run_callback_threadsafe(gevent.spawn, run)
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not done.acquire(True, HUB_POLL_INTERVAL):
+    while True:
+        wait = HUB_POLL_INTERVAL
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        if done.acquire(True, wait):
+            break
         if getattr(hub, "loop", None) is None or hub.dead:
+            if done.acquire(False):
+                break
             raise RuntimeError("the gevent hub that started this job has stopped")
         if deadline is not None and time.monotonic() >= deadline:
-            greenlet = outcome.get("greenlet")
-            if greenlet is not None:
-                hub.loop.run_callback_threadsafe(greenlet.kill, TimeoutError, False)
+            if done.acquire(False):
+                break
+            hub.loop.run_callback_threadsafe(abandon)
             raise TimeoutError(f"call_on_hub: {function!r} did not finish in {timeout} s")
     if "error" in outcome:
         raise outcome["error"]

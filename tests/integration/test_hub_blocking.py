@@ -58,24 +58,30 @@ def request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n\r\n".encode()
 
 
-def hub_blocks(output: str, thread: str) -> list[str]:
-    """The monitor's reports of ``thread``'s hub (a hex thread id) blocked in the library.
+def hub_blocks(output: str, thread: str, *, on_a_lock: bool = True) -> list[str]:
+    """The monitor's reports of ``thread``'s hub (a hex thread id) waiting on a library lock.
 
-    A report whose stack holds no frame of the library is the hub waiting
-    for the interpreter lock inside the server's own socket write, which a
-    native thread computing beside the hub costs whatever it computes (the
-    GIL convoy that ``make bench`` measures and issue-sized jobs belong in
-    another process for); what this test is about is the hub waiting on a
-    lock of the library's.
+    Only a report whose innermost frame is a line of the library that takes
+    a lock counts. On a busy 2-core machine the hub is also seen "blocked"
+    while the operating system runs something else, or while it waits for
+    the interpreter lock inside a socket write beside a computing native
+    thread (the GIL convoy that ``make bench`` measures); neither is the
+    hazard this test is about.
     """
-    reports = output.split("=" * 80)
-    return [
-        r
-        for r in reports
-        if BLOCKED in r
-        and f"(for thread id {thread})" in r
-        and "/flask_sse_flush/" in r.split("Info:")[0]
-    ]
+    found = []
+    for report in output.split("=" * 80):
+        if BLOCKED not in report or f"(for thread id {thread})" not in report:
+            continue
+        stack = report.split("Blocked Stack", 1)[-1].split("Info:", 1)[0].rstrip().splitlines()
+        frames = [i for i, line in enumerate(stack) if line.lstrip().startswith('File "')]
+        if not frames:
+            continue
+        innermost = stack[frames[-1] :]
+        if not on_a_lock or (
+            "/flask_sse_flush/" in innermost[0] and "lock" in "".join(innermost[1:])
+        ):
+            found.append(report)
+    return found
 
 
 def subscribers(server: Server, job: str) -> int:
@@ -94,7 +100,7 @@ def test_fan_out_from_a_native_thread_never_blocks_the_hub(monitored: Server) ->
     clients: list[socket.socket] = []
     try:
         for _ in range(STREAMS):
-            sock = socket.create_connection((HOST, monitored.port))
+            sock = socket.create_connection((HOST, monitored.port), timeout=60)
             sock.sendall(request(f"/render/stream?job={job}"))
             clients.append(sock)
         deadline = time.monotonic() + 60
@@ -103,6 +109,7 @@ def test_fan_out_from_a_native_thread_never_blocks_the_hub(monitored: Server) ->
             time.sleep(0.1)
         with raw_get(monitored.port, "/__hub") as response:
             hub_thread = response.json()["thread"]
+        time.sleep(0.5)  # the monitor's reports of the attaching are written by now
         baseline = len(
             hub_blocks(monitored.log_file("server.out").read_text("utf-8", "replace"), hub_thread)
         )
@@ -112,12 +119,12 @@ def test_fan_out_from_a_native_thread_never_blocks_the_hub(monitored: Server) ->
 
         def churn() -> None:  # clients of the job come and go while it publishes
             while not ended.is_set():
-                with socket.create_connection((HOST, monitored.port)) as sock:
+                with socket.create_connection((HOST, monitored.port), timeout=30) as sock:
                     sock.sendall(request(f"/render/stream?job={job}"))
                     sock.recv(4096)
                 churned.append(1)
 
-        churners = [threading.Thread(target=churn) for _ in range(4)]
+        churners = [threading.Thread(target=churn, daemon=True) for _ in range(4)]
         go.touch()  # the job publishes 100 events to every stream, 50 ms apart
         for thread in churners:
             thread.start()
@@ -157,9 +164,8 @@ def test_the_monitor_is_watching(monitored: Server) -> None:
         hub_thread = response.json()["thread"]
 
     def reports() -> int:
-        return len(
-            hub_blocks(monitored.log_file("server.out").read_text("utf-8", "replace"), hub_thread)
-        )
+        output = monitored.log_file("server.out").read_text("utf-8", "replace")
+        return len(hub_blocks(output, hub_thread, on_a_lock=False))
 
     before = reports()
     with raw_get(monitored.port, "/greenlet" + stream_path({"block": 0.3})):
@@ -168,3 +174,20 @@ def test_the_monitor_is_watching(monitored: Server) -> None:
     while reports() <= before:
         assert time.monotonic() < deadline, "the monitor reported nothing"
         time.sleep(0.1)
+
+
+def test_only_a_wait_on_a_library_lock_counts() -> None:
+    def report(*frames: tuple[str, str]) -> str:
+        stack = "".join(f'  File "{path}", line 1, in f\n    {code}\n' for path, code in frames)
+        return (
+            f"{'=' * 80}\nT : Greenlet <g> {BLOCKED}\n    Reported by <t>\n"
+            f"Blocked Stack (for thread id 0xabc):\n{stack}\nInfo:\n* Threads\n"
+        )
+
+    gunicorn = ("/venv/gunicorn/workers/base_async.py", "resp.write(item)")
+    on_lock = report(gunicorn, ("/src/flask_sse_flush/brokers/memory.py", "with job.lock:"))
+    in_send = report(("/src/flask_sse_flush/stream.py", "yield item"), gunicorn)
+    elsewhere = on_lock.replace("0xabc", "0xdef")
+    output = on_lock + in_send + elsewhere
+    assert hub_blocks(output, "0xabc") == [on_lock.split("=" * 80)[1]]
+    assert len(hub_blocks(output, "0xabc", on_a_lock=False)) == 2
