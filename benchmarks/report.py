@@ -151,7 +151,10 @@ Results
 -------
 
 Latencies in milliseconds, from the send timestamp inside each event to its
-arrival. *fan-out N*: time until the last of N subscribers has one broadcast
+arrival. Our broadcasts are published from a native OS thread, as the
+blueprint runs its jobs by default, so each event crosses from that thread to
+the hub; the bare generator publishes from a greenlet, the asyncio servers
+from their loop. *fan-out N*: time until the last of N subscribers has one broadcast
 event. *KiB/stream*: server memory (RSS) added per open idle stream with
 keepalives running. *held*: streams that stayed open and received every
 event. *events/s*: one client, events sent back to back. *CPU job p99*: latency
