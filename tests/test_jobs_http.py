@@ -364,7 +364,8 @@ def test_the_service_waits_for_its_running_jobs_with_a_deadline() -> None:
 def test_the_extension_form() -> None:
     from flask_sse_flush import JobService, SSEFlush
 
-    sse = SSEFlush(Gated(reports=1), url_prefix="/api", name="videos")
+    render = Gated(reports=1)
+    sse = SSEFlush(render, url_prefix="/api", name="videos")
     first, second = Flask("first"), Flask("second")
     second.config["SSE_FLUSH_MAX_JOBS"] = 1
     sse.init_app(first)
@@ -379,6 +380,8 @@ def test_the_extension_form() -> None:
     with pytest.raises(LookupError, match="not initialised"):
         sse.service(Flask("third"))
     SSEFlush(Gated(), app=Flask("direct"))  # app= initialises at once
+    render.go.set()
+    assert sse.service(first).wait(5)
 
 
 def test_a_broker_failure_is_a_json_503_not_a_500() -> None:
