@@ -40,6 +40,7 @@ from .exceptions import (
 from .frames import Coalescing
 from .headers import setup_sse_headers
 from .jobs import RenderFunction
+from .processes import ProcessRender
 from .service import RETRY_AFTER_SECONDS, Executor, JobService, QueuedJob, Spawn, spawner
 from .settings import DisconnectPolicy, Settings
 from .stream import EventStream
@@ -211,7 +212,10 @@ def create_render_blueprint(
     :param executor: how jobs run: ``"thread"`` (default; a native OS thread
         even under gevent, so CPU-bound or blocking work never stalls the
         worker's other streams), ``"greenlet"`` (I/O-bound jobs under
-        gevent), or a callable that receives a
+        gevent), ``"process"`` (each job's ``render`` in a child process of
+        its own, so a CPU-bound render never shares the worker's GIL;
+        ``render`` must be a module-level function; see
+        :mod:`flask_sse_flush.processes`), or a callable that receives a
         :class:`~flask_sse_flush.service.QueuedJob` and starts it (``job()``
         runs it; ``job.id`` and ``job.payload`` are what a queue needs) and
         returns (outside gevent, e.g. ``ThreadPoolExecutor(8).submit``; under
@@ -240,6 +244,8 @@ def create_render_blueprint(
             "(e.g. MemoryBroker(coalesce=...)), not to create_render_blueprint"
         )
     spawn = spawner(executor)
+    if executor == "process":
+        render = ProcessRender(render)  # TypeError now if the child could not import it
     explicit: dict[str, Any] = {
         "keepalive": keepalive,
         "retry": retry,

@@ -64,6 +64,7 @@ class Progress:
         self._emit = emit
         self._last: tuple[int, str] | None = None
         self._cancelled = False
+        self._on_cancel: list[Callable[[], object]] = []
 
     @property
     def last(self) -> tuple[int, str] | None:
@@ -78,6 +79,21 @@ class Progress:
     def cancel(self) -> None:
         """Make the next call raise :class:`~flask_sse_flush.Cancelled`."""
         self._cancelled = True
+        callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], object]) -> None:
+        """Also call ``callback()`` when the job is cancelled (at once if it was).
+
+        For a render that waits on something else (a child process, a remote
+        call) and must pass the cancellation on rather than wait for its
+        next report.
+        """
+        if self._cancelled:
+            callback()
+        else:
+            self._on_cancel.append(callback)
 
     def __call__(self, percent: float, phase: str) -> None:
         """Report progress.

@@ -60,8 +60,9 @@ class QueuedJob:
 #: ``spawn(job)``: start ``job()`` concurrently and return without waiting.
 Spawn = Callable[[QueuedJob], object]
 #: How jobs run: ``"thread"`` (a native OS thread, even under gevent),
-#: ``"greenlet"`` (under gevent; for I/O-bound jobs), or a :data:`Spawn`.
-Executor: TypeAlias = Union[Literal["thread", "greenlet"], Spawn]  # noqa: UP007
+#: ``"greenlet"`` (under gevent; for I/O-bound jobs), ``"process"`` (a child
+#: process per job, for CPU-bound ones), or a :data:`Spawn`.
+Executor: TypeAlias = Union[Literal["thread", "greenlet", "process"], Spawn]  # noqa: UP007
 
 
 def spawner(executor: Executor) -> Spawn:
@@ -71,11 +72,14 @@ def spawner(executor: Executor) -> Spawn:
     """
     if executor == "thread":
         return lambda job: start_native_thread(job, "flask-sse-flush job")
-    if executor == "greenlet":
+    if executor in ("greenlet", "process"):
+        # A process job's own side is I/O only: it waits on its child.
         return lambda job: start_greenlet(job, name="flask-sse-flush job")
     if callable(executor):
         return executor
-    raise ValueError(f"executor must be 'thread', 'greenlet' or a callable, not {executor!r}")
+    raise ValueError(
+        f"executor must be 'thread', 'greenlet', 'process' or a callable, not {executor!r}"
+    )
 
 
 class Attachable(Subscriber, Protocol):

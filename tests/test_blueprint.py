@@ -270,7 +270,7 @@ def test_named_executors_run_the_job_beside_the_stream(executor: str) -> None:
 
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="executor"):
-        create_render_blueprint(Recorder(), executor="process")  # type: ignore[arg-type]
+        create_render_blueprint(Recorder(), executor="fork")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_disconnect"):
         create_render_blueprint(Recorder(), on_disconnect="stop")  # type: ignore[arg-type]
 

@@ -38,8 +38,10 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/memory": {"base", "exceptions", "frames", "runtime"},
     "brokers/__init__": {"base", "memory"},
     "service": {"brokers", "exceptions", "jobs", "runtime", "settings"},
+    "processes": {"exceptions", "jobs"},
     "blueprint": {
-        "brokers", "exceptions", "frames", "headers", "jobs", "service", "settings", "stream",
+        "brokers", "exceptions", "frames", "headers", "jobs", "processes", "service", "settings",
+    "stream",
     },
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames"},
@@ -49,7 +51,7 @@ ALLOWED: dict[str, set[str]] = {
 }  # fmt: skip
 MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo/__init__"}
 FRAMEWORK_FREE = {
-    "frames", "jobs", "exceptions", "transport", "settings", "service",
+    "frames", "jobs", "exceptions", "transport", "settings", "service", "processes",
     "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}

@@ -122,6 +122,9 @@ def create_app(log_dir: str | None = None) -> Any:
             render, name="greenlet", url_prefix="/greenlet", executor="greenlet"
         )
     )
+    app.register_blueprint(
+        create_render_blueprint(render, name="process", url_prefix="/process", executor="process")
+    )
 
     @app.get("/__hub")
     def hub() -> Any:

@@ -231,3 +231,19 @@ def test_head_leaves_a_detached_job_running_under_on_disconnect_cancel(
         assert response.json()["state"] == "running"
     with raw_get(gevent_server.port, f"/cancelling/render/{job}", method="DELETE") as response:
         assert response.status == 202
+
+
+def test_a_cpu_bound_job_in_a_process_leaves_other_streams_prompt(gevent_server: Server) -> None:
+    log = _log(gevent_server)
+    payload = {"log": log, "cpu": 3.0, "every": 0.05}
+    other, other_result = _in_thread(lambda: _timed_stream(gevent_server, 100, 0.02))
+    with raw_get(gevent_server.port, "/process" + stream_path(payload), timeout=60) as response:
+        arrivals = list(response.arrivals())
+    others = _joined(other, other_result)
+    progress = [a for a in arrivals if a.event.event == "progress"]
+    assert arrivals[-1].event.event == "complete", arrivals[-1].event
+    assert len(progress) >= 40
+    assert_p95_under(others, LATENCY_P95_LIMIT, "beside a CPU-bound job in a process, p95 (s)")
+    sent = [r for r in gevent_server.read_log(log.rsplit("/", 1)[1]) if "percent" in r]
+    own = [a.at - r["sent"] for a, r in zip(progress, sent, strict=False)]
+    assert_p95_under(own, LATENCY_P95_LIMIT, "a CPU-bound job in a process: its own events (s)")

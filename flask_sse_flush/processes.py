@@ -1,0 +1,158 @@
+"""``executor="process"``: each job's render in a child process of its own.
+
+A CPU-bound render in a native thread shares the web worker's interpreter
+lock with the hub that writes every stream's events: each socket write
+waits for the job to hand the lock back (the "GIL convoy"). In a child
+process it shares nothing. The parent side is pure I/O (a greenlet on the
+hub under gevent, a thread otherwise): it starts the child, hands it the
+render and the payload, and relays the child's reports to the job's
+:class:`~flask_sse_flush.Progress`, which publishes them as usual.
+
+The child is a fresh interpreter (``python -m flask_sse_flush.processes``),
+so nothing of the worker's hub, sockets or locks crosses into it, and the
+render must be importable by name: a module-level function (it is pickled
+by reference). The wire between them is JSON lines:
+
+* parent to child: the job (``render``, ``payload``, ``path``), then
+  ``cancel`` if the job is cancelled;
+* child to parent: ``{"p": [percent, phase]}`` per report, then one of
+  ``{"result": {...}}``, ``{"cancelled": message}`` or ``{"error": message}``.
+
+The child's own standard output goes to its standard error (the server's
+log), so a render's ``print`` cannot break the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Mapping
+from typing import IO, Any
+
+from .exceptions import Cancelled, SSEFlushError
+from .jobs import Progress, RenderFunction
+
+__all__ = ["ProcessRender", "RenderProcessError", "main"]
+
+
+class RenderProcessError(SSEFlushError):
+    """The render failed in its child process; the message is the child's error."""
+
+
+class ProcessRender:
+    """A render callable that runs ``render`` in a child process.
+
+    :param render: a module-level ``render(payload, progress) -> dict``.
+    :raises TypeError: ``render`` cannot be pickled by reference.
+    """
+
+    def __init__(self, render: RenderFunction) -> None:
+        try:
+            self._pickled = base64.b64encode(pickle.dumps(render)).decode("ascii")
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(
+                "executor='process' runs render in a child process, so it must be a "
+                f"module-level function the child can import by name, not {render!r}: {exc}"
+            ) from None
+        self.render = render
+
+    def __repr__(self) -> str:
+        return f"ProcessRender({self.render!r})"
+
+    def __call__(self, payload: dict[str, Any], progress: Progress) -> Mapping[str, Any]:
+        import subprocess  # gevent's, under gevent: this greenlet waits cooperatively
+
+        spec = {"render": self._pickled, "payload": payload, "path": sys.path}
+        command = [sys.executable, "-m", "flask_sse_flush.processes"]
+        with subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as child:
+            assert child.stdin is not None and child.stdout is not None
+            stdin = child.stdin
+            stdin.write(json.dumps(spec) + "\n")
+            stdin.flush()
+            progress.on_cancel(lambda: _tell(stdin, "cancel"))
+            try:
+                outcome = _relay(child.stdout, progress)
+            except BaseException:
+                child.kill()  # the job is over here; so is the child
+                raise
+        if outcome is None:
+            raise RenderProcessError(f"the render's process exited ({child.returncode})")
+        if "result" in outcome:
+            result: Mapping[str, Any] = outcome["result"]
+            return result
+        if "cancelled" in outcome:
+            progress.cancel()
+            raise Cancelled(str(outcome["cancelled"]))
+        raise RenderProcessError(str(outcome.get("error") or "the render failed"))
+
+
+def _relay(lines: IO[str], progress: Progress) -> dict[str, Any] | None:
+    for line in lines:
+        message = json.loads(line)
+        if "p" in message:
+            percent, phase = message["p"]
+            if not progress.cancelled:
+                progress(percent, phase)
+        else:
+            return dict(message)
+    return None
+
+
+def _tell(stdin: IO[str], word: str) -> None:
+    try:
+        stdin.write(word + "\n")
+        stdin.flush()
+    except (OSError, ValueError):
+        pass  # the child has ended already
+
+
+def main() -> int:
+    """The child: read the job, run it, report on the wire."""
+    wire = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+    sys.stdout = sys.stderr  # a render's print() goes to the log, not the wire
+    lock = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        with lock:
+            wire.write(json.dumps(message, separators=(",", ":")) + "\n")
+
+    spec = json.loads(sys.stdin.readline())
+    sys.path[:0] = [entry for entry in spec["path"] if entry not in sys.path]
+    progress = Progress(lambda percent, phase: send({"p": [percent, phase]}))
+
+    def listen() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                progress.cancel()
+
+    threading.Thread(target=listen, daemon=True).start()
+    try:
+        render = pickle.loads(base64.b64decode(spec["render"]))
+        result = render(spec["payload"], progress)
+        if progress.cancelled:
+            raise Cancelled("the job was cancelled")
+        if not isinstance(result, Mapping):
+            raise TypeError(
+                f"render must return a dict (the complete event's data), "
+                f"not {type(result).__name__}"
+            )
+        send({"result": dict(result)})
+    except Cancelled as exc:
+        send({"cancelled": str(exc) or "the job was cancelled"})
+    except BaseException as exc:
+        import traceback
+
+        traceback.print_exc()  # to the server's log, in full
+        send({"error": str(exc) or type(exc).__name__})
+    wire.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
