@@ -31,11 +31,9 @@ from .exceptions import (
     BrokerUnavailable,
     InvalidPayload,
     JobEnded,
-    JobNotStarted,
     PayloadTooLarge,
     SSEFlushError,
     TooManyJobs,
-    UnknownJob,
 )
 from .frames import Coalescing
 from .headers import setup_sse_headers
@@ -124,23 +122,21 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _error_response(exc: SSEFlushError) -> Response:
-    """The JSON answer to an error a view raised on purpose."""
-    if isinstance(exc, TooManyJobs):
-        return _json_error(429, str(exc), **{"Retry-After": str(exc.retry_after)})
+    """The JSON answer to an error a view raised on purpose: the status it carries."""
+    status = getattr(exc, "status", None)
+    if not isinstance(status, int):
+        log.error("unexpected %s in a render view: %s", type(exc).__name__, exc)
+        return _json_error(503, "the render service failed; try again later")
+    message = str(exc)
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
-        return _json_error(
-            503,
-            "the event store is unavailable; try again later",
-            **{"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-    if isinstance(exc, JobNotStarted):
-        return _json_error(503, str(exc), **{"Retry-After": str(RETRY_AFTER_SECONDS)})
-    status = getattr(exc, "status", None)
-    if isinstance(exc, (InvalidPayload, UnknownJob, JobEnded)) and isinstance(status, int):
-        return _json_error(status, str(exc))
-    log.error("unexpected %s in a render view: %s", type(exc).__name__, exc)
-    return _json_error(503, "the render service failed; try again later")
+        message = "the event store is unavailable; try again later"  # not its internals
+    headers = {}
+    if isinstance(exc, TooManyJobs):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return _json_error(status, message, **headers)
 
 
 def create_render_blueprint(

@@ -17,7 +17,7 @@ from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import JobEnded, JobNotStarted, TooManyJobs, UnknownJob
 from .jobs import RenderFunction, RenderJob
 from .runtime import new_lock, start_greenlet, start_native_thread
-from .settings import Settings
+from .settings import DisconnectPolicy, Settings
 
 __all__ = [
     "RETRY_AFTER_SECONDS",
@@ -113,7 +113,7 @@ class JobService:
         # max_jobs. A slot is freed when the job's run here returns, or, for
         # an executor that hands jobs to a queue, once the broker says the
         # job ended (its final event came from wherever it ran).
-        self._jobs: dict[str, RenderJob] = {}
+        self._jobs: set[str] = set()
         self._reserved = 0  # slots taken by jobs being created
 
     def _reserve(self, limit: int | None) -> bool:
@@ -124,7 +124,7 @@ class JobService:
             return True
 
     @property
-    def on_disconnect(self) -> str:
+    def on_disconnect(self) -> DisconnectPolicy:
         return self.settings.on_disconnect
 
     @property
@@ -149,7 +149,7 @@ class JobService:
         if ended:
             with self._lock:
                 for job_id in ended:
-                    self._jobs.pop(job_id, None)
+                    self._jobs.discard(job_id)
 
     def start(self, payload: dict[str, Any]) -> RenderJob:
         """Create and start a job.
@@ -174,7 +174,7 @@ class JobService:
             raise
         with self._lock:
             self._reserved -= 1
-            self._jobs[job.id] = job
+            self._jobs.add(job.id)
         try:
             self._spawn(QueuedJob(job.id, payload, lambda: self._run(job)))
         except Exception as exc:
@@ -193,7 +193,7 @@ class JobService:
 
     def _finished(self, job_id: str) -> None:
         with self._lock:
-            self._jobs.pop(job_id, None)
+            self._jobs.discard(job_id)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job this service started has ended.

@@ -137,11 +137,8 @@ class EventStream:
         """
         # The hot path (a burst to one client, the blueprint's own sends):
         # an Event's frame was built once; only a subclass may encode its own.
-        if type(event) is Event:
-            frame: bytes = event.frame
-            level = event.event if event.event in self._levels else None
-        elif isinstance(event, Event):
-            frame = event.encode()
+        if isinstance(event, Event):
+            frame = event.frame if type(event) is Event else event.encode()
             level = event.event if event.event in self._levels else None
         else:
             frame, level = _as_frame(event), None

@@ -41,6 +41,16 @@ class _Job:
             self.snapshot = tuple(self.subscribers)
         return self.snapshot
 
+    def join(self, subscriber: Subscriber) -> None:
+        """Add a subscriber; call with the lock held."""
+        self.subscribers[subscriber] = None
+        self.snapshot = None
+
+    def leave(self, subscriber: Subscriber) -> None:
+        """Remove a subscriber if it is one; call with the lock held."""
+        if self.subscribers.pop(subscriber, False) is None:
+            self.snapshot = None
+
 
 class MemoryBroker:
     """Keeps each job's events in memory and fans them out to its streams.
@@ -186,8 +196,7 @@ class MemoryBroker:
         if gone and not final:
             with job.lock:
                 for subscriber in gone:
-                    if job.subscribers.pop(subscriber, False) is None:
-                        job.snapshot = None
+                    job.leave(subscriber)
 
     def _compact(self, job: _Job) -> None:
         events = list(job.events)  # indexing a deque's middle is O(n)
@@ -219,8 +228,7 @@ class MemoryBroker:
             except StreamClosed:
                 return True
             if job.ended_at is None:
-                job.subscribers[subscriber] = None
-                job.snapshot = None
+                job.join(subscriber)
                 return True
         _close(subscriber)
         return True
@@ -230,8 +238,7 @@ class MemoryBroker:
         if job is None:
             return 0
         with job.lock:
-            if job.subscribers.pop(subscriber, False) is None:
-                job.snapshot = None
+            job.leave(subscriber)
             return len(job.subscribers)
 
     def subscribers(self, job_id: str) -> int:
