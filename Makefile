@@ -7,11 +7,12 @@ PORT ?= 8000
 RUFF_OPTS := --line-length 100 --target-version py310
 RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 
-# Debian packages the browser and proxy tests use: real Chromium, Firefox
-# and WebKitGTK on a virtual display, and nginx. Installed when missing and
+# Debian packages the browser, proxy and Redis tests use: real Chromium,
+# Firefox and WebKitGTK on a virtual display, nginx, and redis-server (tests
+# start their own on a free port; no service is enabled). Installed when missing and
 # we may (root with apt-get); otherwise those tests skip, saying why.
-SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core
-SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb
+SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server
+SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server
 
 .PHONY: run test smoke pytest lint format typecheck docs clean system-deps bench bench-quick
 
@@ -26,7 +27,7 @@ $(VENV)/.run-stamp: $(BIN)/python setup.cfg pyproject.toml
 
 # Everything the checks need.
 $(VENV)/.dev-stamp: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[gevent,demo,test,lint,docs,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[gevent,demo,redis,test,lint,docs,bench]'
 	touch $@
 
 run: $(VENV)/.run-stamp

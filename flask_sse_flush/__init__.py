@@ -21,7 +21,7 @@ from .exceptions import (
 )
 from .frames import Coalescing, Event, comment
 from .headers import SSE_HEADERS, setup_sse_headers
-from .jobs import Progress, RenderFunction, RenderJob
+from .jobs import Progress, RenderFunction, RenderJob, run_job
 from .mirror import (
     map_bundle_progress,
     map_render_progress,
@@ -37,7 +37,7 @@ from .settings import Settings
 from .stream import EventStream, sse_response
 from .transport import set_tcp_nodelay
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SSE_HEADERS",
@@ -67,6 +67,7 @@ __all__ = [
     "create_render_blueprint",
     "map_bundle_progress",
     "map_render_progress",
+    "run_job",
     "send_complete_event",
     "send_error_event",
     "send_event",

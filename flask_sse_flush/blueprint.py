@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from .brokers.base import Broker, event_id, parse_event_id
 from .brokers.memory import MemoryBroker
+from .brokers.redis import RedisBroker
 from .exceptions import (
     BrokerUnavailable,
     InvalidPayload,
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The app config key naming the Redis to use when no ``broker`` is passed.
+REDIS_URL_KEY = "SSE_FLUSH_REDIS_URL"
 
 #: ``validate(payload) -> payload``: check (and maybe transform) the request's
 #: JSON object; raise :class:`ValueError`, :class:`TypeError` or
@@ -139,6 +143,15 @@ def _error_response(exc: SSEFlushError) -> Response:
     return _json_error(status, message, **headers)
 
 
+def _default_broker(app: Flask, coalescing: Coalescing | None) -> Broker:
+    """A RedisBroker on ``SSE_FLUSH_REDIS_URL`` when the app sets it, else a MemoryBroker."""
+    options: dict[str, Any] = {} if coalescing is None else {"coalesce": coalescing}
+    url = app.config.get(REDIS_URL_KEY)
+    if url:
+        return RedisBroker(str(url), **options)
+    return MemoryBroker(**options)
+
+
 def create_render_blueprint(
     render: RenderFunction,
     *,
@@ -203,8 +216,10 @@ def create_render_blueprint(
     :param retry: reconnection delay (ms) announced to browsers; else
         ``SSE_FLUSH_RETRY``, else none (the browser's default).
     :param validate: a :data:`Validator` hook.
-    :param broker: where job events and status live; a new
-        :class:`~flask_sse_flush.brokers.MemoryBroker` by default.
+    :param broker: where job events and status live; else a
+        :class:`~flask_sse_flush.brokers.RedisBroker` on the app's
+        ``SSE_FLUSH_REDIS_URL`` if it sets one, else a new
+        :class:`~flask_sse_flush.brokers.MemoryBroker` (one process only).
     :param executor: how jobs run: ``"thread"`` (default; a native OS thread
         even under gevent, so CPU-bound or blocking work never stalls the
         worker's other streams), ``"greenlet"`` (I/O-bound jobs under
@@ -221,7 +236,8 @@ def create_render_blueprint(
         last client leaves).
     :param max_payload: largest payload accepted, in bytes; else
         ``SSE_FLUSH_MAX_PAYLOAD``, else 65536.
-    :param max_jobs: most jobs running at once in this process; else
+    :param max_jobs: most jobs running at once in the broker's store (this
+        process with the memory broker; every worker with Redis); else
         ``SSE_FLUSH_MAX_JOBS``, else 32.
     :param buffer: events that may wait for a slow client before its
         queued progress events are coalesced to the latest.
@@ -258,9 +274,7 @@ def create_render_blueprint(
     def register(state: Any) -> None:
         app: Flask = state.app
         settings = Settings.resolve(app.config, **explicit)
-        store = broker
-        if store is None:
-            store = MemoryBroker() if coalescing is None else MemoryBroker(coalesce=coalescing)
+        store = broker if broker is not None else _default_broker(app, coalescing)
         app.extensions.setdefault("sse_flush", {})[name] = JobService(
             render, store, spawn, settings
         )

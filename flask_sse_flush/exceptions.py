@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "RETRY_AFTER_SECONDS",
     "BrokerUnavailable",
     "Cancelled",
     "InvalidPayload",
@@ -14,6 +15,10 @@ __all__ = [
     "TooManyJobs",
     "UnknownJob",
 ]
+
+
+#: The ``Retry-After`` (seconds) of a ``429`` or ``503``.
+RETRY_AFTER_SECONDS = 5
 
 
 class SSEFlushError(Exception):
@@ -85,9 +90,14 @@ class TooManyJobs(SSEFlushError):
 
     status = 429
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_SECONDS) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @classmethod
+    def at_limit(cls, limit: int) -> TooManyJobs:
+        """The error for a store that holds ``limit`` running jobs already."""
+        return cls(f"too many render jobs running (at most {limit}); try again later")
 
 
 class JobNotStarted(SSEFlushError):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
-from .exceptions import Cancelled, UnknownJob
+from .exceptions import Cancelled, JobEnded, UnknownJob
 from .frames import Event
 from .runtime import new_lock
 
@@ -25,6 +25,8 @@ __all__ = [
     "ProgressData",
     "RenderFunction",
     "RenderJob",
+    "new_job_id",
+    "run_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,15 @@ def error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def new_job_id() -> str:
+    """A fresh job id: 128 random bits from :mod:`secrets`, as 32 hex digits.
+
+    Job ids are capabilities (whoever knows one can attach to the job), so
+    they are unguessable.
+    """
+    return secrets.token_hex(16)
+
+
 class RenderJob:
     """One run of a render callable, publishing its events through a broker.
 
@@ -151,7 +162,14 @@ class RenderJob:
     :param render: the render callable.
     :param payload: the validated request payload.
     :param broker: where the job's events and status go.
-    :param job_id: the job's id; a random hex string by default.
+    :param job_id: the job's id; :func:`new_job_id` by default.
+    :param limit: refuse to create the job while this many jobs run in the
+        broker's store (:class:`~flask_sse_flush.TooManyJobs`).
+    :param existing: the job was created already (by a web worker that
+        handed it to a queue): run it under its id, numbering its events
+        after those already published. See :func:`run_job`.
+    :raises UnknownJob: ``existing`` and the broker has no such job.
+    :raises JobEnded: ``existing`` and the job has ended already.
     """
 
     def __init__(
@@ -161,8 +179,10 @@ class RenderJob:
         broker: Broker,
         *,
         job_id: str | None = None,
+        limit: int | None = None,
+        existing: bool = False,
     ) -> None:
-        self.id = job_id if job_id is not None else uuid.uuid4().hex
+        self.id = job_id if job_id is not None else new_job_id()
         self.payload = payload
         self.broker = broker
         self._render = render
@@ -171,7 +191,15 @@ class RenderJob:
         # from several threads still leave in id order.
         self._lock = new_lock()
         self.progress = Progress(self._on_progress)
-        broker.create(self.id)
+        if existing:
+            status = broker.status(self.id)
+            if status is None:
+                raise UnknownJob(self.id)
+            if status.ended:
+                raise JobEnded(f"job {self.id!r} has already ended")
+            self._next = status.last_seq + 1
+        else:
+            broker.create(self.id, limit=limit)
         broker.on_cancel(self.id, self.cancel)
 
     def status(self) -> JobStatus:
@@ -251,3 +279,29 @@ class RenderJob:
             raise
         else:
             self._end("complete", complete, {"state": "complete", "result": complete})
+
+
+def run_job(
+    render: RenderFunction, job_id: str, payload: dict[str, Any], broker: Broker
+) -> JobStatus | None:
+    """Run, in this process, a job that a render blueprint created and handed to a queue.
+
+    For job workers (RQ, Celery, a plain process): the blueprint's
+    ``executor`` callable enqueues ``(job.id, job.payload)``; the worker
+    calls ``run_job(render, job_id, payload, broker)`` with a broker on the
+    same store (a :class:`~flask_sse_flush.brokers.RedisBroker`). The
+    render's progress, then its ``complete`` or ``error`` event, reach
+    every stream on every web worker; a ``DELETE /render/<id>`` sent to any
+    of them makes the render's next ``progress()`` raise
+    :class:`~flask_sse_flush.Cancelled`.
+
+    :returns: the job's status once it has ended (``None`` if the store has
+        purged it already, as a zero ``retention`` does).
+    :raises UnknownJob: the store has no such job (never created, or purged).
+    :raises JobEnded: the job has ended already (e.g. a retried task).
+
+    .. versionadded:: 0.2
+    """
+    job = RenderJob(render, payload, broker, job_id=job_id, existing=True)
+    job.run()
+    return broker.status(job_id)

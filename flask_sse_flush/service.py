@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeAlias, Union
 
 from .brokers.base import Broker, JobStatus, Subscriber
-from .exceptions import JobEnded, JobNotStarted, TooManyJobs, UnknownJob
+from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
 from .jobs import RenderFunction, RenderJob
 from .runtime import new_lock, start_greenlet, start_native_thread
 from .settings import DisconnectPolicy, Settings
@@ -30,9 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: The ``Retry-After`` (seconds) of a ``429`` or ``503``.
-RETRY_AFTER_SECONDS = 5
 
 
 class QueuedJob:
@@ -109,19 +106,12 @@ class JobService:
         self.settings = settings
         self._spawn = spawn
         self._lock = new_lock()
-        # Every job this service started and has not seen end: its slot of
-        # max_jobs. A slot is freed when the job's run here returns, or, for
-        # an executor that hands jobs to a queue, once the broker says the
-        # job ended (its final event came from wherever it ran).
+        # Every job this service started and has not seen end (what wait()
+        # waits for). Admission (max_jobs) is the broker's: it counts the
+        # running jobs of its whole store, across workers with Redis. A job
+        # leaves this set when its run here returns, or, for an executor
+        # that hands jobs to a queue, once the broker says it ended.
         self._jobs: set[str] = set()
-        self._reserved = 0  # slots taken by jobs being created
-
-    def _reserve(self, limit: int | None) -> bool:
-        with self._lock:
-            if limit is not None and len(self._jobs) + self._reserved >= limit:
-                return False
-            self._reserved += 1
-            return True
 
     @property
     def on_disconnect(self) -> DisconnectPolicy:
@@ -154,26 +144,13 @@ class JobService:
     def start(self, payload: dict[str, Any]) -> RenderJob:
         """Create and start a job.
 
-        :raises TooManyJobs: ``max_jobs`` are running already.
+        :raises TooManyJobs: ``max_jobs`` are running already in the broker's store.
         :raises JobNotStarted: the executor refused it (the job is ended
             with an ``error`` event, so nobody waits on it).
+        :raises BrokerUnavailable: the broker's store cannot be reached.
         """
-        limit = self.settings.max_jobs
-        if not self._reserve(limit):
-            self._release_ended()  # jobs run elsewhere end without telling us
-            if not self._reserve(limit):
-                raise TooManyJobs(
-                    f"too many render jobs running (at most {limit}); try again later",
-                    RETRY_AFTER_SECONDS,
-                )
-        try:
-            job = RenderJob(self.render, payload, self.broker)
-        except BaseException:
-            with self._lock:
-                self._reserved -= 1
-            raise
+        job = RenderJob(self.render, payload, self.broker, limit=self.settings.max_jobs)
         with self._lock:
-            self._reserved -= 1
             self._jobs.add(job.id)
         try:
             self._spawn(QueuedJob(job.id, payload, lambda: self._run(job)))

@@ -50,7 +50,8 @@ class Settings:
         ``None`` for the browser's default (``SSE_FLUSH_RETRY``).
     :param max_payload: the largest payload accepted, in bytes
         (``SSE_FLUSH_MAX_PAYLOAD``).
-    :param max_jobs: the most jobs running at once in this process;
+    :param max_jobs: the most jobs running at once in the broker's store
+        (one process with the memory broker, every worker with Redis);
         ``None`` for no limit (``SSE_FLUSH_MAX_JOBS``).
     :param buffer: events that may wait for a slow client before its queued
         levels are coalesced; ``None`` for no bound.

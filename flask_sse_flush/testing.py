@@ -14,11 +14,14 @@ These read what a browser would: they parse with the WHATWG rules
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from werkzeug.wrappers import Response as BaseResponse
@@ -26,6 +29,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .frames import Event, decode_events
 
 __all__ = [
+    "RedisServer",
     "free_port",
     "gunicorn_command",
     "iter_chunks",
@@ -174,3 +178,92 @@ def _gunicorn_has(setting: str) -> bool:
     from gunicorn.config import KNOWN_SETTINGS
 
     return any(known.name == setting for known in KNOWN_SETTINGS)
+
+
+class RedisServer:
+    """A real ``redis-server`` of a test's own, on a free loopback port.
+
+    Started from the command line with its data in a temporary folder (no
+    daemon, no system service), append-only with ``fsync`` on every write,
+    so a :meth:`restart` on the same port keeps every event. Use it as a
+    context manager; it is stopped (and its folder removed) on exit::
+
+        with RedisServer() as redis:
+            broker = RedisBroker(redis.url)
+            ...
+            redis.restart(down=1.0)  # a Redis restart mid-job
+
+    :param executable: the ``redis-server`` to run.
+    :param appendonly: keep an append-only file (``appendfsync always``).
+    :raises FileNotFoundError: no ``redis-server`` is installed.
+    """
+
+    def __init__(self, executable: str = "redis-server", *, appendonly: bool = True) -> None:
+        found = shutil.which(executable)
+        if found is None:
+            raise FileNotFoundError(
+                f"{executable} not found: install Redis (Debian: apt-get install redis-server)"
+            )
+        self.executable = found
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="sse-flush-redis-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        command = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.directory), "--save", "", "--daemonize", "no"]
+        command += ["--logfile", str(self.directory / "redis.log")]
+        if self.appendonly:
+            command += ["--appendonly", "yes", "--appendfsync", "always"]
+        return command
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers ``PING``."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            with contextlib.suppress(OSError):
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (``SIGTERM``; its data stays for a restart)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server, wait ``down`` seconds, and start it on the same port."""
+        self.stop()
+        time.sleep(down)
+        self.start()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

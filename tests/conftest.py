@@ -4,11 +4,14 @@ the timing margins report at the end of a run. See ``tests/README.md``.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from flask_sse_flush.testing import RedisServer
 
 from tests.browser import support as browser
 from tests.integration.support import Server, running_server
@@ -71,3 +74,25 @@ def nginx(demo_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
     browser.require(*([] if found else ["nginx"]))
     with browser.nginx_in_front(demo_server.port, tmp_path_factory.mktemp("nginx")) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, append-only, for the whole run.
+
+    Tests isolate themselves with a key prefix of their own. Where Redis is
+    not installed the tests skip, except in CI (``SSE_FLUSH_REQUIRE_BROWSERS``),
+    where a missing server fails them.
+    """
+    if shutil.which("redis-server") is None:
+        if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS"):
+            pytest.fail("redis-server is not installed (make system-deps installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix no other test uses."""
+    return f"t{abs(hash(request.node.nodeid)) % 10**12}:{os.getpid()}:"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from flask_sse_flush import Event, JobEnded, StreamClosed
-from flask_sse_flush.brokers import Broker, MemoryBroker, event_id, parse_event_id
-from flask_sse_flush.testing import parse_events
+from flask_sse_flush import Event, JobEnded, StreamClosed, TooManyJobs, UnknownJob
+from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker, event_id, parse_event_id
+from flask_sse_flush.testing import RedisServer, parse_events
 
 TIMEOUT = 10.0
 
@@ -69,6 +70,18 @@ class Gone:
 
 def ev(job_id: str, seq: int, name: str = "progress", data: Any = None) -> Event:
     return Event({"n": seq} if data is None else data, event=name, id=event_id(job_id, seq))
+
+
+def until(condition: Any, timeout: float = TIMEOUT) -> None:
+    """Wait for ``condition()``: a broker may deliver live events from another thread.
+
+    The memory broker delivers inside ``publish``, so its checks pass at
+    once; the Redis broker's reader delivers a moment later.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
 
 
 class BrokerContract:
@@ -199,8 +212,8 @@ class BrokerContract:
             broker.subscribe("job", subscriber)
         broker.publish("job", 1, ev("job", 1))
         broker.publish("job", 2, ev("job", 2, "complete", {}), final=True)
+        until(lambda: before.closed.is_set() and after.closed.is_set())
         assert before.seqs == after.seqs == [1, 2]
-        assert before.closed.is_set() and after.closed.is_set()
 
     def test_a_slow_delivery_holds_up_no_subscribe_leave_or_cancel(self) -> None:
         # A publisher fanning out to many streams (here: one slow one) must not
@@ -246,6 +259,7 @@ class BrokerContract:
         assert broker.subscribe("job", subscriber, after=0) is True
         assert subscriber.seqs == [1, 2, 3]
         broker.publish("job", 4, ev("job", 4, "note", "live"))
+        until(lambda: len(subscriber.seqs) >= 4)
         assert subscriber.seqs == [1, 2, 3, 4]
         assert subscriber.events[-1] == ev("job", 4, "note", "live")
         assert not subscriber.closed.is_set()
@@ -260,7 +274,7 @@ class BrokerContract:
         assert broker.subscribe("job", subscriber, after=after)
         assert subscriber.seqs == [seq for seq in range(1, 6) if seq > after]
         broker.publish("job", 6, ev("job", 6, "note"))
-        assert subscriber.seqs[-1] == 6
+        until(lambda: subscriber.seqs[-1:] == [6])
         assert subscriber.seqs.count(6) == 1
 
     def test_replayed_events_are_the_published_ones(self) -> None:
@@ -285,6 +299,7 @@ class BrokerContract:
             broker.subscribe("job", subscriber)
         broker.publish("job", 1, ev("job", 1))
         broker.publish("job", 2, ev("job", 2, "complete", {}), final=True)
+        until(lambda: all(subscriber.closed.is_set() for subscriber in subscribers))
         for subscriber in subscribers:
             assert subscriber.seqs == [1, 2]
             assert subscriber.closed.is_set()
@@ -314,7 +329,8 @@ class BrokerContract:
         assert broker.unsubscribe("job", b) == 2  # not attached any more
         assert broker.unsubscribe("job", Collector()) == 2
         broker.publish("job", 1, ev("job", 1))
-        assert (a.seqs, b.seqs, c.seqs) == ([1], [], [1])
+        until(lambda: a.seqs == c.seqs == [1])
+        assert b.seqs == []
         assert broker.unsubscribe("job", a) == 1
         assert broker.unsubscribe("job", c) == 0
 
@@ -325,12 +341,13 @@ class BrokerContract:
         for subscriber in (before, gone, after):
             broker.subscribe("job", subscriber)
         broker.publish("job", 1, ev("job", 1))  # must not raise
+        until(lambda: before.seqs == after.seqs == [1] and gone.calls == 1)
+        until(lambda: broker.unsubscribe("job", gone) == 2)  # forgotten
         broker.publish("job", 2, ev("job", 2))
-        assert before.seqs == after.seqs == [1, 2]
+        until(lambda: before.seqs == after.seqs == [1, 2])
         assert gone.calls == 1  # forgotten after its first StreamClosed
-        assert broker.unsubscribe("job", gone) == 2
         broker.publish("job", 3, ev("job", 3, "complete", {}), final=True)
-        assert before.closed.is_set() and after.closed.is_set()
+        until(lambda: before.closed.is_set() and after.closed.is_set())
         assert gone.calls == 1
 
     def test_a_subscriber_that_is_gone_during_replay_is_not_attached(self) -> None:
@@ -359,6 +376,7 @@ class BrokerContract:
         publisher.start()
         publisher.join(TIMEOUT)
         assert not publisher.is_alive()
+        until(lambda: all(subscriber.closed.is_set() for subscriber in subscribers))
         expected = [ev("job", seq, "progress" if seq % 3 else "note") for seq in range(1, 200)]
         for subscriber in subscribers:
             assert subscriber.closed.is_set()
@@ -424,6 +442,41 @@ class BrokerContract:
         assert sum(attaches) > 3 * len(seen)
         assert sum(replayed) > 0
 
+    # -- admission and the log's bound ---------------------------------------------
+
+    def test_create_refuses_a_job_past_the_limit_until_one_ends(self) -> None:
+        broker = self.make_broker()
+        broker.create("a", limit=2)
+        broker.create("b", limit=2)
+        with pytest.raises(TooManyJobs) as refused:
+            broker.create("c", limit=2)
+        assert refused.value.retry_after > 0
+        assert broker.status("c") is None
+        broker.create("c", limit=3)  # a higher limit admits it
+        broker.publish("a", 1, ev("a", 1, "complete", {}), final=True)
+        broker.create("d", limit=3)  # a's slot is free again
+
+    def test_a_replay_past_what_the_bound_dropped_starts_with_a_gap_event(self) -> None:
+        broker = self.make_broker(max_events=5)
+        broker.create("job")
+        for seq in range(1, 13):
+            broker.publish("job", seq, ev("job", seq, "note"))
+        status = broker.status("job")
+        assert status is not None and status.lost_through == 7
+        late = Collector()
+        broker.subscribe("job", late, after=2)
+        gap, *rest = late.events
+        assert gap.event == "gap" and gap.id is None
+        assert gap.json()["after"] == "job-2"
+        assert gap.json()["lostThrough"] == "job-7"
+        assert gap.json()["job"]["id"] == "job"
+        assert [parse_event_id(e.id)[1] for e in rest if e.id] == [8, 9, 10, 11, 12]
+        # A client that has everything the log still holds gets no gap.
+        current = Collector()
+        broker.subscribe("job", current, after=9)
+        assert current.seqs == [10, 11, 12]
+        assert all(e.event == "note" for e in current.events)
+
     # -- cancel ----------------------------------------------------------------
 
     def test_cancel_runs_the_callbacks_once(self) -> None:
@@ -468,6 +521,139 @@ class BrokerContract:
         broker.on_cancel("b", lambda: calls.append("b"))
         assert broker.cancel("b")
         assert calls == ["b"]
+
+
+class TestRedisBroker(BrokerContract):
+    """The same promises from Redis: one broker per test, under a prefix of its own."""
+
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server: RedisServer, redis_prefix: str) -> Iterator[None]:
+        self.server = redis_server
+        self.prefix = redis_prefix
+        self.brokers: list[RedisBroker] = []
+        yield
+        for broker in self.brokers:
+            broker.close()
+
+    def make_broker(self, **kwargs: Any) -> RedisBroker:
+        broker = RedisBroker(self.server.url, prefix=self.prefix, **kwargs)
+        self.brokers.append(broker)
+        return broker
+
+    def test_two_workers_share_one_store(self) -> None:
+        # Two brokers are two processes' views: a job started by one streams,
+        # resumes, reports and cancels through the other.
+        one, two = self.make_broker(), self.make_broker()
+        one.create("job")
+        calls: list[int] = []
+        one.on_cancel("job", lambda: calls.append(1))
+        one.publish("job", 1, ev("job", 1), change={"state": "running", "progress": 1})
+        watcher = Collector()
+        assert two.subscribe("job", watcher)
+        one.publish("job", 2, ev("job", 2))
+        until(lambda: watcher.seqs == [1, 2])
+        status = two.status("job")
+        assert status is not None and (status.state, status.progress) == ("running", 1)
+        assert two.subscribers("job") == 1
+        assert two.cancel("job")
+        until(lambda: calls == [1])  # reached the job's own process
+        one.publish("job", 3, ev("job", 3, "error", {"message": "cancelled"}), final=True)
+        until(watcher.closed.is_set)
+        assert watcher.seqs == [1, 2, 3]
+
+    def test_a_retried_publish_is_stored_once(self) -> None:
+        broker = self.make_broker()
+        broker.create("job")
+        watcher = Collector()
+        broker.subscribe("job", watcher)
+        for seq in (1, 2, 2, 1, 3):  # a reply lost, the publish sent again
+            broker.publish("job", seq, ev("job", seq))
+        until(lambda: watcher.seqs[-1:] == [3])
+        assert watcher.seqs == [1, 2, 3]
+        late = Collector()
+        broker.subscribe("job", late)
+        assert late.seqs == [1, 2, 3]
+
+    def test_the_keys_expire_after_the_retention(self) -> None:
+        broker = self.make_broker(retention=0.3)
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1, "complete", {}), final=True)
+        assert broker.status("job") is not None
+        until(lambda: broker.status("job") is None, timeout=5)
+        assert broker.subscribe("job", Collector()) is False
+        import redis
+
+        assert redis.Redis.from_url(self.server.url).keys(f"{self.prefix}*") == []
+
+    def test_zero_retention_forgets_an_ended_job_at_once(self) -> None:
+        broker = self.make_broker(retention=0.0)
+        broker.create("job")
+        broker.publish("job", 1, ev("job", 1, "complete", {}), final=True)
+        assert broker.status("job") is None
+
+    def test_a_store_that_lost_a_running_job_is_rebuilt_with_a_gap(self) -> None:
+        import redis
+
+        broker = self.make_broker()
+        broker.create("job")
+        watcher = Collector()
+        broker.subscribe("job", watcher)
+        for seq in (1, 2):
+            broker.publish("job", seq, ev("job", seq, "note"))
+        until(lambda: watcher.seqs == [1, 2])
+        redis.Redis.from_url(self.server.url).delete(
+            f"{self.prefix}job:job", f"{self.prefix}log:job"
+        )
+        broker.publish("job", 3, ev("job", 3, "note"))
+        broker.publish("job", 4, ev("job", 4, "note"))
+        status = broker.status("job")
+        assert status is not None and (status.last_seq, status.lost_through) == (4, 2)
+        until(lambda: watcher.seqs == [1, 2, 3, 4])  # live: nothing was missed here
+        late = Collector()
+        broker.subscribe("job", late, after=1)
+        assert late.events[0].event == "gap"
+        assert late.events[0].json()["lostThrough"] == "job-2"
+        assert late.seqs == [3, 4]
+
+    def test_an_unknown_job_is_not_rebuilt(self) -> None:
+        broker = self.make_broker()
+        with pytest.raises(UnknownJob):
+            broker.publish("ghost", 1, ev("ghost", 1))
+        assert broker.status("ghost") is None
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [{"retention": -1.0}, {"max_events": 1}, {"outage_timeout": 0}, {"max_connections": 0}],
+    )
+    def test_bad_settings_are_refused(self, kwargs: dict[str, Any]) -> None:
+        with pytest.raises(ValueError):
+            RedisBroker(self.server.url, **kwargs)
+
+    def test_connections_do_not_grow_with_streams_or_jobs(self) -> None:
+        import redis
+
+        broker = self.make_broker()
+        watchers = []
+        for n in range(200):
+            broker.create(f"job{n}")
+            for _ in range(5):
+                watcher = Collector()
+                broker.subscribe(f"job{n}", watcher)
+                watchers.append(watcher)
+        threads = [
+            threading.Thread(
+                target=lambda n=n: broker.publish(f"job{n}", 1, ev(f"job{n}", 1, "note"))
+            )
+            for n in range(200)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(TIMEOUT)
+        until(lambda: all(w.seqs == [1] for w in watchers))
+        clients = redis.Redis.from_url(self.server.url).client_list()
+        ours = [c for c in clients if c["name"] == broker.client_name]
+        assert 1 <= len(ours) <= broker.max_connections + 1
 
 
 class FakeClock:

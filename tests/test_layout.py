@@ -36,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "jobs": {"brokers", "exceptions", "frames", "runtime"},
     "brokers/base": {"frames"},
     "brokers/memory": {"base", "exceptions", "frames", "runtime"},
-    "brokers/__init__": {"base", "memory"},
+    "brokers/redis": {"base", "exceptions", "frames", "runtime"},
+    "brokers/__init__": {"base", "memory", "redis"},
     "service": {"brokers", "exceptions", "jobs", "runtime", "settings"},
     "processes": {"exceptions", "jobs"},
     "blueprint": {

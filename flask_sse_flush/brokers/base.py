@@ -3,8 +3,9 @@
 A broker keeps each job's event log and status, replays a log after a
 given event id, fans new events out to subscribers, and carries
 cancellation to wherever the job runs. The in-memory broker serves one
-process; a Redis Streams broker (planned) will serve many workers and
-hosts with the same promises, checked by the same test suite.
+process; the Redis broker (:class:`~flask_sse_flush.brokers.RedisBroker`)
+serves many workers and hosts with the same promises, checked by the same
+test suite.
 
 A broker hands its subscribers *frames*: the encoded bytes of each event
 and its coalescing level (:class:`~flask_sse_flush.frames.Coalescing`),
@@ -27,6 +28,7 @@ from typing import Any, Literal, Protocol, TypedDict
 from ..frames import Event
 
 __all__ = [
+    "GAP_EVENT",
     "TERMINAL_STATES",
     "Broker",
     "JobState",
@@ -34,6 +36,7 @@ __all__ = [
     "StatusChange",
     "Subscriber",
     "event_id",
+    "gap_event",
     "parse_event_id",
 ]
 
@@ -95,6 +98,10 @@ class JobStatus:
     last_seq: int = 0
     #: The number of the terminal event, once the job has ended.
     final_seq: int | None = None
+    #: Events up to this number may be missing from the log: dropped past
+    #: the log's bound, or lost by the store. A replay after an older id
+    #: starts with a :func:`gap_event`.
+    lost_through: int = 0
 
     @property
     def ended(self) -> bool:
@@ -115,6 +122,33 @@ class JobStatus:
             "result": self.result,
             "error": self.error,
         }
+
+
+#: The event type of the frame a replay starts with when the log can no
+#: longer replay exactly after the client's ``Last-Event-ID``.
+GAP_EVENT = "gap"
+
+
+def gap_event(status: JobStatus, after: int) -> Event:
+    """The ``gap`` event: events after ``after`` were lost; here is the job now.
+
+    Sent first when a stream resumes after event ``after`` but the log has
+    lost events up to :attr:`JobStatus.lost_through` (the log's bound
+    dropped them, or the store lost its data). It has no ``id``, so the
+    browser's ``lastEventId`` is not moved by it; its data says which events
+    are missing and carries the job's current status, so a client can
+    redraw instead of silently showing a hole::
+
+        {"after": "<job>-<after>", "lostThrough": "<job>-<n>", "job": {status}}
+    """
+    return Event(
+        {
+            "after": event_id(status.id, after),
+            "lostThrough": event_id(status.id, status.lost_through),
+            "job": status.to_json(),
+        },
+        event=GAP_EVENT,
+    )
 
 
 class Subscriber(Protocol):
@@ -143,10 +177,14 @@ class Broker(Protocol):
     lock); a broker may deliver them to subscribers outside its own locks.
     """
 
-    def create(self, job_id: str) -> JobStatus:
+    def create(self, job_id: str, *, limit: int | None = None) -> JobStatus:
         """Start a job's log in state ``queued``.
 
+        :param limit: refuse the job if this many jobs that have not ended
+            are in the store already (``max_jobs``; counted across every
+            process the store serves).
         :raises ValueError: the id is taken or cannot name a job.
+        :raises TooManyJobs: ``limit`` jobs are running already.
         """
         ...
 
@@ -186,7 +224,9 @@ class Broker(Protocol):
 
         Replay and attachment are one step: no event is missed or sent
         twice. A job that has ended closes the subscriber after its replay.
-        Returns ``False`` for an unknown job.
+        When the log has lost events after ``after`` (see
+        :attr:`JobStatus.lost_through`), the replay starts with a
+        :func:`gap_event`. Returns ``False`` for an unknown job.
         """
         ...
 

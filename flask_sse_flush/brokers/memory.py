@@ -9,10 +9,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import JobEnded, StreamClosed, UnknownJob
+from ..exceptions import JobEnded, StreamClosed, TooManyJobs, UnknownJob
 from ..frames import PROGRESS_COALESCING, Coalescing, Event, newest_of_each_level
 from ..runtime import new_lock
-from .base import JobStatus, StatusChange, Subscriber, valid_job_id
+from .base import JobStatus, StatusChange, Subscriber, gap_event, valid_job_id
 
 __all__ = ["MemoryBroker"]
 
@@ -99,6 +99,7 @@ class MemoryBroker:
         self._jobs: dict[str, _Job] = {}
         self._lock = new_lock()
         self._next_purge = 0.0
+        self._active = 0  # jobs created and not ended
 
     def __len__(self) -> int:
         """How many jobs (running, or ended and retained) the broker holds."""
@@ -131,7 +132,7 @@ class MemoryBroker:
             return None
         return job
 
-    def create(self, job_id: str) -> JobStatus:
+    def create(self, job_id: str, *, limit: int | None = None) -> JobStatus:
         if not valid_job_id(job_id):
             raise ValueError(f"a job id is 1 to 128 letters, digits or '_.:', not {job_id[:80]!r}")
         self._purge()
@@ -139,7 +140,10 @@ class MemoryBroker:
         with self._lock:
             if job_id in self._jobs:
                 raise ValueError(f"job {job_id!r} exists already")
+            if limit is not None and self._active >= limit:
+                raise TooManyJobs.at_limit(limit)
             self._jobs[job_id] = _Job(status=status, lock=new_lock())
+            self._active += 1
         return status
 
     def _require(self, job_id: str) -> _Job:
@@ -169,6 +173,8 @@ class MemoryBroker:
             if final:
                 extra["final_seq"] = seq
                 job.ended_at = self._clock()
+                with self._lock:
+                    self._active -= 1
             job.status = job.status.changed(change, **extra)
             members = job.members()
             if final:
@@ -201,8 +207,12 @@ class MemoryBroker:
     def _compact(self, job: _Job) -> None:
         events = list(job.events)  # indexing a deque's middle is O(n)
         kept = [events[i] for i in newest_of_each_level(level for _, _, level in events)]
-        # Events that cannot be coalesced still may not grow without bound.
-        job.events = collections.deque(kept[-self.max_events :])
+        # Events that cannot be coalesced still may not grow without bound;
+        # a replay from before the oldest one dropped starts with a gap event.
+        dropped, kept = kept[: -self.max_events], kept[-self.max_events :]
+        if dropped:
+            job.status = job.status.changed(None, lost_through=dropped[-1][0])
+        job.events = collections.deque(kept)
 
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
         job = self._require(job_id)
@@ -222,6 +232,8 @@ class MemoryBroker:
             # Replay and registration in one step (a log holds at most
             # max_events frames, so this stays short).
             try:
+                if after < job.status.lost_through:
+                    subscriber.deliver(gap_event(job.status, after).frame, None)
                 for seq, frame, level in job.events:
                     if seq > after:
                         subscriber.deliver(frame, level)

@@ -26,7 +26,7 @@ from .executors import (
     start_greenlet,
     start_native_thread,
 )
-from .hub import call_on_hub
+from .hub import call_on_hub, home_hub, run_in_hub
 
 __all__ = [
     "DEFAULT_JOB_SWITCH_INTERVAL",
@@ -34,9 +34,11 @@ __all__ = [
     "Empty",
     "call_on_hub",
     "gevent_is_active",
+    "home_hub",
     "job_switch_interval",
     "new_channel",
     "new_lock",
+    "run_in_hub",
     "set_job_switch_interval",
     "start_greenlet",
     "start_native_thread",

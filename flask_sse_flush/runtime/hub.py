@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .detect import native_thread_ident, new_lock
+from .detect import gevent_is_active, native_thread_ident, new_lock
 
-__all__ = ["HUB_POLL_INTERVAL", "call_on_hub", "started_by"]
+__all__ = ["HUB_POLL_INTERVAL", "call_on_hub", "home_hub", "run_in_hub", "started_by"]
 
 R = TypeVar("R")
 
@@ -46,7 +46,36 @@ def call_on_hub(function: Callable[[], R], *, timeout: float | None = None) -> R
 
     .. versionadded:: 0.1
     """
+    return run_in_hub(_MAIN_HUB.get(None), function, timeout=timeout)
+
+
+def home_hub() -> Any:
+    """The gevent hub that owns this worker's sockets, as seen from the calling thread.
+
+    In a native job thread (:func:`~flask_sse_flush.runtime.start_native_thread`),
+    the hub that started it; elsewhere the calling thread's own hub, which
+    in a gevent worker's main thread is the worker's hub. ``None`` without
+    gevent.
+    """
+    if not gevent_is_active():
+        return None
     hub = _MAIN_HUB.get(None)
+    if hub is not None:
+        return hub
+    import gevent
+
+    return gevent.get_hub()
+
+
+def run_in_hub(hub: Any, function: Callable[[], R], *, timeout: float | None = None) -> R:
+    """Run ``function`` in a greenlet of ``hub`` and wait for its result.
+
+    What :func:`call_on_hub` does for a job's own hub, for any hub: a
+    socket made in one hub's thread can be used only there, so a shared
+    client (the Redis broker's) sends every call to its home hub. Called
+    in ``hub``'s own thread, or with ``hub=None``, ``function`` simply runs.
+    Same errors as :func:`call_on_hub`.
+    """
     if hub is None or native_thread_ident()() == hub.thread_ident:
         return function()
     import gevent
