@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS_PAGE = ROOT / "docs" / "benchmarks.rst"
 PLOT = ROOT / "docs" / "_static" / "bench-latency.png"
 LIMIT, PEER, FLOOR, OURS = "raw-asyncio", "sse-starlette", "bare-gevent", "ours-gevent"
+REDIS = "ours-redis"
+#: The most Redis connections a worker of ``ours-redis`` should hold: the
+#: broker's command pool (3) and its one pub/sub reader.
+CONNECTIONS_GOAL = 4
 
 
 def _get(result: dict[str, Any], name: str, *path: str) -> float:
@@ -21,10 +25,16 @@ def _get(result: dict[str, Any], name: str, *path: str) -> float:
     return float(node) if isinstance(node, (int, float)) else math.nan
 
 
+def level_at_most(result: dict[str, Any], wanted: int) -> str | None:
+    """The plan's level ``wanted``, else its largest below (``--quick`` has tiny ones)."""
+    below = [lv for lv in result["plan"]["levels"] if int(lv) <= wanted]
+    return max(below, key=int) if below else None
+
+
 def metrics(result: dict[str, Any]) -> list[tuple[str, tuple[str, ...], str, bool]]:
     """(title, path, unit, higher is better) of every headline figure."""
     levels = list(result["plan"]["levels"])
-    rows = []
+    rows: list[tuple[str, tuple[str, ...], str, bool]] = []
     for level in levels:
         rows.append((f"p50 @{level}", ("levels", level, "p50", "median"), "ms", False))
         rows.append((f"p99 @{level}", ("levels", level, "p99", "median"), "ms", False))
@@ -36,6 +46,10 @@ def metrics(result: dict[str, Any]) -> list[tuple[str, tuple[str, ...], str, boo
     rows.append((f"held @{top}", ("levels", top, "held"), "", True))
     rows.append(("events/s", ("throughput", "median"), "/s", True))
     rows.append(("CPU job p99", ("cpu_job", "p99", "median"), "ms", False))
+    rows.append(("CPU job p99, process", ("cpu_job_process", "p99", "median"), "ms", False))
+    if (at := level_at_most(result, 1_000)) is not None:
+        path = ("levels", at, "redis_connections_max")
+        rows.append((f"Redis conns/worker @{at}", path, "", False))
     return rows
 
 
@@ -61,6 +75,8 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     body = []
     for title, path, unit, _ in metrics(result):
         values = [_get(result, name, *path) for name in names]
+        if all(math.isnan(v) for v in values):
+            continue  # e.g. a figure the results predate, or a skipped contender's
         ours = _get(result, OURS, *path)
         body.append([
             f"{title} ({unit})" if unit else title,
@@ -72,21 +88,73 @@ def rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def table(result: dict[str, Any]) -> str:
-    header, body = rows(result)
+def targets(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The figures the Redis work aims at, as ratios (reported, never asserted).
+
+    A target appears once its figure was measured: none for results that
+    predate the Redis contender or skipped it.
+    """
+    header = ["target", "figure", "against", "ratio"]
+    found: list[list[str]] = []
+
+    def ms(value: float) -> str:
+        return "-" if math.isnan(value) else f"{_fmt(value, 'ms')} ms"
+
+    def add(title: str, value: float, other: float, against: str, shown: str = "") -> None:
+        if not math.isnan(value):
+            found.append([title, shown or ms(value), against, _ratio(value, other)])
+
+    def versus(name: str, *path: str) -> tuple[float, str]:
+        value = _get(result, name, *path)
+        return value, f"{name}: {ms(value)}"
+
+    if (at := level_at_most(result, 100)) is not None:
+        path = ("levels", at, "p99", "median")
+        add(f"p99 @{at}, Redis against memory", _get(result, REDIS, *path), *versus(OURS, *path))
+    measured = [set(result["contenders"].get(n, {}).get("levels", {})) for n in (OURS, REDIS)]
+    both = [lv for lv in result["plan"]["levels"] if all(lv in m for m in measured)]
+    if both:
+        top = max(both, key=int)
+        path = ("levels", top, "fanout", "median")
+        add(f"fan-out {top}, Redis (2 workers) against memory (1)", _get(result, REDIS, *path),
+            *versus(OURS, *path))  # fmt: skip
+    if (at := level_at_most(result, 1_000)) is not None:
+        conns = _get(result, REDIS, "levels", at, "redis_connections_max")
+        add(f"Redis connections per worker @{at}", conns, float(CONNECTIONS_GOAL),
+            f"goal: at most {CONNECTIONS_GOAL}", _fmt(conns, ""))  # fmt: skip
+    process = _get(result, OURS, "cpu_job_process", "p99", "median")
+    add("CPU job p99, executor='process', against sse-starlette",
+        process, *versus(PEER, "cpu_job", "p99", "median"))  # fmt: skip
+    thread, _ = versus(OURS, "cpu_job", "p99", "median")
+    add("CPU job p99, executor='process', against 'thread'", process, thread,
+        f"{OURS}, thread: {ms(thread)}")  # fmt: skip
+    return header, found
+
+
+def _aligned(header: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
         return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs)
 
-    out = [line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+
+
+def table(result: dict[str, Any]) -> str:
+    out = _aligned(*rows(result))
     top = max(map(int, result["plan"]["levels"]))
     walls = [f"  {n}: stops at {max(map(int, c['levels']))} streams: {c['wall']}"
              for n, c in result["contenders"].items()
              if c.get("wall") and max(map(int, c["levels"])) < top]  # fmt: skip
     if walls:
         out += ["", "Walls:", *walls]
+    header, found = targets(result)
+    if found:
+        out += ["", "Targets (ratios reported, not asserted):", *_aligned(header, found)]
+    skipped = result.get("skipped") or {}
+    if skipped:
+        out += ["", "Skipped:", *(f"  {name}: {why}" for name, why in skipped.items())]
     return "\n".join(out)
 
 
@@ -161,11 +229,11 @@ event. *events/s*: one client, events sent back to back. *CPU job p99*: latency
 of {cpu_streams} other streams while a job holds the GIL for {cpu_seconds:g} s,
 run the way each stack's users would (ours: the default native-thread
 executor; the bare generator: a greenlet, as ``threading.Thread`` is under
-gevent; sse-starlette: ``run_in_threadpool``; the limit: ``asyncio.to_thread``).
+gevent; sse-starlette: ``run_in_threadpool``; the limit: ``asyncio.to_thread``).{extra}
 
 {table}
 
-{walls}
+{walls}{targets}
 
 What the numbers say
 --------------------
@@ -188,8 +256,44 @@ What the numbers say
 """
 
 
-def write_docs(result: dict[str, Any]) -> list[Path]:
+REDIS_TEXT = """
+
+``ours-redis`` is ``ours-gevent``'s app on a ``RedisBroker``, under gunicorn
+with two gevent workers, against a ``redis-server`` of the run's own on
+loopback (in memory: no append-only file). The streams of the one job spread
+over both workers as the kernel hands their connections out (the split at
+each level is in the JSON), and every event goes from the publishing
+worker's native thread through one Lua step and ``PUBLISH`` in Redis to each
+worker's pub/sub reader, which fans it out to that worker's streams. *Redis
+conns/worker*: the most connections one worker held to Redis while those
+streams were open, idle and receiving, counted with ``CLIENT LIST`` by the
+names the broker gives them."""
+
+PROCESS_TEXT = """
+
+*CPU job p99, process*: the same job with ``executor="process"``: the render
+runs in a child process of its own, so it shares no GIL with the worker's
+streams."""
+
+TARGETS_TEXT = """
+
+Targets
+-------
+
+What the Redis work aims at, as ratios of figures of this run (reported,
+never asserted).
+
+{table}"""
+
+
+def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLOT) -> list[Path]:
+    """Write the docs page and its plot (to ``page`` and ``image``) from ``result``."""
     header, body = rows(result)
+    measured = result["contenders"]
+    extra = REDIS_TEXT if REDIS in measured else ""
+    if any("cpu_job_process" in data for data in measured.values()):
+        extra += PROCESS_TEXT
+    goals = targets(result)
     contenders = "\n".join(
         f"``{name}``\n    {data['label']}." for name, data in result["contenders"].items()
     )
@@ -199,7 +303,7 @@ def write_docs(result: dict[str, Any]) -> list[Path]:
         if data.get("wall")
         and max(map(int, data["levels"])) < max(map(int, result["plan"]["levels"]))
     )
-    page = PAGE.format(
+    text = PAGE.format(
         date=result["date"],
         seconds=result["seconds"],
         cpu=result["machine"]["cpu"] or "an unnamed CPU",
@@ -209,11 +313,13 @@ def write_docs(result: dict[str, Any]) -> list[Path]:
         cpu_streams=result["plan"]["cpu_streams"],
         cpu_seconds=result["plan"]["cpu_seconds"],
         contenders=contenders,
+        extra=extra,
         table=rst_table(header, body),
         walls=walls,
+        targets=TARGETS_TEXT.format(table=rst_table(*goals)) if goals[1] else "",
     )
-    DOCS_PAGE.write_text(page)
-    return [DOCS_PAGE, plot(result)]
+    page.write_text(text)
+    return [page, plot(result, image)]
 
 
 def main() -> None:

@@ -5,8 +5,12 @@ other processes reading raw sockets. All figures of one run are measured on
 the same machine within minutes of each other: absolute times drift on a
 shared machine, ratios measured together hold.
 
-    python -m benchmarks.run            # full: about 5 minutes
+    python -m benchmarks.run            # full: about 7 minutes
     python -m benchmarks.run --quick    # tiny sizes, < 60 s, asserts nothing
+
+A contender that needs Redis (``ours-redis``) gets a ``redis-server`` of its
+own for its measurement, on a free loopback port, stopped afterwards; where
+no ``redis-server`` (or redis-py) is installed it is skipped with a note.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,10 +35,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flask_sse_flush.testing import free_port, server_process
+from flask_sse_flush.testing import RedisServer, free_port, server_process
 
 from .client import raise_open_file_limit
-from .contenders import Contender, discover
+from .contenders import REDIS_URL_ENV, Contender, discover
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -76,15 +82,20 @@ def get_json(port: int, path: str) -> Any:
         return json.loads(response.read())
 
 
-def tree_rss_kib(pid: int) -> int:
-    """RSS of a process and its children (a gunicorn master and its worker)."""
-    pids = [pid]
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a gunicorn master's workers)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
+                found.append(int(stat.parent.name))
+    return found
+
+
+def tree_rss_kib(pid: int) -> int:
+    """RSS of a process and its children (a gunicorn master and its workers)."""
     total = 0
-    for each in pids:
+    for each in [pid, *children(pid)]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -92,10 +103,90 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def streams_per_worker(master: int, port: int) -> dict[str, int]:
+    """How many established connections to ``port`` each child of ``master`` holds."""
+    inodes: set[str] = set()
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "01":  # ESTABLISHED
+                    inodes.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in children(master):
+        n = 0
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    n += os.readlink(fd.path) in inodes
+        counts[str(pid)] = n
+    return counts
+
+
+class Skip(Exception):
+    """A contender cannot be measured here (e.g. no redis-server); the reason."""
+
+
+def redis_missing() -> str | None:
+    """Why a contender needing Redis cannot run here, or None."""
+    if shutil.which("redis-server") is None:
+        return "no redis-server installed (Debian: apt-get install redis-server)"
+    if importlib.util.find_spec("redis") is None:
+        return 'redis-py is not installed (pip install "flask-sse-flush[redis]")'
+    return None
+
+
+@dataclass
+class RedisProbe:
+    """Samples, during a level, the Redis connections of each worker and its streams.
+
+    A ``RedisBroker`` names every connection it opens ``<prefix>:<pid>``
+    (its ``client_name``): ``CLIENT LIST`` on the benchmark's own Redis tells
+    how many each worker holds.
+    """
+
+    url: str
+    prefix: str
+    master: int
+    port: int
+    connections: dict[str, int] = field(default_factory=dict)  # worker pid -> most seen
+    workers: dict[str, int] = field(default_factory=dict)  # worker pid -> its streams
+
+    def sample(self) -> None:
+        import redis
+
+        name = self.prefix.rstrip(":")
+        with contextlib.closing(redis.Redis.from_url(self.url, socket_timeout=10)) as client:
+            listed = client.client_list()
+        now: dict[str, int] = {}
+        for entry in listed:
+            head, _, pid = str(entry.get("name", "")).rpartition(":")
+            if head == name and pid.isdigit():
+                now[pid] = now.get(pid, 0) + 1
+        for pid, n in now.items():
+            self.connections[pid] = max(n, self.connections.get(pid, 0))
+
+    def count_streams(self) -> None:
+        self.workers = streams_per_worker(self.master, self.port)
+
+    def take(self) -> dict[str, Any]:
+        """The figures of the level, and a fresh start for the next one."""
+        out = {
+            "redis_connections": dict(self.connections),
+            "redis_connections_max": max(self.connections.values(), default=0),
+            "worker_streams": dict(self.workers),
+        }
+        self.connections, self.workers = {}, {}
+        return out
+
+
 @contextlib.contextmanager
-def server(contender: Contender) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def server(
+    contender: Contender, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(extra_env or {}))
     command = contender.command(port)
     with server_process(command, port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) as process:
         yield port, process
@@ -173,7 +264,8 @@ def runs_of(results: list[dict[str, Any]], per_run: int, runs: int) -> list[dict
 
 
 def measure_level(port: int, streams: int, count: int, interval: float, plan: Plan,
-                  pid: int, baseline: int) -> dict[str, Any]:  # fmt: skip
+                  pid: int, baseline: int, probe: RedisProbe | None = None,
+                  ) -> dict[str, Any]:  # fmt: skip
     timeout = plan.runs * (count * interval + 5) + 30
     with Clients(port, streams, count * plan.runs, timeout) as clients:
         deadline = time.monotonic() + 30
@@ -181,9 +273,17 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
             time.sleep(0.05)
         time.sleep(plan.idle_seconds)  # idle, keepalives running
         rss = tree_rss_kib(pid)
+        if probe is not None:
+            probe.count_streams()
+            probe.sample()  # idle, every stream open
         for _ in range(plan.runs):
             get_json(port, f"/pub?count={count}&interval={interval}")
-            time.sleep(count * interval + min(2.0, 0.2 + streams / 5_000))
+            wait = count * interval + min(2.0, 0.2 + streams / 5_000)
+            if probe is not None:  # and while the events flow
+                time.sleep(count * interval / 2)
+                probe.sample()
+                wait -= count * interval / 2
+            time.sleep(wait)
         results = clients.results()
     held = sum(r["complete"] for r in results)
     per_run = []
@@ -204,7 +304,7 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
     return {
         "streams": streams, "connected": clients.connected, "held": held,
         "rss_kib": rss, "rss_per_stream_kib": (rss - baseline) / max(1, clients.connected),
-        "runs": per_run, **summary,
+        "runs": per_run, **summary, **(probe.take() if probe is not None else {}),
     }  # fmt: skip
 
 
@@ -219,8 +319,9 @@ def measure_throughput(port: int, plan: Plan) -> dict[str, Any]:
     return summarise(rates)
 
 
-def measure_cpu_job(port: int, plan: Plan) -> dict[str, Any]:
+def measure_cpu_job(port: int, plan: Plan, executor: str | None = None) -> dict[str, Any]:
     count, interval = max(5, int(plan.cpu_seconds / 0.05) - 10), 0.05
+    how = "" if executor is None else f"&executor={executor}"
     runs = []
     with Clients(port, plan.cpu_streams, count * plan.runs, 120) as clients:
         for _ in range(plan.runs):
@@ -228,7 +329,7 @@ def measure_cpu_job(port: int, plan: Plan) -> dict[str, Any]:
             # server the job stalls shows it as latency, even if it sends late.
             start = time.time_ns() + 200_000_000
             get_json(port, f"/pub?count={count}&interval={interval}&start={start}")
-            get_json(port, f"/cpu?seconds={plan.cpu_seconds}")
+            get_json(port, f"/cpu?seconds={plan.cpu_seconds}{how}")
             time.sleep(max(0.0, (start - time.time_ns()) / 1e9) + plan.cpu_seconds + plan.settle)
         results = clients.results()
     for run in runs_of(results, count, plan.runs):
@@ -240,7 +341,20 @@ def measure_cpu_job(port: int, plan: Plan) -> dict[str, Any]:
 
 def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
     print(f"  {contender.name}: {contender.label}", flush=True)
-    with server(contender) as (port, process):
+    with contextlib.ExitStack() as stack:
+        env = {}
+        if contender.redis:
+            if (reason := redis_missing()) is not None:
+                raise Skip(reason)
+            try:  # in memory only: an append-only file would fsync every event
+                store = stack.enter_context(RedisServer(appendonly=False))
+            except (OSError, RuntimeError) as exc:
+                raise Skip(f"redis-server did not start: {exc}") from exc
+            env[REDIS_URL_ENV] = store.url
+        port, process = stack.enter_context(server(contender, env))
+        probe = None
+        if contender.redis:
+            probe = RedisProbe(env[REDIS_URL_ENV], contender.redis_prefix, process.pid, port)
         with Clients(port, 1, 20, 30) as warm:  # warm up imports and code paths
             get_json(port, "/pub?count=20&interval=0.001")
             warm.results()
@@ -250,25 +364,41 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
         for streams, (count, interval) in plan.levels.items():
             if streams > contender.max_streams:
                 continue
-            levels[str(streams)] = measure_level(
-                port, streams, count, interval, plan, process.pid, baseline
+            level = levels[str(streams)] = measure_level(
+                port, streams, count, interval, plan, process.pid, baseline, probe
             )
-            p50 = levels[str(streams)].get("p50", {}).get("median", math.nan)
-            print(f"    {streams:>6} streams: p50 {p50:.3f} ms", flush=True)
-        throughput = measure_throughput(port, plan)
-        cpu = measure_cpu_job(port, plan)
-    return {
-        "label": contender.label, "wall": contender.wall, "baseline_rss_kib": baseline,
-        "levels": levels, "throughput": throughput, "cpu_job": cpu,
-    }  # fmt: skip
+            p50 = level.get("p50", {}).get("median", math.nan)
+            note = f"    {streams:>6} streams: p50 {p50:.3f} ms"
+            if probe is not None:
+                split = "/".join(str(n) for n in level["worker_streams"].values())
+                note += f", streams per worker {split}"
+                note += f", Redis connections per worker <= {level['redis_connections_max']}"
+            print(note, flush=True)
+        out: dict[str, Any] = {
+            "label": contender.label, "wall": contender.wall, "baseline_rss_kib": baseline,
+            "levels": levels,
+        }  # fmt: skip
+        if contender.throughput:
+            out["throughput"] = measure_throughput(port, plan)
+        for executor in contender.cpu_executors:
+            key = "cpu_job" if executor is None else f"cpu_job_{executor}"
+            out[key] = measure_cpu_job(port, plan, executor)
+    return out
 
 
 def versions() -> dict[str, str]:
     names = ["flask", "werkzeug", "gunicorn", "gevent", "sse-starlette", "starlette", "uvicorn"]
     found = {}
-    for name in names:
+    for name in [*names, "redis"]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
+    executable = shutil.which("redis-server")
+    if executable is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError, IndexError):
+            out = subprocess.run(
+                [executable, "--version"], capture_output=True, text=True, timeout=10
+            )
+            found["redis-server"] = out.stdout.split(" v=", 1)[1].split()[0]
     found["python"] = platform.python_version()
     found["flask-sse-flush"] = metadata.version("flask-sse-flush")
     return found
@@ -305,7 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"flask-sse-flush benchmark ({'quick' if args.quick else 'full'})", flush=True)
     contenders = [c for c in CONTENDERS if not args.only or c.name in args.only]
-    measured = {c.name: measure(c, plan) for c in contenders}
+    measured, skipped = {}, {}
+    for contender in contenders:
+        try:
+            measured[contender.name] = measure(contender, plan)
+        except Skip as exc:
+            skipped[contender.name] = str(exc)
+            print(f"    note: {contender.name} skipped: {exc}", flush=True)
     result = {
         "mode": "quick" if args.quick else "full",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -316,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                  "burst": plan.burst, "cpu_streams": plan.cpu_streams,
                  "cpu_seconds": plan.cpu_seconds},
         "contenders": measured,
+        "skipped": skipped,
     }  # fmt: skip
     from .report import table, write_docs
 

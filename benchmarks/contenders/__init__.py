@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 from flask_sse_flush.testing import gunicorn_command
 
-__all__ = ["Contender", "discover", "gunicorn", "werkzeug"]
+__all__ = ["REDIS_URL_ENV", "Contender", "discover", "gunicorn", "werkzeug"]
+
+#: Where a contender that needs Redis finds the URL of the benchmark's own
+#: ``redis-server`` (started and stopped by the runner).
+REDIS_URL_ENV = "BENCH_REDIS_URL"
 
 
 @dataclass(frozen=True)
@@ -28,12 +32,24 @@ class Contender:
     command: Callable[[int], list[str]]
     wall: str = ""  # why it stops below the largest level, if it does
     rank: int = 100  # its place in the tables, smallest first
+    #: Needs a Redis: the runner starts one and passes its URL in
+    #: ``$BENCH_REDIS_URL``; the contender is skipped where there is none.
+    redis: bool = False
+    #: The key prefix of its ``RedisBroker``: the runner counts the
+    #: connections named after it in ``CLIENT LIST``, per worker.
+    redis_prefix: str = ""
+    #: Whether ``/burst`` (one stream, no broker) is measured.
+    throughput: bool = True
+    #: The CPU-job cases to measure: ``None`` is ``/cpu`` as the contender's
+    #: users would run it (``cpu_job`` in the results); a name is
+    #: ``/cpu?executor=<name>`` (``cpu_job_<name>``).
+    cpu_executors: tuple[str | None, ...] = (None,)
 
 
-def gunicorn(app: str) -> Callable[[int], list[str]]:
-    """gunicorn with one gevent worker, sized for 10,000 streams."""
+def gunicorn(app: str, workers: int = 1) -> Callable[[int], list[str]]:
+    """gunicorn with ``workers`` gevent workers, each sized for 10,000 streams."""
     options = ["--worker-connections", "12000", "--backlog", "4096", "--log-level", "warning"]
-    return lambda port: gunicorn_command(app, port, options=options)
+    return lambda port: gunicorn_command(app, port, workers=workers, options=options)
 
 
 def werkzeug(app: str) -> Callable[[int], list[str]]:

@@ -8,8 +8,10 @@
   time instead of its send time, so a stalled server shows as latency.
 * ``GET /count``: ``{"n": subscribers}``.
 * ``GET /burst?count=K``: a stream of K events sent as fast as possible.
-* ``GET /cpu?seconds=S``: start a job that holds the GIL for S seconds,
-  the way that contender's users would run it beside their streams.
+* ``GET /cpu?seconds=S[&executor=NAME]``: start a job that holds the GIL
+  for S seconds, the way that contender's users would run it beside their
+  streams (ours: a render job on the library's executor NAME, ``thread``
+  by default).
 
 Every event is ``event: tick`` with data ``{"seq": n, "t": <time_ns at send>}``.
 """
@@ -17,6 +19,10 @@ Every event is ``event: tick`` with data ``{"seq": n, "t": <time_ns at send>}``.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask_sse_flush import Progress
 
 KEEPALIVE = 1.0
 
@@ -49,3 +55,15 @@ def burn(seconds: float) -> None:
     until = time.monotonic() + seconds
     while time.monotonic() < until:
         sum(range(500))
+
+
+def burn_render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """A CPU-bound render: :func:`burn` for ``payload["seconds"]``, reporting progress.
+
+    Module-level, so ``executor="process"`` can import it by name in its child.
+    """
+    seconds = float(payload["seconds"])
+    for step in range(10):
+        progress(step * 10, "burning")
+        burn(seconds / 10)
+    return {"seconds": seconds}

@@ -2,21 +2,32 @@
 
 The broadcast publishes from a native OS thread, as the blueprint runs its
 jobs by default, so the fan-out crosses from that thread to the hub.
+
+``ours-redis`` is the same app on a :class:`RedisBroker` with two gunicorn
+workers: the streams of the one job land on both, and every event goes from
+the publishing worker's thread through Redis to each worker's pub/sub
+reader, which fans it out to that worker's streams.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from flask_sse_flush import Event, EventStream
-from flask_sse_flush.brokers import MemoryBroker, event_id
+from flask_sse_flush import Event, EventStream, JobService, Settings
+from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker, event_id
+from flask_sse_flush.processes import ProcessRender
 from flask_sse_flush.runtime import new_lock, start_greenlet, start_native_thread
+from flask_sse_flush.service import spawner
 
-from . import Contender, gunicorn, werkzeug
-from .common import KEEPALIVE, burn, pause, schedule, tick
+from . import REDIS_URL_ENV, Contender, gunicorn, werkzeug
+from .common import KEEPALIVE, burn_render, pause, schedule, tick
+
+REDIS_PREFIX = "bench:"
 
 CONTENDERS = [
     Contender(
@@ -25,6 +36,18 @@ CONTENDERS = [
         10_000,
         gunicorn("benchmarks.contenders.ours:app"),
         rank=1,
+        cpu_executors=(None, "process"),
+    ),
+    Contender(
+        "ours-redis",
+        "flask-sse-flush on a RedisBroker, gunicorn -k gevent -w 2",
+        10_000,
+        gunicorn("benchmarks.contenders.ours:create_redis_app()", workers=2),
+        rank=1,
+        redis=True,
+        redis_prefix=REDIS_PREFIX,
+        throughput=False,  # /burst never touches the broker: ours-gevent measures it
+        cpu_executors=(),
     ),
     Contender(
         "ours-werkzeug",
@@ -39,32 +62,57 @@ CONTENDERS = [
 JOB = "bench"
 
 
-def create_app() -> Flask:
+def create_app(broker: Broker | None = None, *, paced: bool = False) -> Flask:
+    """The benchmark app on ``broker`` (which must hold the job ``JOB``).
+
+    ``paced``: a ``/pub`` keeps to its schedule (event *i* leaves at
+    ``i * interval`` after the first, stamped with its send time as ever)
+    rather than sleeping ``interval`` after each publish. With two workers
+    the next ``/pub`` may land on the other one: a publisher running late
+    would overlap it, both would number events alike, and the broker drops
+    repeated numbers.
+    """
     app = Flask(__name__)
-    # The log is for replay; a broadcast benchmark needs only a little of it.
-    broker = MemoryBroker(max_events=16)
-    broker.create(JOB)
+    if broker is None:
+        # The log is for replay; a broadcast benchmark needs only a little of it.
+        broker = MemoryBroker(max_events=16)
+        broker.create(JOB)
+    store = broker
     lock = new_lock()  # the publisher is a native thread
     state = {"seq": 0}
+    # The CPU-bound job, on each of the library's executors for it.
+    settings = Settings(max_jobs=None)
+    jobs = {
+        "thread": JobService(burn_render, store, spawner("thread"), settings),
+        "process": JobService(ProcessRender(burn_render), store, spawner("process"), settings),
+    }
 
     def publish(count: int, interval: float, start: int | None) -> None:
+        status = store.status(JOB)
+        assert status is not None
+        with lock:  # with two workers, the last /pub may have been the other one's
+            state["seq"] = max(state["seq"], status.last_seq)
         due = schedule(count, interval, start)
         time.sleep(pause(0, due[0]))
+        begun = time.monotonic()
         for i in range(count):
             with lock:
                 state["seq"] += 1
                 seq = state["seq"]
             event = Event(tick(seq, due[i]), event="tick", id=event_id(JOB, seq))
-            broker.publish(JOB, seq, event)
-            time.sleep(pause(interval, due[i + 1] if i + 1 < count else None))
+            store.publish(JOB, seq, event)
+            if paced and start is None:
+                time.sleep(max(0.0, begun + (i + 1) * interval - time.monotonic()))
+            else:
+                time.sleep(pause(interval, due[i + 1] if i + 1 < count else None))
 
     @app.get("/sub")
     def sub() -> Any:
         stream = EventStream(keepalive=KEEPALIVE)
-        status = broker.status(JOB)
+        status = store.status(JOB)
         assert status is not None
-        stream.on_close(lambda: broker.unsubscribe(JOB, stream))
-        broker.subscribe(JOB, stream, after=status.last_seq)
+        stream.on_close(lambda: store.unsubscribe(JOB, stream))
+        store.subscribe(JOB, stream, after=status.last_seq)
         return stream.response()
 
     @app.get("/pub")
@@ -76,7 +124,7 @@ def create_app() -> Flask:
 
     @app.get("/count")
     def count() -> Any:
-        return jsonify(n=broker.subscribers(JOB))
+        return jsonify(n=store.subscribers(JOB))  # on every worker, with Redis
 
     @app.get("/burst")
     def burst() -> Response:
@@ -95,10 +143,19 @@ def create_app() -> Flask:
     @app.get("/cpu")
     def cpu() -> Any:
         seconds = float(request.args["seconds"])
-        start_native_thread(lambda: burn(seconds), name="bench cpu job")  # the default executor
-        return jsonify(ok=True)
+        # "thread" is the default executor: a native thread, switch interval lowered.
+        job = jobs[request.args.get("executor", "thread")].start({"seconds": seconds})
+        return jsonify(ok=True, job=job.id)
 
     return app
+
+
+def create_redis_app() -> Flask:
+    """The app of one gunicorn worker of ``ours-redis`` (made in the worker, after the fork)."""
+    broker = RedisBroker(os.environ[REDIS_URL_ENV], prefix=REDIS_PREFIX, max_events=16)
+    with contextlib.suppress(ValueError):  # the other worker created it first
+        broker.create(JOB)
+    return create_app(broker, paced=True)
 
 
 app = create_app()

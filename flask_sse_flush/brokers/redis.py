@@ -623,16 +623,19 @@ class RedisBroker:
         return self._call(lambda: self._unsubscribe(job_id, subscriber))
 
     def _unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
+        # No I/O under these locks: under gevent they are native locks, and a
+        # greenlet that yielded while holding one would freeze the hub.
+        attached = emptied = False
         with self._lock:
             local = self._locals.get(job_id)
-            if local is None:
-                return self._subscribers(job_id)
-            with local.lock:
-                attached = subscriber in local.members or subscriber in local.joining
-                local.drop(subscriber)
-                if not local.count():
-                    del self._locals[job_id]
-        if not local.count():
+            if local is not None:
+                with local.lock:
+                    attached = subscriber in local.members or subscriber in local.joining
+                    local.drop(subscriber)
+                    if not local.count():
+                        del self._locals[job_id]
+                        emptied = True
+        if emptied:
             self._reader_wants_change()
         try:
             if not attached:
@@ -788,14 +791,15 @@ class RedisBroker:
                     *local.joining.items(),
                 ]
                 if all(last >= start for _, last in targets):
+                    # Everyone is covered by this read: from here on, live.
+                    local.seq = max(local.seq, status.last_seq)
+                    local.synced = True
+                    for subscriber, last in targets:
+                        if subscriber in local.joining:
+                            local.joining[subscriber] = max(last, local.seq)
+                    local.promote()
                     break
             # A stream joined behind our read meanwhile: read from its place.
-        with local.lock:
-            local.seq = max(local.seq, status.last_seq)
-            local.synced = True
-            for subscriber in list(local.joining):
-                local.joining[subscriber] = max(local.joining[subscriber], local.seq)
-            local.promote()
         gone: list[Subscriber] = []
         for subscriber, last in targets:
             try:
