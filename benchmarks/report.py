@@ -303,6 +303,10 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         if data.get("wall")
         and max(map(int, data["levels"])) < max(map(int, result["plan"]["levels"]))
     )
+    skipped = "\n".join(
+        f"* ``{name}`` was not measured: {why}." for name, why in result.get("skipped", {}).items()
+    )
+    walls = "\n".join(part for part in (walls, skipped) if part)
     text = PAGE.format(
         date=result["date"],
         seconds=result["seconds"],

@@ -5,7 +5,7 @@ other processes reading raw sockets. All figures of one run are measured on
 the same machine within minutes of each other: absolute times drift on a
 shared machine, ratios measured together hold.
 
-    python -m benchmarks.run            # full: about 7 minutes
+    python -m benchmarks.run            # full: about 10 minutes
     python -m benchmarks.run --quick    # tiny sizes, < 60 s, asserts nothing
 
 A contender that needs Redis (``ours-redis``) gets a ``redis-server`` of its
@@ -372,7 +372,7 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
             if probe is not None:
                 split = "/".join(str(n) for n in level["worker_streams"].values())
                 note += f", streams per worker {split}"
-                note += f", Redis connections per worker <= {level['redis_connections_max']}"
+                note += f", Redis connections of a worker: at most {level['redis_connections_max']}"
             print(note, flush=True)
         out: dict[str, Any] = {
             "label": contender.label, "wall": contender.wall, "baseline_rss_kib": baseline,

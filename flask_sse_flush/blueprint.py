@@ -144,12 +144,23 @@ def _error_response(exc: SSEFlushError) -> Response:
 
 
 def _default_broker(app: Flask, coalescing: Coalescing | None) -> Broker:
-    """A RedisBroker on ``SSE_FLUSH_REDIS_URL`` when the app sets it, else a MemoryBroker."""
+    """A RedisBroker on ``SSE_FLUSH_REDIS_URL`` when the app sets it, else a MemoryBroker.
+
+    Every blueprint of an app with the same Redis URL and coalescing shares
+    one RedisBroker, so a worker holds one set of connections, not one per
+    blueprint.
+    """
     options: dict[str, Any] = {} if coalescing is None else {"coalesce": coalescing}
     url = app.config.get(REDIS_URL_KEY)
-    if url:
-        return RedisBroker(str(url), **options)
-    return MemoryBroker(**options)
+    if not url:
+        return MemoryBroker(**options)
+    shared: dict[tuple[str, Coalescing | None], Broker] = app.extensions.setdefault(
+        "sse_flush.redis", {}
+    )
+    key = (str(url), coalescing)
+    if key not in shared:
+        shared[key] = RedisBroker(str(url), **options)
+    return shared[key]
 
 
 def create_render_blueprint(

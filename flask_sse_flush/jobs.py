@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
-from .exceptions import Cancelled, JobEnded, UnknownJob
+from .exceptions import BrokerUnavailable, Cancelled, JobEnded, UnknownJob
 from .frames import Event
 from .runtime import new_lock
 
@@ -235,6 +235,11 @@ class RenderJob:
     def _end(self, name: str, data: Any, change: StatusChange) -> None:
         try:
             self._publish(name, data, change, final=True)
+            return
+        except BrokerUnavailable:
+            # The store stayed away past its outage timeout: a second publish
+            # would only wait that long again. Streams got their own error.
+            log.error("job %s ended but its event store is unavailable", self.id)
             return
         except Exception:
             log.exception("job %s could not publish its %s event", self.id, name)

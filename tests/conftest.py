@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from flask_sse_flush.testing import RedisServer
-
 from tests.browser import support as browser
 from tests.integration.support import Server, running_server
 from tests.timing import measurements

@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_sse_flush import Cancelled, Progress, create_render_blueprint
-from flask_sse_flush.brokers import MemoryBroker
+from flask_sse_flush.brokers import MemoryBroker, RedisBroker
 from flask_sse_flush.testing import iter_events, parse_events
 
 
@@ -336,3 +336,41 @@ def test_conforms_to_pep_3333_under_wsgiref_validator(recorder: Recorder) -> Non
     status, headers, body = _call_validated(app, "/render/stream?data=%5B%5D")
     assert status.startswith("400")
     assert "must be a JSON object" in json.loads(body)["error"]
+
+
+def test_sse_flush_redis_url_gives_every_blueprint_one_shared_redis_broker() -> None:
+    app = Flask(__name__)
+    app.config["SSE_FLUSH_REDIS_URL"] = "redis://127.0.0.1:1/0"  # not connected until used
+    app.register_blueprint(create_render_blueprint(lambda p, progress: {}))
+    app.register_blueprint(
+        create_render_blueprint(lambda p, progress: {}, name="b", url_prefix="/b")
+    )
+    services = app.extensions["sse_flush"]
+    assert isinstance(services["sse_flush"].broker, RedisBroker)
+    assert services["sse_flush"].broker is services["b"].broker
+    assert services["sse_flush"].broker.url == "redis://127.0.0.1:1/0"
+    other = Flask(__name__)
+    other.register_blueprint(create_render_blueprint(lambda p, progress: {}))
+    assert isinstance(other.extensions["sse_flush"]["sse_flush"].broker, MemoryBroker)
+
+
+def test_an_unreachable_redis_is_a_json_503_not_a_500() -> None:
+    app = Flask(__name__)
+    app.register_blueprint(
+        create_render_blueprint(
+            lambda p, progress: {},
+            broker=RedisBroker("redis://127.0.0.1:1/0", request_timeout=0.2, socket_timeout=0.2),
+        )
+    )
+    client = app.test_client()
+    for response in (
+        client.get("/render/stream?data=%7B%7D"),
+        client.get("/render/0123abcd"),
+        client.get("/render/stream", headers={"Last-Event-ID": "0123abcd-3"}),
+        client.delete("/render/0123abcd"),
+        client.post("/render", json={}),
+    ):
+        assert response.status_code == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert response.get_json() == {"error": "the event store is unavailable; try again later"}
+        assert response.mimetype == "application/json"

@@ -855,7 +855,11 @@ class RedisBroker:
             locals_, self._locals = list(self._locals.values()), {}
         if not locals_:
             return
-        frame = Event({"message": f"{_UNAVAILABLE}; reconnect to resume"}, event="error").frame
+        # Not the job's end: no id (the browser resumes from its last event)
+        # and "reconnect": true, so a client can tell it from a job's error.
+        frame = Event(
+            {"message": f"{_UNAVAILABLE}; reconnect to resume", "reconnect": True}, event="error"
+        ).frame
         log.error(
             "Redis unreachable for %.0f s: ending %d jobs' streams",
             self.outage_timeout,

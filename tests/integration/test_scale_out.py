@@ -298,6 +298,7 @@ def test_redis_down_past_the_outage_timeout_ends_streams_then_serves_again(
             ended_after = time.monotonic() - stopped_at
         assert events[-1].event == "error"
         assert "unavailable" in events[-1].json()["message"]
+        assert events[-1].json()["reconnect"] is True and events[-1].id is None
         assert_under(ended_after, 1.5 + 5.0, "stream ended after Redis stopped (s)")
 
         for request in (stream_path({"steps": 1}), "/render/0123abcd"):
