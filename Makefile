@@ -39,7 +39,7 @@ test: system-deps lint typecheck docs smoke pytest bench-quick
 
 # Our streams against sse-starlette, a bare generator and the raw-socket
 # limit, in one run: prints the table, writes benchmarks/results/latest.json
-# and regenerates docs/benchmarks.rst and its plot (about 5 minutes).
+# and regenerates docs/benchmarks.rst and its plot (about 10 minutes).
 bench: $(VENV)/.dev-stamp
 	$(BIN)/python -m benchmarks.run
 

@@ -38,7 +38,8 @@ from .exceptions import (
 )
 from .frames import Coalescing
 from .headers import setup_sse_headers
-from .jobs import RenderFunction
+from .jobs import ErrorMessage, RenderFunction
+from .jobs import error_message as default_error_message
 from .processes import ProcessRender
 from .service import RETRY_AFTER_SECONDS, Executor, JobService, QueuedJob, Spawn, spawner
 from .settings import DisconnectPolicy, Settings
@@ -178,6 +179,7 @@ def create_render_blueprint(
     max_jobs: int | None = None,
     buffer: int | None = 256,
     coalesce: Coalescing | Collection[str] | None = None,
+    error_message: ErrorMessage | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -256,6 +258,12 @@ def create_render_blueprint(
         matters), for the broker the blueprint makes; progress by default.
         A broker passed in declares its own (``MemoryBroker(coalesce=...)``):
         passing both is an error, so the two can never disagree.
+    :param error_message: ``error_message(exc) -> str``, what the ``error``
+        event and the job's status say when ``render`` raised ``exc``. By
+        default (:func:`~flask_sse_flush.jobs.error_message`) a
+        :class:`~flask_sse_flush.RenderError`'s own message, otherwise only
+        "the render failed (<class>)": an exception's text may hold paths
+        or secrets, and goes to the server's log instead.
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
     """
@@ -287,7 +295,11 @@ def create_render_blueprint(
         settings = Settings.resolve(app.config, **explicit)
         store = broker if broker is not None else _default_broker(app, coalescing)
         app.extensions.setdefault("sse_flush", {})[name] = JobService(
-            render, store, spawn, settings
+            render,
+            store,
+            spawn,
+            settings,
+            error_message=error_message or default_error_message,
         )
 
     def service() -> JobService:

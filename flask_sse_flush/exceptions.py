@@ -10,6 +10,7 @@ __all__ = [
     "JobEnded",
     "JobNotStarted",
     "PayloadTooLarge",
+    "RenderError",
     "SSEFlushError",
     "StreamClosed",
     "TooManyJobs",
@@ -25,6 +26,20 @@ class SSEFlushError(Exception):
     """Base class of every error this library raises on purpose.
 
     Catch it to handle any of them; the subclasses say what went wrong.
+    """
+
+
+class RenderError(SSEFlushError):
+    """A render failed with a message meant for its user.
+
+    Raise it (or a subclass) from a render callable: the ``error`` event and
+    the job's status carry ``str(exc)`` as it is. Any other exception's
+    text stays in the server's log; the client is told only that the
+    render failed, and the exception's class (see
+    :func:`~flask_sse_flush.jobs.error_message`), so no path, secret or
+    ``repr`` of the app's internals reaches a browser.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -13,18 +13,20 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
 from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
-from .exceptions import BrokerUnavailable, Cancelled, JobEnded, UnknownJob
+from .exceptions import BrokerUnavailable, Cancelled, JobEnded, RenderError, UnknownJob
 from .frames import Event
 from .runtime import new_lock
 
 __all__ = [
     "CompleteData",
     "ErrorData",
+    "ErrorMessage",
     "JobState",
     "Progress",
     "ProgressData",
     "RenderFunction",
     "RenderJob",
+    "error_message",
     "new_job_id",
     "run_job",
 ]
@@ -133,9 +135,24 @@ def _cancelled_message(exc: Cancelled) -> str:
     return f"the job was cancelled: {reason}" if reason else "the job was cancelled"
 
 
+#: ``error_message(exc) -> str``: what the ``error`` event and the job's
+#: status say when the render raised ``exc``.
+ErrorMessage = Callable[[BaseException], str]
+
+
 def error_message(exc: BaseException) -> str:
-    """The text of an ``error`` event for ``exc``, as ``error.message`` was."""
-    return str(exc) or type(exc).__name__
+    """The default text of the ``error`` event of a render that raised ``exc``.
+
+    A :class:`~flask_sse_flush.RenderError` says what its message says;
+    anything else says ``"the render failed (<exception class>)"`` and
+    nothing of its message, which may hold paths, queries or secrets (the
+    full traceback goes to the server's log).
+    """
+    if isinstance(exc, RenderError):
+        return str(exc) or "the render failed"
+    # A failure in a child process names the class it had there.
+    name = getattr(exc, "type_name", None) or type(exc).__name__
+    return f"the render failed ({name})"
 
 
 def new_job_id() -> str:
@@ -168,6 +185,8 @@ class RenderJob:
     :param existing: the job was created already (by a web worker that
         handed it to a queue): run it under its id, numbering its events
         after those already published. See :func:`run_job`.
+    :param error_message: what the ``error`` event says for an exception
+        of the render (:func:`error_message` by default).
     :raises UnknownJob: ``existing`` and the broker has no such job.
     :raises JobEnded: ``existing`` and the job has ended already.
     """
@@ -181,8 +200,10 @@ class RenderJob:
         job_id: str | None = None,
         limit: int | None = None,
         existing: bool = False,
+        error_message: ErrorMessage = error_message,
     ) -> None:
         self.id = job_id if job_id is not None else new_job_id()
+        self._error_message = error_message
         self.payload = payload
         self.broker = broker
         self._render = render
@@ -252,6 +273,16 @@ class RenderJob:
         except Exception:
             log.exception("job %s could not publish its error event either", self.id)
 
+    def _message(self, exc: BaseException) -> str:
+        try:
+            message: object = self._error_message(exc)  # an app's hook: check it
+            if isinstance(message, str):
+                return message
+            log.error("error_message returned %r, not a str", message)
+        except Exception:
+            log.exception("the error_message hook failed for job %s", self.id)
+        return error_message(exc)
+
     def run(self) -> None:
         """Run the render to its end and publish the terminal event.
 
@@ -276,7 +307,7 @@ class RenderJob:
             self._fail(_cancelled_message(exc), "cancelled")
         except Exception as exc:
             log.exception("render job %s failed", self.id)
-            self._fail(error_message(exc))
+            self._fail(self._message(exc))
         except BaseException as exc:
             # gevent.Timeout, GreenletExit, SystemExit: not errors of the
             # render's own, but its clients must still hear that it ended.
@@ -287,7 +318,12 @@ class RenderJob:
 
 
 def run_job(
-    render: RenderFunction, job_id: str, payload: dict[str, Any], broker: Broker
+    render: RenderFunction,
+    job_id: str,
+    payload: dict[str, Any],
+    broker: Broker,
+    *,
+    error_message: ErrorMessage = error_message,
 ) -> JobStatus | None:
     """Run, in this process, a job that a render blueprint created and handed to a queue.
 
@@ -300,6 +336,8 @@ def run_job(
     of them makes the render's next ``progress()`` raise
     :class:`~flask_sse_flush.Cancelled`.
 
+    :param error_message: what the ``error`` event says for an exception of
+        the render (as the blueprint's option).
     :returns: the job's status once it has ended (``None`` if the store has
         purged it already, as a zero ``retention`` does).
     :raises UnknownJob: the store has no such job (never created, or purged).
@@ -307,6 +345,8 @@ def run_job(
 
     .. versionadded:: 0.2
     """
-    job = RenderJob(render, payload, broker, job_id=job_id, existing=True)
+    job = RenderJob(
+        render, payload, broker, job_id=job_id, existing=True, error_message=error_message
+    )
     job.run()
     return broker.status(job_id)

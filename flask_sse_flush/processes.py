@@ -8,7 +8,7 @@ hub under gevent, a thread otherwise): it starts the child, hands it the
 render and the payload, and relays the child's reports to the job's
 :class:`~flask_sse_flush.Progress`, which publishes them as usual.
 
-The child is a fresh interpreter (``python -m flask_sse_flush.processes``),
+The child is a fresh interpreter running :func:`main`,
 so nothing of the worker's hub, sockets or locks crosses into it, and the
 render must be importable by name: a module-level function (it is pickled
 by reference). The wire between them is JSON lines:
@@ -16,7 +16,8 @@ by reference). The wire between them is JSON lines:
 * parent to child: the job (``render``, ``payload``, ``path``), then
   ``cancel`` if the job is cancelled;
 * child to parent: ``{"p": [percent, phase]}`` per report, then one of
-  ``{"result": {...}}``, ``{"cancelled": message}`` or ``{"error": message}``.
+  ``{"result": {...}}``, ``{"cancelled": message}`` or ``{"error": message,
+  "type": class name, "user": is it a RenderError}``.
 
 The child's own standard output goes to its standard error (the server's
 log), so a render's ``print`` cannot break the wire.
@@ -33,14 +34,25 @@ import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
-from .exceptions import Cancelled, SSEFlushError
+from .exceptions import Cancelled, RenderError, SSEFlushError
 from .jobs import Progress, RenderFunction
 
 __all__ = ["ProcessRender", "RenderProcessError", "main"]
 
 
+_CHILD = "import sys; from flask_sse_flush.processes import main; sys.exit(main())"
+
+
 class RenderProcessError(SSEFlushError):
-    """The render failed in its child process; the message is the child's error."""
+    """The render failed in its child process; the message is the child's error.
+
+    :attr:`type_name` is the class of the exception the child raised, which
+    the default ``error_message`` names (its message stays in the log).
+    """
+
+    def __init__(self, message: str, type_name: str = "RenderProcessError") -> None:
+        super().__init__(message)
+        self.type_name = type_name
 
 
 class ProcessRender:
@@ -67,7 +79,9 @@ class ProcessRender:
         import subprocess  # gevent's, under gevent: this greenlet waits cooperatively
 
         spec = {"render": self._pickled, "payload": payload, "path": sys.path}
-        command = [sys.executable, "-m", "flask_sse_flush.processes"]
+        # Not `-m flask_sse_flush.processes`: the package's __init__ imports
+        # this module first, and runpy would warn about running it twice.
+        command = [sys.executable, "-c", _CHILD]
         with subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         ) as child:
@@ -89,7 +103,10 @@ class ProcessRender:
         if "cancelled" in outcome:
             progress.cancel()
             raise Cancelled(str(outcome["cancelled"]))
-        raise RenderProcessError(str(outcome.get("error") or "the render failed"))
+        message = str(outcome.get("error") or "the render failed")
+        if outcome.get("user"):
+            raise RenderError(message)
+        raise RenderProcessError(message, str(outcome.get("type") or "Exception"))
 
 
 def _relay(lines: IO[str], progress: Progress) -> dict[str, Any] | None:
@@ -144,7 +161,13 @@ def main() -> int:
         import traceback
 
         traceback.print_exc()  # to the server's log, in full
-        send({"error": str(exc) or type(exc).__name__})
+        send(
+            {
+                "error": str(exc) or type(exc).__name__,
+                "type": type(exc).__name__,
+                "user": isinstance(exc, RenderError),
+            }
+        )
     wire.close()
     return 0
 

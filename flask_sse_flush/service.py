@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, TypeAlias, Union
 
 from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
-from .jobs import RenderFunction, RenderJob
+from .jobs import ErrorMessage, RenderFunction, RenderJob, error_message
 from .runtime import new_lock, start_greenlet, start_native_thread
 from .settings import DisconnectPolicy, Settings
 
@@ -96,12 +96,20 @@ class JobService:
     :param broker: where the jobs' events and status live.
     :param spawn: starts each job (see :func:`spawner`).
     :param settings: the blueprint's resolved settings.
+    :param error_message: what a failed render's ``error`` event says.
     """
 
     def __init__(
-        self, render: RenderFunction, broker: Broker, spawn: Spawn, settings: Settings
+        self,
+        render: RenderFunction,
+        broker: Broker,
+        spawn: Spawn,
+        settings: Settings,
+        *,
+        error_message: ErrorMessage = error_message,
     ) -> None:
         self.render = render
+        self.error_message = error_message
         self.broker = broker
         self.settings = settings
         self._spawn = spawn
@@ -149,7 +157,13 @@ class JobService:
             with an ``error`` event, so nobody waits on it).
         :raises BrokerUnavailable: the broker's store cannot be reached.
         """
-        job = RenderJob(self.render, payload, self.broker, limit=self.settings.max_jobs)
+        job = RenderJob(
+            self.render,
+            payload,
+            self.broker,
+            limit=self.settings.max_jobs,
+            error_message=self.error_message,
+        )
         with self._lock:
             self._jobs.add(job.id)
         try:

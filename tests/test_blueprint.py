@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush import Cancelled, Progress, RenderError, create_render_blueprint
 from flask_sse_flush.brokers import MemoryBroker, RedisBroker
 from flask_sse_flush.testing import iter_events, parse_events
 
@@ -106,7 +106,8 @@ def test_repeated_progress_is_dropped() -> None:
 def test_render_exception_becomes_one_error_event(client: FlaskClient) -> None:
     events = parse_events(client.get(url({"fail": "out of disk"}), buffered=False))
     assert events[-1].event == "error"
-    assert events[-1].json() == {"message": "out of disk"}
+    # Its own text stays in the server's log: it may hold paths or secrets.
+    assert events[-1].json() == {"message": "the render failed (RuntimeError)"}
     assert [e.event for e in events].count("error") == 1
     assert "complete" not in [e.event for e in events]
 
@@ -116,7 +117,7 @@ def test_render_returning_a_non_dict_is_an_error() -> None:
         make_app(lambda p, progress: ["nope"]).test_client().get(url({}), buffered=False)
     )
     assert [e.event for e in events] == ["error"]
-    assert "must return a dict" in events[0].json()["message"]
+    assert events[0].json()["message"] == "the render failed (TypeError)"
 
 
 def test_events_flow_while_the_job_works() -> None:
@@ -374,3 +375,60 @@ def test_an_unreachable_redis_is_a_json_503_not_a_500() -> None:
         assert response.headers["Retry-After"].isdigit()
         assert response.get_json() == {"error": "the event store is unavailable; try again later"}
         assert response.mimetype == "application/json"
+
+
+SECRET = "/srv/app/secret_module.py: db password=hunter2"
+
+
+def leaky(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    progress(10, "bundling")
+    if payload.get("user"):
+        raise RenderError("the title is too long for the cover")
+    raise RuntimeError(SECRET)
+
+
+@pytest.mark.parametrize("executor", ["thread", "greenlet"])
+def test_an_unexpected_exception_leaks_nothing_to_the_client(executor: str) -> None:
+    app = Flask(__name__)
+    app.register_blueprint(create_render_blueprint(leaky, executor=executor))
+    client = app.test_client()
+    events = parse_events(client.get(url({}), buffered=False))
+    assert events[-1].event == "error"
+    message = events[-1].json()["message"]
+    assert message == "the render failed (RuntimeError)"
+    job_id = (events[-1].id or "").rsplit("-", 1)[0]
+    status = client.get(f"/render/{job_id}").get_json()
+    assert status["error"] == message
+    for text in (message, json.dumps(status)):
+        assert "secret" not in text and "/srv" not in text and "Traceback" not in text
+
+
+def test_a_render_error_reaches_the_user_as_written() -> None:
+    app = Flask(__name__)
+    app.register_blueprint(create_render_blueprint(leaky))
+    events = parse_events(app.test_client().get(url({"user": True}), buffered=False))
+    assert events[-1].json() == {"message": "the title is too long for the cover"}
+
+
+def test_the_error_message_hook_decides_what_the_client_reads() -> None:
+    seen: list[BaseException] = []
+
+    def message(exc: BaseException) -> str:
+        seen.append(exc)
+        return f"sorry ({len(seen)})"
+
+    def broken_hook(exc: BaseException) -> str:
+        raise ValueError("a bug in the hook")
+
+    app = Flask(__name__)
+    app.register_blueprint(create_render_blueprint(leaky, error_message=message))
+    app.register_blueprint(
+        create_render_blueprint(leaky, name="b", url_prefix="/b", error_message=broken_hook)
+    )
+    client = app.test_client()
+    events = parse_events(client.get(url({}), buffered=False))
+    assert events[-1].json() == {"message": "sorry (1)"}
+    assert isinstance(seen[0], RuntimeError)
+    # A hook that fails falls back to the default: still nothing leaks.
+    events = parse_events(client.get("/b" + url({}), buffered=False))
+    assert events[-1].json() == {"message": "the render failed (RuntimeError)"}

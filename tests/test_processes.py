@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from flask import Flask
 
-from flask_sse_flush import Cancelled, Progress, create_render_blueprint
+from flask_sse_flush import Cancelled, Progress, RenderError, create_render_blueprint
 from flask_sse_flush.processes import ProcessRender
 from flask_sse_flush.testing import parse_events
 
@@ -30,6 +30,8 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     print("a render may print; it goes to the log")
     if payload.get("fail"):
         raise RuntimeError(payload["fail"])
+    if payload.get("refuse"):
+        raise RenderError(payload["refuse"])
     if payload.get("bad"):
         return "not a dict"  # type: ignore[return-value]
     return {"filename": "out.mp4", "url": "/out.mp4", "pid": os.getpid()}
@@ -56,14 +58,18 @@ def test_the_render_runs_in_another_process_and_streams_its_progress() -> None:
 
 @pytest.mark.parametrize(
     ("payload", "message"),
-    [({"fail": "the encoder broke"}, "the encoder broke"), ({"bad": True}, "must return a dict")],
+    [
+        ({"fail": "/srv/secret.py: the encoder broke"}, "the render failed (RuntimeError)"),
+        ({"bad": True}, "the render failed (TypeError)"),
+        ({"refuse": "that title is too long"}, "that title is too long"),
+    ],
 )
 def test_a_failure_in_the_child_is_the_jobs_error_event(
     payload: dict[str, Any], message: str
 ) -> None:
     events = parse_events(client().get(stream(payload), buffered=False))
     assert events[-1].event == "error"
-    assert message in events[-1].json()["message"]
+    assert events[-1].json()["message"] == message
 
 
 def test_cancelling_reaches_the_child() -> None:

@@ -19,6 +19,7 @@ starts the children and relays their progress lines.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from typing import Any
 from uuid import uuid4
 
 from .. import Progress, call_on_hub, map_bundle_progress, map_render_progress
+from .. import RenderError as LibraryRenderError
 
 __all__ = [
     "FILENAME",
@@ -43,6 +45,8 @@ __all__ = [
     "validate_payload",
 ]
 
+log = logging.getLogger(__name__)
+
 #: The names of the files the demo writes; nothing else is ever served.
 FILENAME = re.compile(r"recap-[0-9a-f]{32}\.mp4")
 #: A video still being encoded (or left by a crash): cleaned up, never served.
@@ -51,7 +55,7 @@ MAX_BOOKS = 8
 MAX_TITLE = 60
 
 
-class RenderError(RuntimeError):
+class RenderError(LibraryRenderError):
     """The render failed; its message is shown to the user."""
 
 
@@ -221,7 +225,9 @@ def _run_child(
         errors.seek(0)
         message = errors.read().decode("utf-8", "replace").strip()[-300:]
     if process.returncode != 0:
-        raise RenderError(f"{what} failed ({process.returncode}): {message}")
+        # The tool's own words (paths, versions) stay in the server's log.
+        log.error("%s failed (%d): %s", what, process.returncode, message)
+        raise RenderError(f"{what} failed ({process.returncode})")
 
 
 def clean_old_files(settings: RenderSettings) -> None:

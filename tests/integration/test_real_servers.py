@@ -94,7 +94,7 @@ def test_job_failure_ends_the_stream_with_an_error_event(server: Server) -> None
     with raw_get(server.port, stream_path(payload)) as response:
         events = [a.event for a in response.arrivals()]
     assert [e.event for e in events] == ["progress", "progress", "error"]
-    assert events[-1].json() == {"message": "disk full"}
+    assert events[-1].json() == {"message": "the render failed (RuntimeError)"}
 
 
 @pytest.mark.parametrize(
