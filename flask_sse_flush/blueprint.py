@@ -41,13 +41,23 @@ from .headers import setup_sse_headers
 from .jobs import ErrorMessage, RenderFunction
 from .jobs import error_message as default_error_message
 from .processes import ProcessRender
-from .service import RETRY_AFTER_SECONDS, Executor, JobService, QueuedJob, Spawn, spawner
+from .service import (
+    ANYONE,
+    RETRY_AFTER_SECONDS,
+    Anyone,
+    Executor,
+    JobService,
+    QueuedJob,
+    Spawn,
+    spawner,
+)
 from .settings import DisconnectPolicy, Settings
 from .stream import EventStream
 
 __all__ = [
     "DisconnectPolicy",
     "Executor",
+    "Identity",
     "QueuedJob",
     "SSEFlush",
     "Spawn",
@@ -66,6 +76,11 @@ REDIS_URL_KEY = "SSE_FLUSH_REDIS_URL"
 #: :class:`LookupError` to reject it with a ``400``. Returning ``None``
 #: keeps the payload as it was.
 Validator = Callable[[dict[str, Any]], "Mapping[str, Any] | None"]
+
+
+#: ``identity() -> str | None``: who is calling, inside the request (a user
+#: id, a session's account, a token's subject); ``None`` for anonymous.
+Identity = Callable[[], "str | None"]
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -180,6 +195,7 @@ def create_render_blueprint(
     buffer: int | None = 256,
     coalesce: Coalescing | Collection[str] | None = None,
     error_message: ErrorMessage | None = None,
+    identity: Identity | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -264,6 +280,14 @@ def create_render_blueprint(
         :class:`~flask_sse_flush.RenderError`'s own message, otherwise only
         "the render failed (<class>)": an exception's text may hold paths
         or secrets, and goes to the server's log instead.
+    :param identity: ``identity() -> str | None``, called inside each
+        request: the caller's identity, or ``None`` for an anonymous one.
+        A job belongs to the identity that started it, stored with the job
+        (so it holds across workers with Redis); every route that names a
+        job (``?job=``, ``Last-Event-ID`` or ``lastEventId``, ``GET`` and
+        ``DELETE /render/<id>``) answers any other identity with the same
+        ``404`` as an unknown job. Without it, any caller who knows a job's
+        id (128 random bits) may use it.
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
     """
@@ -311,6 +335,18 @@ def create_render_blueprint(
     # client gone mid-body) answer in the same JSON shape, not HTML.
     blueprint.register_error_handler(HTTPException, _http_error)
 
+    def caller() -> str | Anyone | None:
+        if identity is None:
+            return ANYONE
+        who = identity()
+        if who is not None and not isinstance(who, str):
+            raise TypeError(f"identity() must return a str or None, not {type(who).__name__}")
+        return who
+
+    def owner() -> str | None:
+        who = caller()
+        return None if isinstance(who, Anyone) else who
+
     def read_payload(raw: str | None, source: str) -> dict[str, Any]:
         limit = service().settings.max_payload
         return parse_payload(raw, validate, max_payload=limit, source=source)
@@ -321,7 +357,7 @@ def create_render_blueprint(
     def attach(job_id: str, after: int) -> Response:
         jobs = service()
         try:
-            if jobs.resume(job_id, after) is None:
+            if jobs.resume(job_id, after, caller()) is None:
                 # The terminal event was delivered: 204 stops EventSource's retries.
                 return Response(status=204)
         except ValueError as exc:
@@ -361,7 +397,7 @@ def create_render_blueprint(
         if request.method == "HEAD":
             # A link checker or `curl -I` must not start a render.
             return stream_headers()
-        job = service().start(payload)
+        job = service().start(payload, owner())
         return attach(job.id, 0)
 
     @blueprint.post("/render")
@@ -377,7 +413,7 @@ def create_render_blueprint(
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return _json_error(400, "the request body must be a UTF-8 JSON object")
-        job = service().start(read_payload(text, "the request body"))
+        job = service().start(read_payload(text, "the request body"), owner())
         status_url = url_for(".job_status", job_id=job.id)
         response = jsonify(
             id=job.id, stream=url_for(".render_stream", job=job.id), status=status_url
@@ -388,15 +424,16 @@ def create_render_blueprint(
 
     @blueprint.get("/render/<job_id>")
     def job_status(job_id: str) -> Response:
-        return jsonify(service().status(job_id).to_json())
+        return jsonify(service().status(job_id, caller()).to_json())
 
     @blueprint.delete("/render/<job_id>")
     def cancel_job(job_id: str) -> Response:
         jobs = service()
+        who = caller()
         try:
-            status = jobs.cancel(job_id)
+            status = jobs.cancel(job_id, who)
         except JobEnded as exc:
-            response = jsonify({**jobs.status(job_id).to_json(), "error": str(exc)})
+            response = jsonify({**jobs.status(job_id, who).to_json(), "error": str(exc)})
             response.status_code = 409
             return response
         response = jsonify(status.to_json())

@@ -187,6 +187,8 @@ class RenderJob:
         after those already published. See :func:`run_job`.
     :param error_message: what the ``error`` event says for an exception
         of the render (:func:`error_message` by default).
+    :param owner: the identity the new job belongs to (see the blueprint's
+        ``identity`` option).
     :raises UnknownJob: ``existing`` and the broker has no such job.
     :raises JobEnded: ``existing`` and the job has ended already.
     """
@@ -201,6 +203,7 @@ class RenderJob:
         limit: int | None = None,
         existing: bool = False,
         error_message: ErrorMessage = error_message,
+        owner: str | None = None,
     ) -> None:
         self.id = job_id if job_id is not None else new_job_id()
         self._error_message = error_message
@@ -220,7 +223,7 @@ class RenderJob:
                 raise JobEnded(f"job {self.id!r} has already ended")
             self._next = status.last_seq + 1
         else:
-            broker.create(self.id, limit=limit)
+            broker.create(self.id, limit=limit, owner=owner)
         broker.on_cancel(self.id, self.cancel)
 
     def status(self) -> JobStatus:

@@ -20,6 +20,7 @@ from .runtime import new_lock, start_greenlet, start_native_thread
 from .settings import DisconnectPolicy, Settings
 
 __all__ = [
+    "ANYONE",
     "RETRY_AFTER_SECONDS",
     "Attachable",
     "Executor",
@@ -30,6 +31,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class Anyone:
+    """The type of :data:`ANYONE`."""
+
+    def __repr__(self) -> str:
+        return "ANYONE"
+
+
+#: An identity that may see every job: the app's own calls to the service.
+ANYONE = Anyone()
 
 
 class QueuedJob:
@@ -149,8 +161,8 @@ class JobService:
                 for job_id in ended:
                     self._jobs.discard(job_id)
 
-    def start(self, payload: dict[str, Any]) -> RenderJob:
-        """Create and start a job.
+    def start(self, payload: dict[str, Any], owner: str | None = None) -> RenderJob:
+        """Create and start a job that belongs to ``owner``.
 
         :raises TooManyJobs: ``max_jobs`` are running already in the broker's store.
         :raises JobNotStarted: the executor refused it (the job is ended
@@ -163,6 +175,7 @@ class JobService:
             self.broker,
             limit=self.settings.max_jobs,
             error_message=self.error_message,
+            owner=owner,
         )
         with self._lock:
             self._jobs.add(job.id)
@@ -199,36 +212,43 @@ class JobService:
             time.sleep(0.02)  # gevent's sleep under gevent: the hub goes on
         return True
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, identity: str | Anyone | None = ANYONE) -> JobStatus:
         """A job's status.
 
-        :raises UnknownJob: no such job (or it was purged).
+        :param identity: the caller's identity: a job that belongs to
+            another identity is unknown to it. :data:`ANYONE` (the default)
+            skips the check, for the app's own calls.
+        :raises UnknownJob: no such job (or it was purged, or is another
+            identity's).
         """
         status = self.broker.status(job_id)
-        if status is None:
+        if status is None or (identity is not ANYONE and status.owner != identity):
+            # Not 403: another identity must not learn that the job exists.
             raise UnknownJob(job_id)
         return status
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, identity: str | Anyone | None = ANYONE) -> JobStatus:
         """Ask a job to stop; return its status after asking.
 
-        :raises UnknownJob: no such job.
+        :raises UnknownJob: no such job (for ``identity``).
         :raises JobEnded: it had ended already.
         """
-        status = self.status(job_id)
+        status = self.status(job_id, identity)
         if not self.broker.cancel(job_id):
             raise JobEnded(f"job {job_id!r} has already ended")
         return self.broker.status(job_id) or status
 
-    def resume(self, job_id: str, after: int) -> JobStatus | None:
+    def resume(
+        self, job_id: str, after: int, identity: str | Anyone | None = ANYONE
+    ) -> JobStatus | None:
         """Check that a stream may attach to ``job_id`` after event ``after``.
 
         :returns: the job's status, or ``None`` when the client already has
             the terminal event (nothing is left to send).
-        :raises UnknownJob: no such job.
+        :raises UnknownJob: no such job (for ``identity``).
         :raises ValueError: ``after`` is ahead of the job's events.
         """
-        status = self.status(job_id)
+        status = self.status(job_id, identity)
         if after > status.last_seq:
             raise ValueError(f"Last-Event-ID is ahead of job {job_id!r}'s events")
         if status.final_seq is not None and after >= status.final_seq:

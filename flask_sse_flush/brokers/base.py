@@ -98,6 +98,9 @@ class JobStatus:
     last_seq: int = 0
     #: The number of the terminal event, once the job has ended.
     final_seq: int | None = None
+    #: The identity that created the job (``None``: an anonymous caller, or
+    #: no ``identity`` hook). Never shown in :meth:`to_json`.
+    owner: str | None = None
     #: Events up to this number may be missing from the log: dropped past
     #: the log's bound, or lost by the store. A replay after an older id
     #: starts with a :func:`gap_event`.
@@ -177,9 +180,12 @@ class Broker(Protocol):
     lock); a broker may deliver them to subscribers outside its own locks.
     """
 
-    def create(self, job_id: str, *, limit: int | None = None) -> JobStatus:
+    def create(
+        self, job_id: str, *, limit: int | None = None, owner: str | None = None
+    ) -> JobStatus:
         """Start a job's log in state ``queued``.
 
+        :param owner: the identity the job belongs to, kept with it.
         :param limit: refuse the job if this many jobs that have not ended
             are in the store already (``max_jobs``; counted across every
             process the store serves).

@@ -132,11 +132,13 @@ class MemoryBroker:
             return None
         return job
 
-    def create(self, job_id: str, *, limit: int | None = None) -> JobStatus:
+    def create(
+        self, job_id: str, *, limit: int | None = None, owner: str | None = None
+    ) -> JobStatus:
         if not valid_job_id(job_id):
             raise ValueError(f"a job id is 1 to 128 letters, digits or '_.:', not {job_id[:80]!r}")
         self._purge()
-        status = JobStatus(id=job_id)
+        status = JobStatus(id=job_id, owner=owner)
         with self._lock:
             if job_id in self._jobs:
                 raise ValueError(f"job {job_id!r} exists already")

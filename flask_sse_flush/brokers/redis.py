@@ -71,13 +71,14 @@ if ARGV[2] ~= '' then
 end
 redis.call('HSET', job, 'state', 'queued', 'last_seq', 0, 'epoch', ARGV[3],
   'lost_through', 0, 'subs', 0)
+if ARGV[5] then redis.call('HSET', job, ARGV[5], ARGV[6]) end
 redis.call('SADD', active, ARGV[1])
 return 'ok'
 """
 
 # KEYS: job hash, log stream, active set. ARGV: job id, seq, frame, level,
 # final (1/0), max events, retention (ms), channel, may recreate (1/0), new
-# epoch, then the status change as field, value pairs.
+# epoch, owner ('' for none), then the status change as field, value pairs.
 _PUBLISH = """
 local job, stream, active = KEYS[1], KEYS[2], KEYS[3]
 local seq = tonumber(ARGV[2])
@@ -88,6 +89,7 @@ if redis.call('EXISTS', job) == 0 then
   redis.call('DEL', stream)
   redis.call('HSET', job, 'state', 'running', 'last_seq', seq - 1, 'epoch', ARGV[10],
     'lost_through', seq - 1, 'subs', 0)
+  if ARGV[11] ~= '' then redis.call('HSET', job, 'owner', ARGV[11]) end
   redis.call('SADD', active, ARGV[1])
 end
 local st = redis.call('HMGET', job, 'last_seq', 'final_seq', 'lost_through')
@@ -102,7 +104,7 @@ if seq > last + 1 then
   redis.call('HSET', job, 'lost_through', seq - 1, 'epoch', ARGV[10])
 end
 redis.call('XADD', stream, '0-' .. seq, 'f', ARGV[3], 'l', ARGV[4])
-for i = 11, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+for i = 12, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', job, 'last_seq', seq)
 local bound = tonumber(ARGV[6])
 if redis.call('XLEN', stream) > bound then
@@ -188,6 +190,7 @@ def _status(job_id: str, fields: dict[bytes, bytes]) -> JobStatus | None:
         last_seq=int(fields.get(b"last_seq", b"0")),
         final_seq=None if final is None else int(final),
         lost_through=int(fields.get(b"lost_through", b"0")),
+        owner=_text(fields.get(b"owner")),
     )
 
 
@@ -344,8 +347,9 @@ class RedisBroker:
         self._lock = new_lock()
         self._locals: dict[str, _Local] = {}
         self._cancel_callbacks: dict[str, list[Callable[[], Any]]] = {}
-        # The jobs this process publishes: their store may be rebuilt if lost.
-        self._publishing: set[str] = set()
+        # The jobs this process publishes, and their owners: if the store
+        # loses one, its next publish rebuilds it, owner included.
+        self._publishing: dict[str, str | None] = {}
         self._down_since: float | None = None
         self._reader: _Reader | None = None
         self._closed = False
@@ -457,15 +461,18 @@ class RedisBroker:
 
     # -- the Broker protocol -------------------------------------------------------
 
-    def create(self, job_id: str, *, limit: int | None = None) -> JobStatus:
+    def create(
+        self, job_id: str, *, limit: int | None = None, owner: str | None = None
+    ) -> JobStatus:
         if not valid_job_id(job_id):
             raise ValueError(f"a job id is 1 to 128 letters, digits or '_.:', not {job_id[:80]!r}")
-        return self._call(lambda: self._create(job_id, limit))
+        return self._call(lambda: self._create(job_id, limit, owner))
 
-    def _create(self, job_id: str, limit: int | None) -> JobStatus:
+    def _create(self, job_id: str, limit: int | None, owner: str | None) -> JobStatus:
         epoch = os.urandom(8).hex()
         keys = [self._key("job", job_id), f"{self.prefix}active"]
         args = [job_id, "" if limit is None else str(limit), epoch, f"{self.prefix}job:"]
+        args += [] if owner is None else ["owner", owner]
         answer = self._run(lambda client: self._scripts["create"](keys=keys, args=args))
         if answer == b"taken":
             raise ValueError(f"job {job_id!r} exists already")
@@ -473,8 +480,8 @@ class RedisBroker:
             assert limit is not None
             raise TooManyJobs.at_limit(limit)
         with self._lock:
-            self._publishing.add(job_id)
-        return JobStatus(id=job_id)
+            self._publishing[job_id] = owner
+        return JobStatus(id=job_id, owner=owner)
 
     def publish(
         self,
@@ -509,6 +516,7 @@ class RedisBroker:
             self._channel(job_id),
             "1" if job_id in self._publishing else "0",
             os.urandom(8).hex(),
+            self._publishing.get(job_id) or "",
             *_change_args(change),
         ]
         answer = self._run(
@@ -520,7 +528,7 @@ class RedisBroker:
             raise JobEnded(f"job {job_id!r} has ended; it takes no more events")
         if final:
             with self._lock:
-                self._publishing.discard(job_id)
+                self._publishing.pop(job_id, None)
                 self._cancel_callbacks.pop(job_id, None)
 
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
@@ -538,7 +546,7 @@ class RedisBroker:
                 raise UnknownJob(job_id)
             if not status.ended:
                 with self._lock:
-                    self._publishing.add(job_id)  # e.g. run_job in a job worker
+                    self._publishing[job_id] = status.owner  # e.g. run_job in a job worker
             return status
 
         return self._call(update)
