@@ -11,12 +11,13 @@ import logging
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
-from flask import Response
+from flask import Response, has_request_context, request
 
 from .exceptions import StreamClosed
 from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
-from .runtime import Empty, new_channel, new_lock
+from .runtime import Empty, new_channel, new_lock, watch_for_hangup
+from .transport import client_socket
 
 __all__ = ["KEEPALIVE", "EventStream", "opening_frame", "sse_response"]
 
@@ -77,8 +78,10 @@ class EventStream:
 
     When the client disconnects, the server stops the body: the stream
     closes and runs the :meth:`on_close` callbacks, so a job can stop too.
-    A WSGI server notices a disconnect only when a write fails, so the
-    keepalive period bounds how long that takes.
+    A WSGI server notices a disconnect only when a write fails; under
+    gevent the stream also watches its client's socket while it waits, so
+    a client that hangs up is noticed at once (:attr:`hung_up`); elsewhere
+    the keepalive period bounds how long that takes.
 
     A client that reads slower than events are sent cannot make the stream
     grow without bound: once more than ``buffer`` events wait, queued events
@@ -122,6 +125,8 @@ class EventStream:
         self._finished = False
         self._started = False
         self._callbacks: list[Callable[[], Any]] = []
+        #: Whether the stream ended because its client hung up while it waited.
+        self.hung_up = False
 
     @property
     def closed(self) -> bool:
@@ -238,7 +243,18 @@ class EventStream:
         # Also covers a body the server never started iterating, whose
         # generator ``finally`` would never run.
         response.call_on_close(self._finish)
+        if has_request_context():
+            # Under gevent, a client that hangs up during a silence is
+            # noticed at once, not at the next keepalive write.
+            stop = watch_for_hangup(client_socket(request.environ), self._hung_up)
+            if stop is not None:
+                self.on_close(stop)
         return setup_sse_headers(response)
+
+    def _hung_up(self) -> None:
+        log.debug("client hung up; ending its stream")
+        self.hung_up = True
+        self.close()
 
 
 def _run_callback(callback: Callable[[], Any]) -> None:

@@ -29,10 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     "runtime/channels": {"detect", "frames"},
     "runtime/hub": {"detect"},
     "runtime/executors": {"detect", "hub"},
-    "runtime/__init__": {"channels", "detect", "executors", "hub"},
+    "runtime/watch": {"detect"},
+    "runtime/__init__": {"channels", "detect", "executors", "hub", "watch"},
     "transport": set(),
     "headers": {"transport"},
-    "stream": {"exceptions", "frames", "headers", "runtime"},
+    "stream": {"exceptions", "frames", "headers", "runtime", "transport"},
     "jobs": {"brokers", "exceptions", "frames", "runtime"},
     "brokers/base": {"frames"},
     "brokers/memory": {"base", "exceptions", "frames", "runtime"},
@@ -54,6 +55,7 @@ MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo
 FRAMEWORK_FREE = {
     "frames", "jobs", "exceptions", "transport", "settings", "service", "processes",
     "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
+    "runtime/watch",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
 #: Code outside the package, which may use only its public names.

@@ -10,7 +10,9 @@ module:
 * :mod:`~flask_sse_flush.runtime.executors`: native threads, greenlets, the
   switch interval;
 * :mod:`~flask_sse_flush.runtime.hub`: :func:`call_on_hub`, the way back to
-  the hub from a native thread.
+  the hub from a native thread;
+* :mod:`~flask_sse_flush.runtime.watch`: noticing a client that hung up
+  while its stream was silent.
 
 What apps need is re-exported here and documented in :doc:`/api`.
 """
@@ -27,6 +29,7 @@ from .executors import (
     start_native_thread,
 )
 from .hub import call_on_hub, home_hub, run_in_hub
+from .watch import watch_for_hangup
 
 __all__ = [
     "DEFAULT_JOB_SWITCH_INTERVAL",
@@ -42,4 +45,5 @@ __all__ = [
     "set_job_switch_interval",
     "start_greenlet",
     "start_native_thread",
+    "watch_for_hangup",
 ]

@@ -135,7 +135,7 @@ def create_app(log_dir: str | None = None) -> Any:
 
     @app.get("/__subscribers/<job_id>")
     def subscribers(job_id: str) -> Any:
-        service = app.extensions["sse_flush"]["sse_flush"]
+        service = app.extensions["sse_flush"][request.args.get("bp", "sse_flush")]
         return {"n": service.broker.subscribers(job_id)}
 
     @app.get("/timed")

@@ -247,3 +247,39 @@ def test_a_cpu_bound_job_in_a_process_leaves_other_streams_prompt(gevent_server:
     sent = [r for r in gevent_server.read_log(log.rsplit("/", 1)[1]) if "percent" in r]
     own = [a.at - r["sent"] for a, r in zip(progress, sent, strict=False)]
     assert_p95_under(own, LATENCY_P95_LIMIT, "a CPU-bound job in a process: its own events (s)")
+
+
+def test_a_client_that_hangs_up_during_a_silence_is_cleaned_up_at_once(
+    gevent_server: Server, tmp_path: Path
+) -> None:
+    # A silent job, a 15 s keepalive, and on_disconnect="cancel": without
+    # watching the socket, the hang-up would be noticed only 15 s later.
+    flag = tmp_path / "go"
+    body = json.dumps({"wait_for": str(flag), "steps": 3, "log": _log(gevent_server)}).encode()
+    with raw_get(gevent_server.port, "/cancelling/render", method="POST", body=body) as response:
+        job_id = response.json()["id"]
+
+    def subscribers() -> int:
+        path = f"/__subscribers/{job_id}?bp=cancelling"
+        with raw_get(gevent_server.port, path) as response:
+            return int(response.json()["n"])
+
+    try:
+        with raw_get(gevent_server.port, f"/cancelling/render/stream?job={job_id}") as stream:
+            assert next(stream.body_chunks()).startswith(f"id: {job_id}-0".encode())
+            assert subscribers() == 1
+            hung_up = time.monotonic()
+        while subscribers():
+            assert time.monotonic() - hung_up < 5, "the hang-up was never noticed"
+            time.sleep(0.01)
+        assert_under(time.monotonic() - hung_up, 1.0, "hang-up noticed and cleaned up (s)")
+        flag.touch()
+        deadline = time.monotonic() + 5
+        while True:
+            with raw_get(gevent_server.port, f"/cancelling/render/{job_id}") as response:
+                if response.json()["state"] == "cancelled":
+                    break
+            assert time.monotonic() < deadline, "the job was not cancelled"
+            time.sleep(0.02)
+    finally:
+        flag.touch()

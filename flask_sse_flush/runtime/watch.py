@@ -1,0 +1,77 @@
+"""Noticing that a client has gone while its stream is silent (under gevent).
+
+A WSGI server learns that a client closed its connection only when a write
+to it fails, and a silent stream writes only a keepalive every 15 seconds:
+until then a dead client holds its greenlet, its buffer and its
+subscription. While a stream waits, nobody reads its socket (the request
+has been read; the server reads the next one only after the response), so
+the socket becoming *readable* means the peer sent something or closed.
+One loop I/O watcher per stream (no greenlet) checks, without consuming
+anything, whether it was the end of the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from .detect import gevent_is_active
+
+__all__ = ["watch_for_hangup"]
+
+log = logging.getLogger(__name__)
+
+_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT)
+
+
+def _hung_up(sock: Any) -> bool | None:
+    """``True`` on EOF or reset, ``False`` if bytes wait, ``None`` if nothing yet."""
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return exc.errno in _GONE or None
+    return not data
+
+
+def watch_for_hangup(sock: Any, on_hangup: Callable[[], Any]) -> Callable[[], None] | None:
+    """Call ``on_hangup()`` once, on the hub, when the peer of ``sock`` closes it.
+
+    Only under gevent (a read watcher on the hub's loop); returns the
+    function that stops watching, or ``None`` where it cannot watch (no
+    gevent, no socket). If the client sends bytes instead (a pipelined
+    request), watching stops: those bytes are the server's to read.
+    """
+    if not gevent_is_active() or sock is None:
+        return None
+    try:
+        fd = sock.fileno()
+    except (OSError, AttributeError, ValueError):
+        return None
+    if fd < 0:
+        return None
+    import gevent
+
+    watcher = gevent.get_hub().loop.io(fd, 1)  # 1: readable
+
+    def stop() -> None:
+        watcher.stop()
+        watcher.close()
+
+    def ready() -> None:
+        state = _hung_up(sock)
+        if state is None:
+            return  # woken without data (a spurious wake-up): keep watching
+        stop()
+        if state:
+            try:
+                on_hangup()
+            except Exception:
+                log.exception("a hang-up callback failed")
+
+    watcher.start(ready)
+    return stop
