@@ -26,7 +26,11 @@ _Entry = tuple[int, bytes, "str | None"]
 class _Job:
     status: JobStatus
     lock: Any
-    events: collections.deque[_Entry] = field(default_factory=collections.deque)
+    # A deque while the job runs; a tuple once it has ended (a deque's first
+    # block alone is 600 bytes, and a retained job takes no more events).
+    events: collections.deque[_Entry] | tuple[_Entry, ...] = field(
+        default_factory=collections.deque
+    )
     # Insertion-ordered, O(1) to leave; fan-out iterates a snapshot taken
     # under the lock, rebuilt only after the membership changed.
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
@@ -168,6 +172,7 @@ class MemoryBroker:
         with job.lock:
             if job.ended_at is not None:
                 raise JobEnded(f"job {job_id!r} has ended; it takes no more events")
+            assert isinstance(job.events, collections.deque)  # not ended: checked above
             job.events.append((seq, frame, level))
             if len(job.events) > self.max_events:
                 self._compact(job)
@@ -182,9 +187,10 @@ class MemoryBroker:
             if final:
                 # No one joins an ended job's fan-out: a late subscriber
                 # replays the log and is closed at once.
-                job.subscribers.clear()
+                job.subscribers = {}
                 job.snapshot = ()
-                job.on_cancel.clear()
+                job.on_cancel = []
+                job.events = tuple(job.events)
         # Outside the lock: 10,000 deliveries must not hold up the hub.
         gone = []
         try:

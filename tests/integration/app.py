@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask, request
 
 from flask_sse_flush import Cancelled, EventStream, Progress, create_render_blueprint, send_event
+from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.runtime import gevent_is_active
 from flask_sse_flush.transport import client_socket
 
@@ -125,6 +126,25 @@ def create_app(log_dir: str | None = None) -> Any:
     app.register_blueprint(
         create_render_blueprint(render, name="process", url_prefix="/process", executor="process")
     )
+    app.register_blueprint(
+        create_render_blueprint(
+            render,
+            name="short",
+            url_prefix="/short",
+            broker=MemoryBroker(retention=1.0),
+            max_jobs=None,
+        )
+    )
+
+    @app.get("/__objects")
+    def objects() -> Any:
+        """Live objects by type after a collection, threads and greenlets (leak checks)."""
+        import collections
+        import gc
+
+        gc.collect()
+        counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        return {"types": dict(counts.most_common(60)), "threads": threading.active_count()}
 
     @app.get("/__hub")
     def hub() -> Any:
