@@ -90,6 +90,20 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
     return {"filename": "out.mp4", "url": "/download/out.mp4"}
 
 
+def quick_render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
+    """A render that ends at once: what the fuzzer's valid requests start."""
+    progress(50, "rendering")
+    return {"filename": "f.mp4", "url": "/download/f.mp4"}
+
+
+def validate_title(payload: dict[str, Any]) -> dict[str, Any]:
+    """Accept exactly ``{"title": <1 to 50 characters>}``."""
+    title = payload.get("title")
+    if set(payload) != {"title"} or not isinstance(title, str) or not 1 <= len(title) <= 50:
+        raise ValueError('the payload must be {"title": <1 to 50 characters>}')
+    return payload
+
+
 def _nodelay(environ: dict[str, Any]) -> int | None:
     sock = client_socket(environ)
     if sock is None:
@@ -125,6 +139,17 @@ def create_app(log_dir: str | None = None) -> Any:
     )
     app.register_blueprint(
         create_render_blueprint(render, name="process", url_prefix="/process", executor="process")
+    )
+    app.register_blueprint(
+        create_render_blueprint(
+            quick_render,
+            name="fuzz",
+            url_prefix="/fuzz",
+            validate=validate_title,
+            identity=lambda: request.headers.get("X-User") or None,
+            max_payload=2048,
+            keepalive=0.5,
+        )
     )
     app.register_blueprint(
         create_render_blueprint(
