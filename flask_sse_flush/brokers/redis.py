@@ -745,6 +745,10 @@ class RedisBroker:
                 wanted.add(self._cancel_channel)
         return wanted
 
+    def _unsynced(self) -> list[_Local]:
+        with self._lock:
+            return [local for local in self._locals.values() if not local.synced]
+
     def _on_message(self, channel: bytes, data: bytes) -> None:
         if channel == self._cancel_channel:
             self._cancelled(data.decode("utf-8", "replace"))
@@ -1003,6 +1007,13 @@ class _Reader:
             if old:
                 connection.send_command("UNSUBSCRIBE", *old)
                 subscribed -= old
+            # A job whose last stream left and whose next one came before
+            # this loop ran keeps its channel, so no new confirmation will
+            # catch its new streams up: do it now (a second catch-up, on a
+            # confirmation still to come, repeats nothing).
+            for local in self.broker._unsynced():
+                if local.channel in subscribed and local.channel not in new:
+                    self.broker._catch_up(local)
             if not connection.can_read(timeout=0):
                 ready, _, _ = select.select(
                     [connection._sock, self._wake_r], [], [], self.HEALTH_INTERVAL
