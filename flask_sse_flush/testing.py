@@ -36,6 +36,7 @@ __all__ = [
     "iter_events",
     "parse_events",
     "server_process",
+    "stop_process",
 ]
 
 #: What :func:`iter_events` and :func:`parse_events` read: a Werkzeug or
@@ -129,12 +130,17 @@ def server_process(
             time.sleep(0.05)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """End a process a test started: ``SIGTERM``, then ``SIGKILL`` after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def gunicorn_command(
@@ -247,14 +253,8 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server (``SIGTERM``; its data stays for a restart)."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        if process is not None:
+            stop_process(process)
 
     def restart(self, down: float = 0.0) -> None:
         """Stop the server, wait ``down`` seconds, and start it on the same port."""

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from flask_sse_flush.brokers import parse_event_id
-from flask_sse_flush.testing import RedisServer
+from flask_sse_flush.testing import RedisServer, stop_process
 from tests.timing import assert_p95_under, assert_under
 
 from .support import HOST, Arrival, Server, raw_get, running_server, stream_path, worker_pids
@@ -194,12 +194,7 @@ def rq_worker(server: Server, log_dir: Path) -> Iterator[subprocess.Popen[bytes]
         try:
             yield worker
         finally:
-            worker.terminate()
-            try:
-                worker.wait(10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
+            stop_process(worker)
 
 
 def test_a_queued_job_runs_in_a_job_worker_and_streams_to_the_web_workers(
