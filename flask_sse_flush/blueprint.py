@@ -159,6 +159,11 @@ def _error_response(exc: SSEFlushError) -> Response:
     return _json_error(status, message, **headers)
 
 
+def _owner(who: str | Anyone | None) -> str | None:
+    """The owner a new job gets: the caller's identity (none without an ``identity`` hook)."""
+    return None if isinstance(who, Anyone) else who
+
+
 def _default_broker(app: Flask, coalescing: Coalescing | None) -> Broker:
     """A RedisBroker on ``SSE_FLUSH_REDIS_URL`` when the app sets it, else a MemoryBroker.
 
@@ -343,10 +348,6 @@ def create_render_blueprint(
             raise TypeError(f"identity() must return a str or None, not {type(who).__name__}")
         return who
 
-    def owner() -> str | None:
-        who = caller()
-        return None if isinstance(who, Anyone) else who
-
     def read_payload(raw: str | None, source: str) -> dict[str, Any]:
         limit = service().settings.max_payload
         return parse_payload(raw, validate, max_payload=limit, source=source)
@@ -354,10 +355,10 @@ def create_render_blueprint(
     def stream_headers() -> Response:
         return setup_sse_headers(Response(status=200))
 
-    def attach(job_id: str, after: int) -> Response:
+    def attach(job_id: str, after: int, who: str | Anyone | None) -> Response:
         jobs = service()
         try:
-            if jobs.resume(job_id, after, caller()) is None:
+            if jobs.resume(job_id, after, who) is None:
                 # The terminal event was delivered: 204 stops EventSource's retries.
                 return Response(status=204)
         except ValueError as exc:
@@ -390,15 +391,16 @@ def create_render_blueprint(
                 return _json_error(400, f"bad Last-Event-ID: {exc}")
             if job_param is not None and job_param != job_id:
                 return _json_error(400, "Last-Event-ID names another job than ?job=")
-            return attach(job_id, after)
+            return attach(job_id, after, caller())
         if job_param is not None:
-            return attach(job_param, 0)
+            return attach(job_param, 0, caller())
         payload = read_payload(request.args.get("data"), "query parameter 'data'")
         if request.method == "HEAD":
             # A link checker or `curl -I` must not start a render.
             return stream_headers()
-        job = service().start(payload, owner())
-        return attach(job.id, 0)
+        who = caller()  # once: it decides the owner and is checked on attach
+        job = service().start(payload, _owner(who))
+        return attach(job.id, 0, who)
 
     @blueprint.post("/render")
     def render_detached() -> Response:
@@ -413,7 +415,7 @@ def create_render_blueprint(
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return _json_error(400, "the request body must be a UTF-8 JSON object")
-        job = service().start(read_payload(text, "the request body"), owner())
+        job = service().start(read_payload(text, "the request body"), _owner(caller()))
         status_url = url_for(".job_status", job_id=job.id)
         response = jsonify(
             id=job.id, stream=url_for(".render_stream", job=job.id), status=status_url

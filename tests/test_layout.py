@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "headers": {"transport"},
     "stream": {"exceptions", "frames", "headers", "runtime", "transport"},
     "jobs": {"brokers", "exceptions", "frames", "runtime"},
-    "brokers/base": {"frames"},
+    "brokers/base": {"exceptions", "frames"},
     "brokers/memory": {"base", "exceptions", "frames", "runtime"},
     "brokers/redis": {"base", "exceptions", "frames", "runtime"},
     "brokers/__init__": {"base", "memory", "redis"},

@@ -20,11 +20,13 @@ job it was watching.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
+from ..exceptions import StreamClosed
 from ..frames import Event
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "gap_event",
     "parse_event_id",
 ]
+
+log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "complete", "error", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"complete", "error", "cancelled"})
@@ -254,3 +258,31 @@ class Broker(Protocol):
         :raises UnknownJob: no such job.
         """
         ...
+
+
+def fan_out(
+    job_id: str, subscribers: Iterable[Subscriber], frame: bytes, level: str | None
+) -> list[Subscriber]:
+    """Deliver one frame to each subscriber; return those that have gone.
+
+    One broken subscriber must not cost the others the event: a subscriber
+    that raises is logged and counted as gone, like one whose client left.
+    """
+    gone = []
+    for subscriber in subscribers:
+        try:
+            subscriber.deliver(frame, level)
+        except StreamClosed:
+            gone.append(subscriber)
+        except Exception:
+            log.exception("subscriber %r of job %s failed; dropping it", subscriber, job_id)
+            gone.append(subscriber)
+    return gone
+
+
+def close_subscriber(subscriber: Subscriber) -> None:
+    """Close ``subscriber``, logging (not raising) what its ``close`` raises."""
+    try:
+        subscriber.close()
+    except Exception:
+        log.exception("closing subscriber %r failed", subscriber)

@@ -12,7 +12,15 @@ from typing import Any
 from ..exceptions import JobEnded, StreamClosed, TooManyJobs, UnknownJob
 from ..frames import PROGRESS_COALESCING, Coalescing, Event, newest_of_each_level
 from ..runtime import new_lock
-from .base import JobStatus, StatusChange, Subscriber, gap_event, valid_job_id
+from .base import (
+    JobStatus,
+    StatusChange,
+    Subscriber,
+    close_subscriber,
+    fan_out,
+    gap_event,
+    valid_job_id,
+)
 
 __all__ = ["MemoryBroker"]
 
@@ -192,21 +200,13 @@ class MemoryBroker:
                 job.on_cancel = []
                 job.events = tuple(job.events)
         # Outside the lock: 10,000 deliveries must not hold up the hub.
-        gone = []
+        gone: list[Subscriber] = []
         try:
-            for subscriber in members:
-                try:
-                    subscriber.deliver(frame, level)
-                except StreamClosed:
-                    gone.append(subscriber)
-                except Exception:
-                    # One broken subscriber must not cost the others this event.
-                    log.exception("subscriber %r of job %s failed; dropping it", subscriber, job_id)
-                    gone.append(subscriber)
+            gone = fan_out(job_id, members, frame, level)
         finally:
             if final:
                 for subscriber in members:
-                    _close(subscriber)
+                    close_subscriber(subscriber)
         if gone and not final:
             with job.lock:
                 for subscriber in gone:
@@ -250,7 +250,7 @@ class MemoryBroker:
             if job.ended_at is None:
                 job.join(subscriber)
                 return True
-        _close(subscriber)
+        close_subscriber(subscriber)
         return True
 
     def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
@@ -288,10 +288,3 @@ class MemoryBroker:
                 job.on_cancel.append(callback)
                 return
         callback()
-
-
-def _close(subscriber: Subscriber) -> None:
-    try:
-        subscriber.close()
-    except Exception:
-        log.exception("closing subscriber %r failed", subscriber)

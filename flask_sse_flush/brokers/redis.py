@@ -41,7 +41,15 @@ from typing import Any, TypeVar
 from ..exceptions import BrokerUnavailable, JobEnded, StreamClosed, TooManyJobs, UnknownJob
 from ..frames import PROGRESS_COALESCING, Coalescing, Event
 from ..runtime import gevent_is_active, home_hub, new_lock, run_in_hub, start_greenlet
-from .base import JobStatus, StatusChange, Subscriber, gap_event, valid_job_id
+from .base import (
+    JobStatus,
+    StatusChange,
+    Subscriber,
+    close_subscriber,
+    fan_out,
+    gap_event,
+    valid_job_id,
+)
 
 __all__ = ["RedisBroker"]
 
@@ -242,6 +250,26 @@ class _Local:
     def drop(self, subscriber: Subscriber) -> None:
         self.members.pop(subscriber, None)
         self.joining.pop(subscriber, None)
+
+    def take_all(self) -> list[Subscriber]:
+        """Detach and return every stream of the job here; takes the lock."""
+        with self.lock:
+            subscribers = [*self.members, *self.joining]
+            self.members.clear()
+            self.joining.clear()
+        return subscribers
+
+
+def _replay(subscriber: Subscriber, status: JobStatus, entries: list[_Entry], last: int) -> int:
+    """Send ``subscriber`` the logged events after ``last`` (a gap event first if
+    some were lost); return the number it then has everything up to."""
+    if status.lost_through > last:
+        subscriber.deliver(gap_event(status, last).frame, None)
+    for seq, frame, level in entries:
+        if seq > last:
+            subscriber.deliver(frame, level)
+            last = seq
+    return max(last, status.lost_through)
 
 
 class RedisBroker:
@@ -571,16 +599,10 @@ class RedisBroker:
             return False
         # A number ahead of the log (the service refuses those) means "from now on".
         last = min(after, status.last_seq)
-        counted = False
+        counted = gone = False
         try:
             while True:
-                if status.lost_through > last:
-                    subscriber.deliver(gap_event(status, last).frame, None)
-                for seq, frame, level in entries:
-                    if seq > last:
-                        subscriber.deliver(frame, level)
-                        last = seq
-                last = max(last, status.lost_through)
+                last = _replay(subscriber, status, entries, last)
                 if status.final_seq is not None:
                     break  # the replay held the terminal event
                 if not counted:
@@ -593,12 +615,11 @@ class RedisBroker:
                 if status is None:
                     break
         except StreamClosed:
-            if counted:
-                self._count_subscribers(job_id, -1)
-            return True
+            gone = True
         if counted:
             self._count_subscribers(job_id, -1)
-        _close(subscriber)
+        if not gone:
+            close_subscriber(subscriber)
         return True
 
     def _count_subscribers(self, job_id: str, delta: int) -> int:
@@ -715,8 +736,8 @@ class RedisBroker:
             with self._lock:
                 locals_, self._locals = list(self._locals.values()), {}
             for local in locals_:
-                for subscriber in [*local.members, *local.joining]:
-                    _close(subscriber)
+                for subscriber in local.take_all():
+                    close_subscriber(subscriber)
             if self._client is not None:
                 self._client.connection_pool.disconnect()
 
@@ -775,7 +796,7 @@ class RedisBroker:
             self._catch_up(local)
             return
         level = level_text.decode("utf-8") or None
-        gone = _fan_out(job_id, [*members, *joining], frame, level)
+        gone = fan_out(job_id, [*members, *joining], frame, level)
         if final:
             self._ended(local)
         elif gone:
@@ -815,12 +836,7 @@ class RedisBroker:
         gone: list[Subscriber] = []
         for subscriber, last in targets:
             try:
-                if status.lost_through > last:
-                    subscriber.deliver(gap_event(status, last).frame, None)
-                    # (only the log's entries follow; none is sent twice)
-                for seq, frame, level in entries:
-                    if seq > last:
-                        subscriber.deliver(frame, level)
+                _replay(subscriber, status, entries, last)
             except StreamClosed:
                 gone.append(subscriber)
             except Exception:
@@ -836,12 +852,8 @@ class RedisBroker:
         with self._lock:
             if self._locals.get(local.job_id) is local:
                 del self._locals[local.job_id]
-        with local.lock:
-            subscribers = [*local.members, *local.joining]
-            local.members.clear()
-            local.joining.clear()
-        for subscriber in subscribers:
-            _close(subscriber)
+        for subscriber in local.take_all():
+            close_subscriber(subscriber)
         if self._reader is not None:
             self._reader.wake()
 
@@ -878,37 +890,10 @@ class RedisBroker:
             len(locals_),
         )
         for local in locals_:
-            with local.lock:
-                subscribers = [*local.members, *local.joining]
-                local.members.clear()
-                local.joining.clear()
-            for subscriber in subscribers:
+            for subscriber in local.take_all():
                 with contextlib.suppress(Exception):
                     subscriber.deliver(frame, None)
-                _close(subscriber)
-
-
-def _fan_out(
-    job_id: str, subscribers: list[Subscriber], frame: bytes, level: str | None
-) -> list[Subscriber]:
-    """Deliver one frame to each subscriber; return those that have gone."""
-    gone = []
-    for subscriber in subscribers:
-        try:
-            subscriber.deliver(frame, level)
-        except StreamClosed:
-            gone.append(subscriber)
-        except Exception:
-            log.exception("subscriber %r of job %s failed; dropping it", subscriber, job_id)
-            gone.append(subscriber)
-    return gone
-
-
-def _close(subscriber: Subscriber) -> None:
-    try:
-        subscriber.close()
-    except Exception:
-        log.exception("closing subscriber %r failed", subscriber)
+                close_subscriber(subscriber)
 
 
 class _Reader:
