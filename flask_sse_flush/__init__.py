@@ -18,11 +18,13 @@ from .exceptions import (
     SSEFlushError,
     StreamClosed,
     TooManyJobs,
+    TooManyStreams,
     UnknownJob,
 )
 from .frames import Coalescing, Event, comment
 from .headers import SSE_HEADERS, setup_sse_headers
 from .jobs import Progress, RenderFunction, RenderJob, run_job
+from .lifecycle import shutdown
 from .mirror import (
     map_bundle_progress,
     map_render_progress,
@@ -62,6 +64,7 @@ __all__ = [
     "Settings",
     "StreamClosed",
     "TooManyJobs",
+    "TooManyStreams",
     "UnknownJob",
     "__version__",
     "call_on_hub",
@@ -78,5 +81,6 @@ __all__ = [
     "set_job_switch_interval",
     "set_tcp_nodelay",
     "setup_sse_headers",
+    "shutdown",
     "sse_response",
 ]

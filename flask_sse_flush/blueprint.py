@@ -35,11 +35,13 @@ from .exceptions import (
     PayloadTooLarge,
     SSEFlushError,
     TooManyJobs,
+    TooManyStreams,
 )
 from .frames import Coalescing
 from .headers import setup_sse_headers
 from .jobs import ErrorMessage, RenderFunction
 from .jobs import error_message as default_error_message
+from .lifecycle import lifecycle
 from .processes import ProcessRender
 from .service import (
     ANYONE,
@@ -62,6 +64,7 @@ __all__ = [
     "SSEFlush",
     "Spawn",
     "Validator",
+    "cors",
     "create_render_blueprint",
     "parse_payload",
 ]
@@ -184,6 +187,73 @@ def _default_broker(app: Flask, coalescing: Coalescing | None) -> Broker:
     return shared[key]
 
 
+_CORS_METHODS = "GET, HEAD, POST, DELETE"
+
+
+def _origins(origins: Collection[str]) -> frozenset[str]:
+    if isinstance(origins, str):
+        raise TypeError("cors_origins must be a list of origins, not one string")
+    allowed = set()
+    for origin in origins:
+        if not isinstance(origin, str):
+            raise TypeError(f"an origin must be a str, not {type(origin).__name__}")
+        scheme, sep, rest = origin.partition("://")
+        if origin == "*" or not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(
+                f"an origin is 'scheme://host[:port]' (no '*', no path), not {origin!r}"
+            )
+        allowed.add(origin.lower())
+    return frozenset(allowed)
+
+
+def cors(blueprint: Blueprint, origins: Collection[str], *, credentials: bool = True) -> None:
+    """Answer the listed origins' cross-origin requests to ``blueprint``'s routes.
+
+    A request whose ``Origin`` is listed gets ``Access-Control-Allow-Origin``
+    (that origin: never ``*``, which browsers refuse with credentials) and,
+    with ``credentials``, ``Access-Control-Allow-Credentials: true`` (what
+    ``new EventSource(url, {withCredentials: true})`` and ``fetch(...,
+    {credentials: "include"})`` need). A preflight (``OPTIONS`` with
+    ``Access-Control-Request-Method``) also gets the methods, the headers it
+    asked for, and a ``Max-Age`` of 10 minutes. Any other origin gets no
+    CORS header, so its browser refuses the response. Every answer varies
+    on ``Origin``.
+
+    :raises ValueError: an origin is ``"*"`` or not ``scheme://host[:port]``.
+    """
+    allowed = _origins(origins)
+
+    @blueprint.after_request
+    def allow_origin(response: Response) -> Response:
+        response.vary.add("Origin")
+        origin = request.headers.get("Origin")
+        if origin is None or origin.lower() not in allowed:
+            return response
+        headers = response.headers
+        headers["Access-Control-Allow-Origin"] = origin
+        if credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+            asked = request.headers.get("Access-Control-Request-Headers")
+            if asked:
+                headers["Access-Control-Allow-Headers"] = asked[:1024]
+            headers["Access-Control-Max-Age"] = "600"
+        return response
+
+
+def _header_bytes(environ: Mapping[str, Any]) -> int:
+    return (
+        sum(
+            len(key) - 5 + len(str(value))
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        )
+        + len(str(environ.get("CONTENT_TYPE", "")))
+        + len(str(environ.get("CONTENT_LENGTH", "")))
+    )
+
+
 def create_render_blueprint(
     render: RenderFunction,
     *,
@@ -201,6 +271,12 @@ def create_render_blueprint(
     coalesce: Coalescing | Collection[str] | None = None,
     error_message: ErrorMessage | None = None,
     identity: Identity | None = None,
+    max_jobs_per_identity: int | None = None,
+    max_streams: int | None = None,
+    max_query: int | None = None,
+    max_headers: int | None = None,
+    cors_origins: Collection[str] | None = None,
+    cors_credentials: bool = True,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -293,6 +369,26 @@ def create_render_blueprint(
         ``DELETE /render/<id>``) answers any other identity with the same
         ``404`` as an unknown job. Without it, any caller who knows a job's
         id (128 random bits) may use it.
+    :param max_jobs_per_identity: the most jobs one identity may have
+        running at once (in the whole store: across workers with Redis); a
+        start over it gets ``429`` with ``Retry-After``. Else
+        ``SSE_FLUSH_MAX_JOBS_PER_IDENTITY``, else no limit. Anonymous
+        callers (``identity()`` returning ``None``) share only ``max_jobs``.
+    :param max_streams: the most streams open at once in one worker
+        process; one more gets ``503`` with ``Retry-After``. Else
+        ``SSE_FLUSH_MAX_STREAMS``, else, under gunicorn,
+        ``worker_connections`` less 5 % (room for the requests that are not
+        streams), else no limit.
+    :param max_query: the longest query string accepted, in bytes (``413``
+        beyond); else ``SSE_FLUSH_MAX_QUERY``, else room for a ``data``
+        payload of ``max_payload`` bytes, URL-encoded.
+    :param max_headers: the most bytes of request headers accepted (``431``
+        beyond); else ``SSE_FLUSH_MAX_HEADERS``, else 32 KiB.
+    :param cors_origins: origins (``"https://app.example"``) whose pages may
+        use these routes across origins, with cookies: see :func:`cors`.
+        ``None`` (the default) sends no CORS headers at all.
+    :param cors_credentials: whether listed origins may send credentials
+        (``Access-Control-Allow-Credentials: true``).
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
     """
@@ -313,6 +409,10 @@ def create_render_blueprint(
         "max_jobs": max_jobs,
         "buffer": buffer,
         "on_disconnect": on_disconnect,
+        "max_jobs_per_identity": max_jobs_per_identity,
+        "max_streams": max_streams,
+        "max_query": max_query,
+        "max_headers": max_headers,
     }
     Settings.resolve({}, **explicit)  # bad arguments fail here, not at registration
     coalescing = Coalescing.of(coalesce) if coalesce is not None else None
@@ -323,13 +423,15 @@ def create_render_blueprint(
         app: Flask = state.app
         settings = Settings.resolve(app.config, **explicit)
         store = broker if broker is not None else _default_broker(app, coalescing)
-        app.extensions.setdefault("sse_flush", {})[name] = JobService(
+        jobs = JobService(
             render,
             store,
             spawn,
             settings,
             error_message=error_message or default_error_message,
         )
+        app.extensions.setdefault("sse_flush", {})[name] = jobs
+        lifecycle().add_service(jobs)
 
     def service() -> JobService:
         found: JobService = current_app.extensions["sse_flush"][name]
@@ -339,6 +441,22 @@ def create_render_blueprint(
     # Werkzeug's own errors inside these views (MAX_CONTENT_LENGTH, a
     # client gone mid-body) answer in the same JSON shape, not HTML.
     blueprint.register_error_handler(HTTPException, _http_error)
+    if cors_origins is not None:
+        cors(blueprint, cors_origins, credentials=cors_credentials)
+
+    @blueprint.before_request
+    def check_sizes() -> Response | None:
+        settings = service().settings
+        if len(request.query_string) > settings.query_limit:
+            limit = settings.query_limit
+            return _json_error(
+                413, f"payload too large: the query string may be at most {limit} bytes"
+            )
+        if _header_bytes(request.environ) > settings.max_headers:
+            return _json_error(
+                431, f"request headers too large: at most {settings.max_headers} bytes"
+            )
+        return None
 
     def caller() -> str | Anyone | None:
         if identity is None:
@@ -355,7 +473,20 @@ def create_render_blueprint(
     def stream_headers() -> Response:
         return setup_sse_headers(Response(status=200))
 
-    def attach(job_id: str, after: int, who: str | Anyone | None) -> Response:
+    def come_back(last_event_id: str | None = None) -> Response:
+        """A stream for a stopping worker: a retry hint and the end, no job."""
+        stream = EventStream(keepalive=None, retry=lifecycle().hint(), last_event_id=last_event_id)
+        stream.close()
+        return stream.response()
+
+    def admit_stream(settings: Settings) -> None:
+        limit = settings.max_streams or lifecycle().max_streams
+        if limit is not None and lifecycle().open_streams >= limit:
+            raise TooManyStreams(f"this server holds its most streams ({limit}); try again later")
+
+    def attach(
+        job_id: str, after: int, who: str | Anyone | None, *, admitted: bool = False
+    ) -> Response:
         jobs = service()
         try:
             if jobs.resume(job_id, after, who) is None:
@@ -369,6 +500,12 @@ def create_render_blueprint(
             # on_disconnect="cancel", cancel the job. `curl -I` must not.
             return stream_headers()
         settings = jobs.settings
+        shared = getattr(jobs.broker, "shared", False)
+        if lifecycle().stopping and shared:
+            # Any other worker serves this job: go there.
+            return come_back(event_id(job_id, after))
+        if not admitted:
+            admit_stream(settings)
         stream = EventStream(
             keepalive=settings.keepalive,
             retry=settings.retry,
@@ -378,6 +515,7 @@ def create_render_blueprint(
             buffer=settings.buffer,
         )
         jobs.attach(job_id, stream, after)
+        lifecycle().track(stream, shared)
         return stream.response()
 
     @blueprint.get("/render/stream")
@@ -398,12 +536,17 @@ def create_render_blueprint(
         if request.method == "HEAD":
             # A link checker or `curl -I` must not start a render.
             return stream_headers()
+        if lifecycle().stopping:
+            return come_back()  # the browser starts it again on another worker
+        admit_stream(service().settings)
         who = caller()  # once: it decides the owner and is checked on attach
         job = service().start(payload, _owner(who))
-        return attach(job.id, 0, who)
+        return attach(job.id, 0, who, admitted=True)
 
     @blueprint.post("/render")
     def render_detached() -> Response:
+        if lifecycle().stopping:
+            return _json_error(503, "the server is restarting; try again", **{"Retry-After": "1"})
         limit = service().settings.max_payload
         too_large = _json_error(413, f"payload too large: the body may be at most {limit} bytes")
         if request.content_length is not None and request.content_length > limit:

@@ -114,6 +114,20 @@ class TooManyJobs(SSEFlushError):
         """The error for a store that holds ``limit`` running jobs already."""
         return cls(f"too many render jobs running (at most {limit}); try again later")
 
+    @classmethod
+    def for_owner(cls, limit: int) -> TooManyJobs:
+        """The error for an identity that has ``limit`` running jobs already."""
+        return cls(f"you have too many render jobs running (at most {limit}); try again later")
+
+
+class TooManyStreams(SSEFlushError):
+    """This worker holds ``max_streams`` open streams already; try again later.
+
+    The blueprint answers ``503`` with ``Retry-After``.
+    """
+
+    status = 503
+
 
 class JobNotStarted(SSEFlushError):
     """The executor refused the job (a full pool, a queue that is down); it was ended.

@@ -189,6 +189,8 @@ class RenderJob:
         of the render (:func:`error_message` by default).
     :param owner: the identity the new job belongs to (see the blueprint's
         ``identity`` option).
+    :param owner_limit: refuse to create the job while ``owner`` has this
+        many jobs running (:class:`~flask_sse_flush.TooManyJobs`).
     :raises UnknownJob: ``existing`` and the broker has no such job.
     :raises JobEnded: ``existing`` and the job has ended already.
     """
@@ -204,6 +206,7 @@ class RenderJob:
         existing: bool = False,
         error_message: ErrorMessage = error_message,
         owner: str | None = None,
+        owner_limit: int | None = None,
     ) -> None:
         self.id = job_id if job_id is not None else new_job_id()
         self._error_message = error_message
@@ -211,6 +214,7 @@ class RenderJob:
         self.broker = broker
         self._render = render
         self._next = 1
+        self._ended = False  # the terminal event is published
         # Numbering and publishing happen under one lock, so that reports
         # from several threads still leave in id order.
         self._lock = new_lock()
@@ -223,7 +227,7 @@ class RenderJob:
                 raise JobEnded(f"job {self.id!r} has already ended")
             self._next = status.last_seq + 1
         else:
-            broker.create(self.id, limit=limit, owner=owner)
+            broker.create(self.id, limit=limit, owner=owner, owner_limit=owner_limit)
         broker.on_cancel(self.id, self.cancel)
 
     def status(self) -> JobStatus:
@@ -241,16 +245,38 @@ class RenderJob:
         """End a job that will never run (its executor refused it) with an error."""
         self._fail(message)
 
+    def stop(self, message: str, **data: Any) -> bool:
+        """End the job now with an ``error`` event, and cancel its render.
+
+        What a graceful stop of the server does to a job that has not
+        finished in time: the render's next ``progress()`` raises
+        :class:`~flask_sse_flush.Cancelled`, and whatever it does after
+        that publishes nothing.
+
+        :param message: the ``error`` event's message.
+        :param data: more fields of the ``error`` event.
+        :returns: whether the job was still running (``False``: it had ended).
+        """
+        self.cancel()
+        with self._lock:
+            if self._ended:
+                return False
+        self._end("error", {"message": message, **data}, {"state": "error", "error": message})
+        return True
+
     def _fail(self, message: str, state: JobState = "error") -> None:
         self._end("error", {"message": message}, {"state": state, "error": message})
 
     def _publish(self, name: str, data: Any, change: StatusChange, *, final: bool = False) -> None:
         """Number the event and publish it; a number is used only once it is sent."""
         with self._lock:
+            if self._ended:
+                return  # stopped from outside (stop()): the job says no more
             seq = self._next
             event = Event(data, event=name, id=event_id(self.id, seq))
             self.broker.publish(self.id, seq, event, change=change, final=final)
             self._next = seq + 1
+            self._ended = final
 
     def _on_progress(self, percent: int, phase: str) -> None:
         data: ProgressData = {"progress": percent, "phase": phase}

@@ -132,6 +132,9 @@ class JobService:
         # leaves this set when its run here returns, or, for an executor
         # that hands jobs to a queue, once the broker says it ended.
         self._jobs: set[str] = set()
+        # The jobs whose render runs in this process now (what a graceful
+        # stop waits for, then ends).
+        self._here: dict[str, RenderJob] = {}
 
     @property
     def on_disconnect(self) -> DisconnectPolicy:
@@ -176,6 +179,7 @@ class JobService:
             limit=self.settings.max_jobs,
             error_message=self.error_message,
             owner=owner,
+            owner_limit=None if owner is None else self.settings.max_jobs_per_identity,
         )
         with self._lock:
             self._jobs.add(job.id)
@@ -190,6 +194,8 @@ class JobService:
         return job
 
     def _run(self, job: RenderJob) -> None:
+        with self._lock:
+            self._here[job.id] = job
         try:
             job.run()
         finally:
@@ -198,6 +204,29 @@ class JobService:
     def _finished(self, job_id: str) -> None:
         with self._lock:
             self._jobs.discard(job_id)
+            self._here.pop(job_id, None)
+
+    def running_here(self) -> int:
+        """Jobs whose render runs in this process now."""
+        return len(self._here)
+
+    def stop_jobs(self, message: str) -> int:
+        """End every job running here with an ``error`` event (a graceful stop's deadline).
+
+        Each render is cancelled too (:meth:`RenderJob.stop
+        <flask_sse_flush.RenderJob.stop>`).
+
+        :returns: how many jobs were ended.
+        """
+        with self._lock:
+            jobs = list(self._here.values())
+        ended = 0
+        for job in jobs:
+            try:
+                ended += job.stop(message, retry=True)
+            except Exception:
+                log.exception("could not end render job %s", job.id)
+        return ended
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every job this service started has ended.

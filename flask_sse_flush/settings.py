@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 __all__ = [
     "CONFIG_KEYS",
     "DEFAULT_KEEPALIVE",
+    "DEFAULT_MAX_HEADERS",
     "DEFAULT_MAX_JOBS",
     "DEFAULT_MAX_PAYLOAD",
     "DisconnectPolicy",
@@ -26,6 +27,7 @@ DisconnectPolicy: TypeAlias = Literal["continue", "cancel"]
 DEFAULT_KEEPALIVE = 15.0
 DEFAULT_MAX_PAYLOAD = 64 * 1024
 DEFAULT_MAX_JOBS = 32
+DEFAULT_MAX_HEADERS = 32 * 1024
 
 #: The settings an app's config may set, and their keys.
 CONFIG_KEYS = {
@@ -33,6 +35,10 @@ CONFIG_KEYS = {
     "retry": "SSE_FLUSH_RETRY",
     "max_payload": "SSE_FLUSH_MAX_PAYLOAD",
     "max_jobs": "SSE_FLUSH_MAX_JOBS",
+    "max_jobs_per_identity": "SSE_FLUSH_MAX_JOBS_PER_IDENTITY",
+    "max_streams": "SSE_FLUSH_MAX_STREAMS",
+    "max_query": "SSE_FLUSH_MAX_QUERY",
+    "max_headers": "SSE_FLUSH_MAX_HEADERS",
 }
 
 
@@ -57,6 +63,18 @@ class Settings:
         levels are coalesced; ``None`` for no bound.
     :param on_disconnect: ``"continue"`` or ``"cancel"`` the job when its
         last client leaves.
+    :param max_jobs_per_identity: the most jobs one identity (the
+        blueprint's ``identity`` hook) may have running at once, in the
+        whole store; ``None`` for no limit (``SSE_FLUSH_MAX_JOBS_PER_IDENTITY``).
+    :param max_streams: the most streams open at once in one worker process;
+        ``None`` for the server's default (under gunicorn,
+        ``worker_connections`` less 5 %; elsewhere no limit)
+        (``SSE_FLUSH_MAX_STREAMS``).
+    :param max_query: the longest query string accepted, in bytes; ``None``
+        for room for a ``data`` payload of ``max_payload`` bytes, URL-encoded
+        (``3 * max_payload + 1024``) (``SSE_FLUSH_MAX_QUERY``).
+    :param max_headers: the most bytes of request header names and values
+        accepted (``SSE_FLUSH_MAX_HEADERS``).
     :raises ValueError: a value is out of range.
     """
 
@@ -66,6 +84,15 @@ class Settings:
     max_jobs: int | None = DEFAULT_MAX_JOBS
     buffer: int | None = 256
     on_disconnect: DisconnectPolicy = "continue"
+    max_jobs_per_identity: int | None = None
+    max_streams: int | None = None
+    max_query: int | None = None
+    max_headers: int = DEFAULT_MAX_HEADERS
+
+    @property
+    def query_limit(self) -> int:
+        """The longest query string accepted (``max_query`` or its default)."""
+        return self.max_query if self.max_query is not None else 3 * self.max_payload + 1024
 
     def __post_init__(self) -> None:
         keepalive = self.keepalive
@@ -83,6 +110,14 @@ class Settings:
             )
         if self.max_jobs is not None and (not _is_int(self.max_jobs) or self.max_jobs < 1):
             raise ValueError(f"max_jobs must be a positive int or None, not {self.max_jobs!r}")
+        for name in ("max_jobs_per_identity", "max_streams", "max_query"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+        if not _is_int(self.max_headers) or self.max_headers < 1:
+            raise ValueError(
+                f"max_headers must be a positive int (bytes), not {self.max_headers!r}"
+            )
         if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
             raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
         if self.on_disconnect not in ("continue", "cancel"):

@@ -17,7 +17,7 @@ from .exceptions import StreamClosed
 from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
 from .runtime import Empty, new_channel, new_lock, watch_for_hangup
-from .transport import client_socket
+from .transport import client_socket, end_connection
 
 __all__ = ["KEEPALIVE", "EventStream", "opening_frame", "sse_response"]
 
@@ -29,6 +29,12 @@ _FRAME_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
 _END = object()
 
 C = TypeVar("C", bound=Callable[[], Any])
+
+
+def _retry_field(retry: int) -> str:
+    if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+        raise ValueError(f"retry must be a non-negative int (milliseconds), not {retry!r}")
+    return f"retry: {retry}\n"
 
 
 def opening_frame(retry: int | None = None, last_event_id: str | None = None) -> bytes:
@@ -46,11 +52,10 @@ def opening_frame(retry: int | None = None, last_event_id: str | None = None) ->
     :raises ValueError: ``retry`` is negative or ``last_event_id`` contains
         CR, LF or NUL.
     """
-    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
-        raise ValueError(f"retry must be a non-negative int (milliseconds), not {retry!r}")
+    retry_line = "" if retry is None else _retry_field(retry)
     Event(id=last_event_id)  # the same checks as any event id
     fields = "" if last_event_id is None else f"id: {last_event_id}\n"
-    fields += "" if retry is None else f"retry: {retry}\n"
+    fields += retry_line
     return fields.encode("utf-8") + comment("stream open")
 
 
@@ -127,6 +132,8 @@ class EventStream:
         self._callbacks: list[Callable[[], Any]] = []
         #: Whether the stream ended because its client hung up while it waited.
         self.hung_up = False
+        #: Whether the stream ended with a ``retry:`` hint (:meth:`close`).
+        self.retry_sent = False
 
     @property
     def closed(self) -> bool:
@@ -174,15 +181,24 @@ class EventStream:
         """How many frames wait to be written to the client."""
         return self._channel.pending()
 
-    def close(self) -> None:
+    def close(self, *, retry: int | None = None) -> None:
         """End the stream once the events already sent have gone out.
 
         Idempotent; safe from any thread or greenlet.
+
+        :param retry: a reconnection delay (ms) to announce last, so the
+            browser comes back after it and resumes with its
+            ``Last-Event-ID``: what a graceful stop of the server sends.
+        :raises ValueError: ``retry`` is not a non-negative int.
         """
+        hint = None if retry is None else (_retry_field(retry) + "\n").encode("ascii")
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if hint is not None:
+                self._channel.put(hint, None)
+                self.retry_sent = True
             self._channel.put(_END)
 
     def on_close(self, callback: C) -> C:
@@ -246,10 +262,23 @@ class EventStream:
         if has_request_context():
             # Under gevent, a client that hangs up during a silence is
             # noticed at once, not at the next keepalive write.
-            stop = watch_for_hangup(client_socket(request.environ), self._hung_up)
+            sock = client_socket(request.environ)
+            stop = watch_for_hangup(sock, self._hung_up)
             if stop is not None:
                 self.on_close(stop)
+            if "gunicorn.socket" in request.environ and request.environ.get(
+                "SERVER_PROTOCOL", ""
+            ).startswith("HTTP/1"):
+                # Gunicorn calls this after the body's last chunk: a stream
+                # ended with a retry hint (a graceful stop) also ends its
+                # connection, so the browser's reconnect opens a new one
+                # (to another worker) instead of reusing this one.
+                response.call_on_close(lambda: self._after_body(sock))
         return setup_sse_headers(response)
+
+    def _after_body(self, sock: Any) -> None:
+        if self.retry_sent:
+            end_connection(sock)
 
     def _hung_up(self) -> None:
         log.debug("client hung up; ending its stream")

@@ -27,10 +27,12 @@ from typing import Any
 from werkzeug.wrappers import Response as BaseResponse
 
 from .frames import Event, decode_events
+from .lifecycle import Lifecycle, replace_lifecycle
 
 __all__ = [
     "RedisServer",
     "free_port",
+    "fresh_lifecycle",
     "gunicorn_command",
     "iter_chunks",
     "iter_events",
@@ -83,6 +85,21 @@ def iter_events(source: StreamSource) -> Generator[Event, None, None]:
 def parse_events(source: StreamSource) -> list[Event]:
     """Read ``source`` to its end and return all its events."""
     return list(iter_events(source))
+
+
+@contextlib.contextmanager
+def fresh_lifecycle() -> Iterator[Lifecycle]:
+    """A new :class:`~flask_sse_flush.lifecycle.Lifecycle` for this process, for one test.
+
+    Its stream count starts at zero, and a :meth:`~flask_sse_flush.lifecycle.Lifecycle.stop`
+    inside the block (a graceful stop is for good) ends with the block.
+    """
+    new = Lifecycle()
+    old = replace_lifecycle(new)
+    try:
+        yield new
+    finally:
+        replace_lifecycle(old)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -26,12 +26,13 @@ waitress                    not exposed; waitress sets ``TCP_NODELAY`` on its
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["client_socket", "set_tcp_nodelay"]
+__all__ = ["client_socket", "end_connection", "set_tcp_nodelay"]
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,15 @@ def set_tcp_nodelay(environ: Mapping[str, Any]) -> bool:
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         log.debug("could not set TCP_NODELAY: %s", exc)
         return False
+
+
+def end_connection(sock: Any | None) -> None:
+    """Close the sending side of a client connection whose response has ended.
+
+    The server reads on and closes the connection when the client does; a
+    browser's next request on this host opens a new connection. Never raises.
+    """
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.shutdown(socket.SHUT_WR)

@@ -3,7 +3,7 @@ code outside the package reaches into its private parts.
 
 Bottom up: exceptions, frames, settings <- runtime (detect <- channels, hub
 <- executors), transport, headers, brokers <- stream, jobs <- service <-
-blueprint, mirror <- testing, demo, __init__. ``frames``, ``jobs``, the
+lifecycle <- blueprint, mirror <- testing, demo, __init__. ``frames``, ``jobs``, the
 brokers, ``settings``, ``service`` and the runtime stay framework-free so a
 job worker without an app can use them.
 """
@@ -41,19 +41,20 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/__init__": {"base", "memory", "redis"},
     "service": {"brokers", "exceptions", "jobs", "runtime", "settings"},
     "processes": {"exceptions", "jobs"},
+    "lifecycle": {"runtime", "service", "stream"},
     "blueprint": {
-        "brokers", "exceptions", "frames", "headers", "jobs", "processes", "service", "settings",
-    "stream",
+        "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "processes", "service",
+        "settings", "stream",
     },
     "mirror": {"frames", "headers", "jobs", "stream"},
-    "testing": {"frames"},
+    "testing": {"frames", "lifecycle"},
     "demo/__init__": {"__init__", "render"},
     "demo/render": {"__init__"},
     "demo/draw": set(),
 }  # fmt: skip
 MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo/__init__"}
 FRAMEWORK_FREE = {
-    "frames", "jobs", "exceptions", "transport", "settings", "service", "processes",
+    "frames", "jobs", "exceptions", "transport", "settings", "service", "processes", "lifecycle",
     "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
     "runtime/watch",
 }  # fmt: skip

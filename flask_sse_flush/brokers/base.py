@@ -184,8 +184,18 @@ class Broker(Protocol):
     lock); a broker may deliver them to subscribers outside its own locks.
     """
 
+    #: Whether the store is shared by other processes (Redis): a stream may
+    #: then resume its job on any worker, so a stopping worker sends its
+    #: streams elsewhere. ``False`` for a store that lives in this process.
+    shared: bool = False
+
     def create(
-        self, job_id: str, *, limit: int | None = None, owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        limit: int | None = None,
+        owner: str | None = None,
+        owner_limit: int | None = None,
     ) -> JobStatus:
         """Start a job's log in state ``queued``.
 
@@ -193,8 +203,11 @@ class Broker(Protocol):
         :param limit: refuse the job if this many jobs that have not ended
             are in the store already (``max_jobs``; counted across every
             process the store serves).
+        :param owner_limit: refuse the job if ``owner`` (not ``None``) has
+            this many jobs that have not ended (``max_jobs_per_identity``).
         :raises ValueError: the id is taken or cannot name a job.
-        :raises TooManyJobs: ``limit`` jobs are running already.
+        :raises TooManyJobs: ``limit`` jobs are running already, or
+            ``owner_limit`` jobs of ``owner``.
         """
         ...
 

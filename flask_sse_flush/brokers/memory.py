@@ -92,6 +92,9 @@ class MemoryBroker:
     :param clock: the time source, in seconds (tests may pass their own).
     """
 
+    #: The store lives in this process: its streams cannot resume elsewhere.
+    shared = False
+
     def __init__(
         self,
         *,
@@ -112,6 +115,7 @@ class MemoryBroker:
         self._lock = new_lock()
         self._next_purge = 0.0
         self._active = 0  # jobs created and not ended
+        self._owned: dict[str, int] = {}  # the same, per owner (never zero)
 
     def __len__(self) -> int:
         """How many jobs (running, or ended and retained) the broker holds."""
@@ -145,7 +149,12 @@ class MemoryBroker:
         return job
 
     def create(
-        self, job_id: str, *, limit: int | None = None, owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        limit: int | None = None,
+        owner: str | None = None,
+        owner_limit: int | None = None,
     ) -> JobStatus:
         if not valid_job_id(job_id):
             raise ValueError(f"a job id is 1 to 128 letters, digits or '_.:', not {job_id[:80]!r}")
@@ -156,6 +165,11 @@ class MemoryBroker:
                 raise ValueError(f"job {job_id!r} exists already")
             if limit is not None and self._active >= limit:
                 raise TooManyJobs.at_limit(limit)
+            if owner is not None:
+                owned = self._owned.get(owner, 0)
+                if owner_limit is not None and owned >= owner_limit:
+                    raise TooManyJobs.for_owner(owner_limit)
+                self._owned[owner] = owned + 1
             self._jobs[job_id] = _Job(status=status, lock=new_lock())
             self._active += 1
         return status
@@ -190,6 +204,11 @@ class MemoryBroker:
                 job.ended_at = self._clock()
                 with self._lock:
                     self._active -= 1
+                    owner = job.status.owner
+                    if owner is not None and owner in self._owned:
+                        self._owned[owner] -= 1
+                        if not self._owned[owner]:
+                            del self._owned[owner]
             job.status = job.status.changed(change, **extra)
             members = job.members()
             if final:

@@ -66,20 +66,25 @@ if redis.call('EXISTS', job) == 1 then
   if redis.call('HGET', job, 'epoch') == ARGV[3] then return 'ok' end
   return 'taken'
 end
-if ARGV[2] ~= '' then
-  local limit = tonumber(ARGV[2])
-  if redis.call('SCARD', active) >= limit then
-    -- Forget jobs whose keys are gone (lost data) or that ended unseen.
-    for _, id in ipairs(redis.call('SMEMBERS', active)) do
-      local st = redis.call('HMGET', ARGV[4] .. id, 'state', 'final_seq')
-      if (not st[1]) or st[2] then redis.call('SREM', active, id) end
+local limit, owner, owner_limit = tonumber(ARGV[2]), ARGV[5], tonumber(ARGV[6])
+if limit or owner_limit then
+  -- Forget jobs whose keys are gone (lost data) or that ended unseen,
+  -- and count the owner's.
+  local owned = 0
+  for _, id in ipairs(redis.call('SMEMBERS', active)) do
+    local st = redis.call('HMGET', ARGV[4] .. id, 'state', 'final_seq', 'owner')
+    if (not st[1]) or st[2] then
+      redis.call('SREM', active, id)
+    elseif owner ~= '' and st[3] == owner then
+      owned = owned + 1
     end
-    if redis.call('SCARD', active) >= limit then return 'full' end
   end
+  if limit and redis.call('SCARD', active) >= limit then return 'full' end
+  if owner_limit and owned >= owner_limit then return 'owner full' end
 end
 redis.call('HSET', job, 'state', 'queued', 'last_seq', 0, 'epoch', ARGV[3],
   'lost_through', 0, 'subs', 0)
-if ARGV[5] then redis.call('HSET', job, ARGV[5], ARGV[6]) end
+if owner ~= '' then redis.call('HSET', job, 'owner', owner) end
 redis.call('SADD', active, ARGV[1])
 return 'ok'
 """
@@ -316,6 +321,9 @@ class RedisBroker:
     .. versionadded:: 0.2
     """
 
+    #: Every worker and host with the same store serves every job.
+    shared = True
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
@@ -490,23 +498,34 @@ class RedisBroker:
     # -- the Broker protocol -------------------------------------------------------
 
     def create(
-        self, job_id: str, *, limit: int | None = None, owner: str | None = None
+        self,
+        job_id: str,
+        *,
+        limit: int | None = None,
+        owner: str | None = None,
+        owner_limit: int | None = None,
     ) -> JobStatus:
         if not valid_job_id(job_id):
             raise ValueError(f"a job id is 1 to 128 letters, digits or '_.:', not {job_id[:80]!r}")
-        return self._call(lambda: self._create(job_id, limit, owner))
+        return self._call(lambda: self._create(job_id, limit, owner, owner_limit))
 
-    def _create(self, job_id: str, limit: int | None, owner: str | None) -> JobStatus:
+    def _create(
+        self, job_id: str, limit: int | None, owner: str | None, owner_limit: int | None
+    ) -> JobStatus:
         epoch = os.urandom(8).hex()
         keys = [self._key("job", job_id), f"{self.prefix}active"]
         args = [job_id, "" if limit is None else str(limit), epoch, f"{self.prefix}job:"]
-        args += [] if owner is None else ["owner", owner]
+        args += ["" if owner is None else owner]
+        args += ["" if owner is None or owner_limit is None else str(owner_limit)]
         answer = self._run(lambda client: self._scripts["create"](keys=keys, args=args))
         if answer == b"taken":
             raise ValueError(f"job {job_id!r} exists already")
         if answer == b"full":
             assert limit is not None
             raise TooManyJobs.at_limit(limit)
+        if answer == b"owner full":
+            assert owner_limit is not None
+            raise TooManyJobs.for_owner(owner_limit)
         with self._lock:
             self._publishing[job_id] = owner
         return JobStatus(id=job_id, owner=owner)
