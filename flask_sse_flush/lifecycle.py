@@ -33,8 +33,6 @@ import atexit
 import logging
 import os
 import random
-import signal
-import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -42,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from .runtime import gevent_is_active, new_lock, start_greenlet
 from .runtime.detect import original
+from .servers import gunicorn_worker
 
 if TYPE_CHECKING:
     from .service import JobService
@@ -69,26 +68,6 @@ _MARGIN = 2.0
 _POLL = 0.1
 
 
-def _gunicorn_worker() -> Any | None:
-    """This process's gunicorn worker object, if gunicorn runs it.
-
-    A gunicorn worker installs its bound ``handle_exit`` as the ``SIGTERM``
-    handler: its ``__self__`` is the worker, whose ``alive`` flag says
-    whether it is stopping and whose ``cfg`` holds the settings.
-    """
-    base = sys.modules.get("gunicorn.workers.base")
-    if base is None:
-        return None
-    try:
-        handler = signal.getsignal(signal.SIGTERM)
-    except (ValueError, OSError):
-        return None
-    worker = getattr(handler, "__self__", None)
-    if isinstance(worker, base.Worker):
-        return worker
-    return None
-
-
 def default_max_streams() -> int | None:
     """The ``max_streams`` a worker gets by default: ``None`` where unknown.
 
@@ -97,7 +76,7 @@ def default_max_streams() -> int | None:
     a worker whose connections were all streams would stop accepting, and
     new clients would wait in the listen queue with no answer.
     """
-    worker = _gunicorn_worker()
+    worker = gunicorn_worker()
     connections = getattr(getattr(worker, "cfg", None), "worker_connections", None)
     if not isinstance(connections, int) or connections < 2:
         return None
@@ -127,6 +106,7 @@ class Lifecycle:
         self._streams: dict[EventStream, bool] = {}
         self._services: weakref.WeakSet[JobService] = weakref.WeakSet()
         self._watching = False
+        #: Whether the graceful stop has begun (it is for good).
         self.stopping = False
         #: When the jobs still running are ended (``time.monotonic()``).
         self.deadline: float | None = None
@@ -168,7 +148,7 @@ class Lifecycle:
         if self._watching:
             return
         self._watching = True
-        worker = _gunicorn_worker()
+        worker = gunicorn_worker()
         if worker is None:
             return
         grace = float(getattr(worker.cfg, "graceful_timeout", 30) or 30)

@@ -17,6 +17,7 @@ from .exceptions import StreamClosed
 from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
 from .runtime import Empty, new_channel, new_lock, watch_for_hangup
+from .servers import check_server
 from .transport import client_socket, end_connection
 
 __all__ = ["KEEPALIVE", "EventStream", "opening_frame", "sse_response"]
@@ -262,6 +263,7 @@ class EventStream:
         if has_request_context():
             # Under gevent, a client that hangs up during a silence is
             # noticed at once, not at the next keepalive write.
+            check_server(request.environ)
             sock = client_socket(request.environ)
             stop = watch_for_hangup(sock, self._hung_up)
             if stop is not None:

@@ -19,7 +19,9 @@ gunicorn ``gevent_pywsgi``  ``environ["gunicorn.sock"]``
 werkzeug dev server         ``environ["werkzeug.socket"]``
 uWSGI                       ``uwsgi.connection_fd()``
 gevent.pywsgi, wsgiref      found through ``wsgi.input``'s file object
-waitress                    not exposed; waitress sets ``TCP_NODELAY`` on its
+waitress                    the channel behind
+                            ``environ["waitress.client_disconnected"]``;
+                            waitress also sets ``TCP_NODELAY`` on its
                             listener by default (``socket_options``)
 ==========================  ================================================
 """
@@ -59,6 +61,11 @@ def client_socket(environ: Mapping[str, Any]) -> Any | None:
         sock = environ.get(key)
         if _looks_like_socket(sock):
             return sock
+    # waitress: a bound method of the connection's channel, which holds it.
+    channel = getattr(environ.get("waitress.client_disconnected"), "__self__", None)
+    sock = getattr(channel, "socket", None)
+    if _looks_like_socket(sock):
+        return sock
     level: list[object] = [environ.get("wsgi.input")]
     for _ in range(_INPUT_DEPTH):
         found = [getattr(obj, attr, None) for obj in level for attr in _INPUT_ATTRS]

@@ -28,12 +28,13 @@ ALLOWED: dict[str, set[str]] = {
     "runtime/detect": set(),
     "runtime/channels": {"detect", "frames"},
     "runtime/hub": {"detect"},
-    "runtime/executors": {"detect", "hub"},
+    "runtime/locks": {"detect"},
+    "runtime/executors": {"detect", "hub", "locks"},
     "runtime/watch": {"detect"},
     "runtime/__init__": {"channels", "detect", "executors", "hub", "watch"},
     "transport": set(),
     "headers": {"transport"},
-    "stream": {"exceptions", "frames", "headers", "runtime", "transport"},
+    "stream": {"exceptions", "frames", "headers", "runtime", "servers", "transport"},
     "jobs": {"brokers", "exceptions", "frames", "runtime"},
     "brokers/base": {"exceptions", "frames"},
     "brokers/memory": {"base", "exceptions", "frames", "runtime"},
@@ -41,7 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/__init__": {"base", "memory", "redis"},
     "service": {"brokers", "exceptions", "jobs", "runtime", "settings"},
     "processes": {"exceptions", "jobs"},
-    "lifecycle": {"runtime", "service", "stream"},
+    "servers": set(),
+    "lifecycle": {"runtime", "servers", "service", "stream"},
     "blueprint": {
         "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "processes", "service",
         "settings", "stream",
@@ -55,8 +57,8 @@ ALLOWED: dict[str, set[str]] = {
 MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo/__init__"}
 FRAMEWORK_FREE = {
     "frames", "jobs", "exceptions", "transport", "settings", "service", "processes", "lifecycle",
-    "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
-    "runtime/watch",
+    "servers", "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
+    "runtime/watch", "runtime/locks",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
 #: Code outside the package, which may use only its public names.

@@ -1,0 +1,117 @@
+"""A disconnect storm on two workers and Redis: 200 clients drop and resume with
+``Last-Event-ID`` at random moments while 20 jobs run, some failing, some
+cancelled. Every client ends with each event once, in order, and one terminal
+event; the server is healthy after."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_sse_flush.brokers import parse_event_id
+from flask_sse_flush.testing import RedisServer
+
+from .support import Server, raw_get, stream_path
+from .test_scale_out import TERMINAL, scaled_server
+
+CLIENTS, JOBS = 200, 20
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    with scaled_server(
+        redis_server, tmp_path_factory.mktemp("chaos"), workers=2, options=["--backlog", "2048"]
+    ) as server:
+        yield server
+
+
+def test_a_disconnect_storm_loses_and_repeats_nothing(two_workers: Server, tmp_path: Path) -> None:
+    port = two_workers.port
+    kinds = ["complete"] * 12 + ["error"] * 4 + ["cancelled"] * 4
+    jobs: list[str] = []
+    for n, kind in enumerate(kinds):
+        payload: dict[str, Any] = {"steps": 40, "interval": 0.03, "log": str(tmp_path / f"j{n}")}
+        if kind == "error":
+            payload["fail"] = "/srv/secret: it broke"
+        with raw_get(port, "/render", method="POST", body=json.dumps(payload).encode()) as r:
+            assert r.status == 202
+            jobs.append(r.json()["id"])
+    results: list[dict[str, Any]] = [{} for _ in range(CLIENTS)]
+
+    def client(index: int) -> None:
+        rng = random.Random(index)
+        job_id = jobs[index % JOBS]
+        ids: list[int] = []
+        names: list[str | None] = []
+        headers: dict[str, str] = {}
+        legs = 0
+        while not names or names[-1] not in TERMINAL:
+            legs += 1
+            assert legs < 50, f"client {index} never saw the end"
+            drop_after = rng.choice([1, 2, 3, 5, 8, None])
+            with raw_get(port, f"/render/stream?job={job_id}", headers, timeout=20) as stream:
+                if stream.status == 204:
+                    break  # the terminal event was delivered already
+                assert stream.status == 200, stream.status
+                seen = 0
+                for arrival in stream.arrivals():
+                    event = arrival.event
+                    if event.id:
+                        ids.append(parse_event_id(event.id)[1])
+                        names.append(event.event)
+                        seen += 1
+                    if event.event in TERMINAL or (drop_after and seen >= drop_after):
+                        break
+            if ids:
+                headers = {"Last-Event-ID": f"{job_id}-{ids[-1]}"}
+            time.sleep(rng.random() * 0.05)
+        results[index] = {"ids": ids, "names": names, "legs": legs, "job": job_id}
+
+    def canceller() -> None:
+        time.sleep(0.4)
+        for job_id, kind in zip(jobs, kinds, strict=True):
+            if kind == "cancelled":
+                with raw_get(port, f"/render/{job_id}", method="DELETE") as r:
+                    assert r.status == 202
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    threads.append(threading.Thread(target=canceller))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    reconnects = 0
+    for index, result in enumerate(results):
+        assert result, f"client {index} failed"
+        kind = kinds[index % JOBS]
+        assert result["ids"] == list(range(1, len(result["ids"]) + 1)), f"client {index}"
+        terminal = [n for n in result["names"] if n in TERMINAL]
+        assert terminal == [result["names"][-1]], f"client {index}: {result['names'][-3:]}"
+        assert terminal == (["complete"] if kind == "complete" else ["error"])
+        reconnects += result["legs"] - 1
+    assert reconnects > CLIENTS  # it really was a storm
+    for job_id, kind in zip(jobs, kinds, strict=True):
+        with raw_get(port, f"/render/{job_id}") as r:
+            status = r.json()
+        assert status["state"] == kind
+        if kind == "error":
+            assert status["error"] == "the render failed (RuntimeError)"
+
+    # Healthy after: a new stream runs to its end, and nothing answered 500.
+    with raw_get(port, stream_path({"steps": 3, "interval": 0})) as stream:
+        assert [a.event.event for a in stream.arrivals()][-1] == "complete"
+    # The only tracebacks are the failing renders' own, logged server-side.
+    log = two_workers.log_file("server.out").read_text("utf-8", "replace")
+    assert log.count("Traceback") == log.count("failed\nTraceback") == kinds.count("error"), log[
+        -3000:
+    ]
