@@ -17,7 +17,10 @@ from tests.integration.support import Server, running_server
 from tests.timing import measurements
 
 #: The servers every ``server``-using integration test runs against.
-SERVERS = ["gunicorn-gevent", "gunicorn-gevent_pywsgi", "werkzeug", "wsgiref"]
+SERVERS = [
+    "gunicorn-gevent", "gunicorn-gevent_pywsgi", "gunicorn-gthread", "gunicorn-sync",
+    "gevent", "werkzeug", "waitress", "uwsgi-threads", "uwsgi-gevent", "wsgiref",
+]  # fmt: skip
 
 _MARKERS = {"integration": "integration", "browser": "integration", "smoke": "smoke"}
 

@@ -107,7 +107,13 @@ def validate_title(payload: dict[str, Any]) -> dict[str, Any]:
 def _nodelay(environ: dict[str, Any]) -> int | None:
     sock = client_socket(environ)
     if sock is None:
-        return None
+        try:
+            import uwsgi  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        # uWSGI keeps the socket to itself: look at a duplicate of its fd.
+        with socket.fromfd(uwsgi.connection_fd(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+            return int(dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
     return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 

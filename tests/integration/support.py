@@ -28,13 +28,24 @@ def server_command(
 ) -> list[str]:
     if kind.startswith("gunicorn"):
         worker = kind.split("-", 1)[1]  # gunicorn-gevent -> gevent
+        threads = ["--threads", "16"] if worker == "gthread" else []
         return gunicorn_command(
             f"app:create_app({str(log_dir)!r})",
             port,
             worker_class=worker,
             chdir=str(app_dir),
-            options=["--graceful-timeout", "1", "--log-level", "warning", *options],
+            options=["--graceful-timeout", "1", "--log-level", "warning", *threads, *options],
         )
+    if kind.startswith("uwsgi"):
+        # pyuwsgi's uwsgi: threads, or gevent's loop engine (uwsgi-threads, uwsgi-gevent).
+        mode = ["--threads", "16"] if kind == "uwsgi-threads" else ["--gevent", "1000", "--gevent-early-monkey-patch"]
+        return [
+            str(Path(sys.executable).with_name("uwsgi")),
+            "--http-socket", f"{HOST}:{port}", "--chdir", str(app_dir),
+            "--pythonpath", str(app_dir), "--wsgi-file", str(app_dir / "uwsgi_app.py"),
+            "--pyargv", str(log_dir), "--master", "--processes", "1",
+            "--die-on-term", "--disable-logging", "--need-app", *mode, *options,
+        ]  # fmt: skip
     return [sys.executable, str(HERE / "serve.py"), kind, str(port), str(log_dir)]
 
 
