@@ -115,6 +115,7 @@ def browser_command(engine: str, url: str, profile: Path) -> list[str]:
             binary, "--no-sandbox", "--test-type", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-quic", "--password-store=basic", f"--user-data-dir={profile}",
+            "--ignore-certificate-errors",  # the tests' own self-signed certificates
             "--window-position=0,0", "--window-size=1280,900", f"--app={url}",
         ]  # fmt: skip
     if engine == "firefox":

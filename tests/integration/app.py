@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from flask_sse_flush import Cancelled, EventStream, Progress, create_render_blueprint, send_event
 from flask_sse_flush.brokers import MemoryBroker
@@ -130,6 +130,32 @@ def record_nodelay(app: Callable[..., Iterable[bytes]], log_dir: str) -> Callabl
     return wrapped
 
 
+EIGHT = """<!doctype html><meta charset="utf-8"><title>streams at once</title>
+<script>
+const streams = [];
+const payload = encodeURIComponent(JSON.stringify({steps: 20, interval: 0.1}));
+for (let i = 0; i < %(n)d; i++) {
+  const s = {first: null, last: null, complete: false, events: 0};
+  streams.push(s);
+  const source = new EventSource("/render/stream?data=" + payload);
+  source.addEventListener("progress", () => {
+    const now = performance.timeOrigin + performance.now();
+    if (s.first === null) s.first = now;
+    s.events += 1;
+  });
+  source.addEventListener("complete", () => {
+    s.last = performance.timeOrigin + performance.now();
+    s.complete = true;
+    source.close();
+    if (streams.every((x) => x.complete)) {
+      fetch("/__report/%(run)s/done", {method: "POST", body: JSON.stringify({streams})});
+    }
+  });
+}
+</script>
+"""
+
+
 def create_app(log_dir: str | None = None) -> Any:
     app = Flask(__name__)
     app.register_blueprint(create_render_blueprint(render, keepalive=1.0))
@@ -166,6 +192,17 @@ def create_app(log_dir: str | None = None) -> Any:
             max_jobs=None,
         )
     )
+
+    @app.get("/__eight")
+    def eight() -> Response:
+        """A page with ``n`` EventSources at once; it posts when each began and ended."""
+        return Response(EIGHT % {"run": request.args["run"], "n": int(request.args["n"])})
+
+    @app.post("/__report/<run>/<kind>")
+    def report(run: str, kind: str) -> Response:
+        if log_dir:
+            (Path(log_dir) / f"{run}-{kind}.json").write_bytes(request.get_data())
+        return Response(status=204)
 
     @app.get("/__objects")
     def objects() -> Any:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,7 +39,11 @@ def server_command(
         )
     if kind.startswith("uwsgi"):
         # pyuwsgi's uwsgi: threads, or gevent's loop engine (uwsgi-threads, uwsgi-gevent).
-        mode = ["--threads", "16"] if kind == "uwsgi-threads" else ["--gevent", "1000", "--gevent-early-monkey-patch"]
+        mode = (
+            ["--threads", "16"]
+            if kind == "uwsgi-threads"
+            else ["--gevent", "1000", "--gevent-early-monkey-patch"]
+        )
         return [
             str(Path(sys.executable).with_name("uwsgi")),
             "--http-socket", f"{HOST}:{port}", "--chdir", str(app_dir),
@@ -75,11 +80,13 @@ def running_server(
     app_dir: Path = HERE,
     options: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    tls: bool = False,
 ) -> Iterator[Server]:
     """Start a real server on a free loopback port; stop it however the test ends.
 
     It serves ``create_app(log_dir)`` from ``app.py`` in ``app_dir``;
-    ``options`` go to gunicorn, ``env`` is added to the environment.
+    ``options`` go to gunicorn, ``env`` is added to the environment;
+    ``tls``: the server speaks TLS (its warm-up request does too).
     """
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
@@ -91,7 +98,7 @@ def running_server(
                 command, port, timeout=timeout, stdout=output, stderr=subprocess.STDOUT, env=env
             ) as process:
                 started = True
-                warm_up(port, timeout)
+                warm_up(port, timeout, tls=tls)
                 yield Server(kind, port, log_dir, process)
         except RuntimeError as exc:
             if started:
@@ -100,7 +107,7 @@ def running_server(
             raise RuntimeError(f"{kind}: {exc}\n{log}") from None
 
 
-def warm_up(port: int, timeout: float = 30.0) -> None:
+def warm_up(port: int, timeout: float = 30.0, *, tls: bool = False) -> None:
     """Wait until the server answers a request, not only accepts connections.
 
     gunicorn listens before its worker has booted and imported the app, so
@@ -109,7 +116,13 @@ def warm_up(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((HOST, port), 5) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection((HOST, port), 5))
+                if tls:
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    sock = stack.enter_context(context.wrap_socket(sock))
                 sock.sendall(b"GET /__warm-up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 if sock.recv(12).startswith(b"HTTP/1."):
                     return
@@ -259,3 +272,67 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1 and localhost, made with openssl for one test."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def h2_streams(port: int, paths: Sequence[str], timeout: float = 30.0) -> list[list[Arrival]]:
+    """Open ``paths`` as concurrent streams on one TLS HTTP/2 connection; time each event.
+
+    A frame-level client (the ``h2`` package on a plain socket): every read
+    is decoded at once for every stream, so the times are when the bytes
+    arrived, whatever the number of streams.
+    """
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    arrivals: dict[int, list[Arrival]] = {}
+    decoders: dict[int, EventDecoder] = {}
+    with contextlib.ExitStack() as stack:
+        plain = stack.enter_context(socket.create_connection((HOST, port), timeout))
+        sock = stack.enter_context(context.wrap_socket(plain, server_hostname=HOST))
+        if sock.selected_alpn_protocol() != "h2":
+            raise ConnectionError(f"the server chose {sock.selected_alpn_protocol()!r}, not h2")
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        order = []
+        for path in paths:
+            stream_id = conn.get_next_available_stream_id()
+            headers = [(":method", "GET"), (":path", path), (":scheme", "https")]
+            conn.send_headers(stream_id, [*headers, (":authority", HOST)], end_stream=True)
+            arrivals[stream_id], decoders[stream_id] = [], EventDecoder()
+            order.append(stream_id)
+        sock.sendall(conn.data_to_send())
+        ended: set[int] = set()
+        while len(ended) < len(paths):
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            now = time.time()
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    for parsed in decoders[event.stream_id].feed(event.data):
+                        arrivals[event.stream_id].append(Arrival(parsed, now))
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended.add(event.stream_id)
+            sock.sendall(conn.data_to_send())
+    return [arrivals[stream_id] for stream_id in order]
