@@ -42,6 +42,7 @@ from .headers import setup_sse_headers
 from .jobs import ErrorMessage, RenderFunction
 from .jobs import error_message as default_error_message
 from .lifecycle import lifecycle
+from .metrics import METRICS
 from .processes import ProcessRender
 from .service import (
     ANYONE,
@@ -155,6 +156,10 @@ def _error_response(exc: SSEFlushError) -> Response:
         log.warning("broker unavailable: %s", exc)
         message = "the event store is unavailable; try again later"  # not its internals
     headers = {}
+    if isinstance(exc, (TooManyJobs, TooManyStreams)) and str(request.endpoint).endswith(
+        ".render_stream"
+    ):
+        METRICS.stream_refused()
     if isinstance(exc, TooManyJobs):
         headers["Retry-After"] = str(exc.retry_after)
     elif status == 503:

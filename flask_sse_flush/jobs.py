@@ -215,6 +215,8 @@ class RenderJob:
         self._render = render
         self._next = 1
         self._ended = False  # the terminal event is published
+        #: The job's state as this object last set it (``"queued"`` until it runs).
+        self.state: JobState = "queued"
         # Numbering and publishing happen under one lock, so that reports
         # from several threads still leave in id order.
         self._lock = new_lock()
@@ -283,6 +285,8 @@ class RenderJob:
         self._publish("progress", data, {"progress": percent, "phase": phase})
 
     def _end(self, name: str, data: Any, change: StatusChange) -> None:
+        if not self._ended:
+            self.state = change.get("state", "error")
         try:
             self._publish(name, data, change, final=True)
             return
@@ -321,6 +325,7 @@ class RenderJob:
         """
         try:
             self.broker.update(self.id, {"state": "running"})
+            self.state = "running"
             result = self._render(self.payload, self.progress)
             if self.progress.cancelled:
                 # The render caught Cancelled and returned: still cancelled.

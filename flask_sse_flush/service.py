@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, TypeAlias, Union
 from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
 from .jobs import ErrorMessage, RenderFunction, RenderJob, error_message
+from .metrics import METRICS
 from .runtime import new_lock, start_greenlet, start_native_thread
 from .settings import DisconnectPolicy, Settings
 
@@ -196,9 +197,11 @@ class JobService:
     def _run(self, job: RenderJob) -> None:
         with self._lock:
             self._here[job.id] = job
+        METRICS.job_started()
         try:
             job.run()
         finally:
+            METRICS.job_ended(job.state)
             self._finished(job.id)
 
     def _finished(self, job_id: str) -> None:

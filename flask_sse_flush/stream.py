@@ -8,6 +8,7 @@ an event never waits for the next one and never leaves in two pieces.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from flask import Response, has_request_context, request
 from .exceptions import StreamClosed
 from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
+from .metrics import METRICS, enabled
 from .runtime import Empty, new_channel, new_lock, watch_for_hangup
 from .servers import check_server
 from .transport import client_socket, end_connection
@@ -135,6 +137,8 @@ class EventStream:
         self.hung_up = False
         #: Whether the stream ended with a ``retry:`` hint (:meth:`close`).
         self.retry_sent = False
+        self._measure = enabled()
+        self._ending = "closed"  # what the last frame said, for the metrics
 
     @property
     def closed(self) -> bool:
@@ -155,10 +159,11 @@ class EventStream:
             level = event.event if event.event in self._levels else None
         else:
             frame, level = _as_frame(event), None
+        item: Any = (frame, time.monotonic()) if self._measure else frame
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
-            self._channel.put(frame, level)
+            self._channel.put(item, level)
 
     def deliver(self, frame: bytes, level: str | None = None) -> None:
         """Queue one complete, encoded frame; what a broker calls for each event.
@@ -172,10 +177,11 @@ class EventStream:
         """
         # Checked and queued under the lock close() takes, so a frame can
         # never land behind the end marker and vanish without an error.
+        item: Any = (frame, time.monotonic()) if self._measure else frame
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
-            self._channel.put(frame, level)
+            self._channel.put(item, level)
 
     @property
     def pending(self) -> int:
@@ -198,7 +204,7 @@ class EventStream:
                 return
             self._closed = True
             if hint is not None:
-                self._channel.put(hint, None)
+                self._channel.put((hint, time.monotonic()) if self._measure else hint, None)
                 self.retry_sent = True
             self._channel.put(_END)
 
@@ -224,6 +230,9 @@ class EventStream:
         return self._frames()
 
     def _frames(self) -> Iterator[bytes]:
+        if self._measure:
+            yield from self._measured_frames()
+            return
         try:
             yield self._opening
             while True:
@@ -238,6 +247,36 @@ class EventStream:
         finally:
             # Runs on normal end and on GeneratorExit (the server closing the
             # body after a failed write, i.e. a client disconnect).
+            self._finish()
+
+    def _measured_frames(self) -> Iterator[bytes]:
+        """:meth:`_frames` with metrics: items are ``(frame, queued at)``."""
+        METRICS.stream_opened()
+        reason = "client_gone"
+        try:
+            yield self._opening
+            while True:
+                try:
+                    item = self._channel.get(self.keepalive)
+                except Empty:
+                    yield KEEPALIVE
+                    continue
+                if item is _END:
+                    reason = self._ending
+                    return
+                frame, queued = item
+                if frame.startswith(b"event: complete\n"):
+                    self._ending = "complete"
+                elif frame.startswith(b"event: error\n"):
+                    self._ending = "error"
+                yield frame
+                METRICS.event_sent(time.monotonic() - queued)
+        finally:
+            if self.hung_up:
+                reason = "client_gone"
+            elif self.retry_sent:
+                reason = "shutdown"
+            METRICS.stream_closed(reason, self._channel.coalesced)
             self._finish()
 
     def _finish(self) -> None:

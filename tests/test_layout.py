@@ -34,19 +34,20 @@ ALLOWED: dict[str, set[str]] = {
     "runtime/__init__": {"channels", "detect", "executors", "hub", "watch"},
     "transport": set(),
     "headers": {"transport"},
-    "stream": {"exceptions", "frames", "headers", "runtime", "servers", "transport"},
+    "stream": {"exceptions", "frames", "headers", "metrics", "runtime", "servers", "transport"},
     "jobs": {"brokers", "exceptions", "frames", "runtime"},
     "brokers/base": {"exceptions", "frames"},
     "brokers/memory": {"base", "exceptions", "frames", "runtime"},
     "brokers/redis": {"base", "exceptions", "frames", "runtime"},
     "brokers/__init__": {"base", "memory", "redis"},
-    "service": {"brokers", "exceptions", "jobs", "runtime", "settings"},
+    "service": {"brokers", "exceptions", "jobs", "metrics", "runtime", "settings"},
     "processes": {"exceptions", "jobs"},
     "servers": set(),
+    "metrics": set(),
     "lifecycle": {"runtime", "servers", "service", "stream"},
     "blueprint": {
-        "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "processes", "service",
-        "settings", "stream",
+        "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "metrics", "processes",
+        "service", "settings", "stream",
     },
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames", "lifecycle"},
@@ -57,8 +58,8 @@ ALLOWED: dict[str, set[str]] = {
 MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo/__init__"}
 FRAMEWORK_FREE = {
     "frames", "jobs", "exceptions", "transport", "settings", "service", "processes", "lifecycle",
-    "servers", "runtime", "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors",
-    "runtime/watch", "runtime/locks",
+    "servers", "metrics", "runtime", "runtime/detect", "runtime/channels", "runtime/hub",
+    "runtime/executors", "runtime/watch", "runtime/locks",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
 #: Code outside the package, which may use only its public names.

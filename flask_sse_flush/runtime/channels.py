@@ -48,6 +48,9 @@ class Channel(Protocol[T]):
         """How many items wait to be read."""
         ...
 
+    #: How many items coalescing has dropped so far.
+    coalesced: int
+
     def close(self) -> None: ...
 
 
@@ -72,6 +75,7 @@ class _Queue(Generic[T]):
         # cannot be coalesced fill it, so each put stays O(1) amortised.
         self._threshold = limit
         self._warned = False
+        self.coalesced = 0
 
     def push(self, item: T, level: Hashable | None) -> None:
         self.items.append(item)
@@ -89,6 +93,7 @@ class _Queue(Generic[T]):
         # Runs once per `limit` puts at most, so it costs O(1) per put.
         keep = newest_of_each_level(levels)
         items, old_levels = list(self.items), list(levels)
+        self.coalesced += len(items) - len(keep)
         self.items = collections.deque(items[i] for i in keep)
         self.levels = collections.deque(old_levels[i] for i in keep)
         assert self.limit is not None

@@ -19,7 +19,9 @@ __all__ = ["gevent_is_active", "native_thread_ident", "new_lock", "original"]
 def gevent_is_active() -> bool:
     """Whether gevent has monkey-patched ``threading`` in this process."""
     monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and bool(monkey.is_module_patched("threading"))
+    # getattr: another thread may be importing gevent.monkey right now.
+    is_patched = getattr(monkey, "is_module_patched", None)
+    return is_patched is not None and bool(is_patched("threading"))
 
 
 def original(module: str, name: str) -> Any:

@@ -251,4 +251,15 @@ def create_app(log_dir: str | None = None) -> Any:
 
     if log_dir:
         app.wsgi_app = record_nodelay(app.wsgi_app, log_dir)  # type: ignore[method-assign]
+    return with_metrics(app)
+
+
+def with_metrics(app: Flask) -> Any:
+    """Mount prometheus-client's own WSGI app at /metrics, as its docs say."""
+    from prometheus_client import make_wsgi_app
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/metrics": make_wsgi_app()}
+    )
     return app

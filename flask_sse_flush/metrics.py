@@ -1,0 +1,166 @@
+"""What the streams and jobs of a process are doing: Prometheus metrics, or log records.
+
+With ``prometheus-client`` installed (``pip install "flask-sse-flush[metrics]"``)
+these metrics are registered in its default registry, so the usual
+``prometheus_client.make_wsgi_app()`` mounted at ``/metrics`` shows them:
+
+==========================================  =========  ===========================================
+name                                        type       what
+==========================================  =========  ===========================================
+``sse_flush_open_streams``                  gauge      streams open now
+``sse_flush_streams_opened_total``          counter    streams opened
+``sse_flush_streams_closed_total{reason}``  counter    streams ended: ``complete``, ``error``
+                                                       (the job's terminal event went out),
+                                                       ``client_gone``, ``shutdown`` (a graceful
+                                                       stop sent it elsewhere), ``closed``
+                                                       (anything else); and ``limit``: a stream
+                                                       refused by ``max_streams``, ``max_jobs``
+                                                       or ``max_jobs_per_identity``
+``sse_flush_events_sent_total``             counter    events written to clients
+``sse_flush_event_queue_seconds``           histogram  how long an event waited in its stream's
+                                                       queue before it was written
+``sse_flush_events_coalesced_total``        counter    progress events a slow client never got,
+                                                       replaced by a newer one
+``sse_flush_jobs{state}``                   gauge      jobs of this process, ``running``
+``sse_flush_jobs_ended_total{state}``       counter    jobs ended: ``complete``, ``error``,
+                                                       ``cancelled``
+==========================================  =========  ===========================================
+
+Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` as
+prometheus-client's multiprocess mode asks; the gauges then add up over
+live workers (``livesum``). Without prometheus-client, each of these
+becomes a ``DEBUG`` record of the ``flask_sse_flush.metrics`` logger, made
+only when that level is enabled. Set ``SSE_FLUSH_METRICS=off`` in the
+environment to turn both off: nothing is then measured at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+__all__ = ["METRICS", "Metrics", "enabled"]
+
+log = logging.getLogger(__name__)
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The measurements the library reports; this base records nothing."""
+
+    def stream_opened(self) -> None:
+        """A stream began."""
+
+    def stream_closed(self, reason: str, coalesced: int = 0) -> None:
+        """A stream ended, for ``reason``, after dropping ``coalesced`` events."""
+
+    def stream_refused(self) -> None:
+        """A stream request was refused by a limit."""
+
+    def event_sent(self, waited: float) -> None:
+        """An event was written after ``waited`` seconds in its queue."""
+
+    def job_started(self) -> None:
+        """A job began running in this process."""
+
+    def job_ended(self, state: str) -> None:
+        """A job that ran in this process ended in ``state``."""
+
+
+class _Prometheus(Metrics):
+    def __init__(self, client: Any) -> None:
+        self.open = client.Gauge(
+            "sse_flush_open_streams", "Event streams open now.", multiprocess_mode="livesum"
+        )
+        self.opened = client.Counter("sse_flush_streams_opened", "Event streams opened.")
+        self.closed = client.Counter(
+            "sse_flush_streams_closed", "Event streams ended, by reason.", ["reason"]
+        )
+        self.events = client.Counter("sse_flush_events_sent", "Events written to clients.")
+        self.queue = client.Histogram(
+            "sse_flush_event_queue_seconds",
+            "Seconds an event waited in its stream's queue before it was written.",
+            buckets=_BUCKETS,
+        )
+        self.coalesced = client.Counter(
+            "sse_flush_events_coalesced",
+            "Progress events a slow client never got, replaced by a newer one.",
+        )
+        self.jobs = client.Gauge(
+            "sse_flush_jobs", "Jobs of this process, by state.", ["state"],
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.ended = client.Counter(
+            "sse_flush_jobs_ended", "Jobs ended in this process, by state.", ["state"]
+        )
+
+    def stream_opened(self) -> None:
+        self.open.inc()
+        self.opened.inc()
+
+    def stream_closed(self, reason: str, coalesced: int = 0) -> None:
+        self.open.dec()
+        self.closed.labels(reason).inc()
+        if coalesced:
+            self.coalesced.inc(coalesced)
+
+    def stream_refused(self) -> None:
+        self.closed.labels("limit").inc()
+
+    def event_sent(self, waited: float) -> None:
+        self.events.inc()
+        self.queue.observe(waited)
+
+    def job_started(self) -> None:
+        self.jobs.labels("running").inc()
+
+    def job_ended(self, state: str) -> None:
+        self.jobs.labels("running").dec()
+        self.ended.labels(state).inc()
+
+
+class _Logging(Metrics):
+    def stream_opened(self) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stream opened")
+
+    def stream_closed(self, reason: str, coalesced: int = 0) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stream closed: %s (%d events coalesced)", reason, coalesced)
+
+    def stream_refused(self) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stream refused by a limit")
+
+    def job_started(self) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job started")
+
+    def job_ended(self, state: str) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job ended: %s", state)
+
+
+def _choose() -> Metrics:
+    if os.environ.get("SSE_FLUSH_METRICS", "").lower() in ("off", "0", "false", "no"):
+        return Metrics()
+    try:
+        import prometheus_client
+    except ImportError:
+        return _Logging()
+    try:
+        return _Prometheus(prometheus_client)
+    except ValueError:  # registered already (this module imported twice)
+        log.warning("flask-sse-flush metrics are registered already; not registering again")
+        return Metrics()
+
+
+#: The process's metrics (see the module's description).
+METRICS: Metrics = _choose()
+
+
+def enabled() -> bool:
+    """Whether anything is measured (prometheus-client, or the logging fallback)."""
+    return type(METRICS) is not Metrics
