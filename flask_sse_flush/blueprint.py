@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NoReturn
 
@@ -34,16 +35,18 @@ from .exceptions import (
     JobEnded,
     PayloadTooLarge,
     SSEFlushError,
+    StreamClosed,
     TooManyJobs,
     TooManyStreams,
 )
-from .frames import Coalescing
+from .frames import Coalescing, Event
 from .headers import setup_sse_headers
 from .jobs import ErrorMessage, RenderFunction
 from .jobs import error_message as default_error_message
 from .lifecycle import lifecycle
 from .metrics import METRICS
 from .processes import ProcessRender
+from .runtime import start_greenlet
 from .service import (
     ANYONE,
     RETRY_AFTER_SECONDS,
@@ -259,6 +262,42 @@ def _header_bytes(environ: Mapping[str, Any]) -> int:
     )
 
 
+DIAGNOSE_COUNT, DIAGNOSE_INTERVAL = 20, 0.1
+DIAGNOSE_MAX_COUNT, DIAGNOSE_MAX_SECONDS, DIAGNOSE_MAX_OPEN = 200, 30.0, 4
+_diagnosing: list[int] = [0]
+
+
+def diagnostic_stream(count: int, interval: float, keepalive_event: bool = False) -> Response:
+    """``count`` ``diagnose`` events ``interval`` seconds apart, then ``done``.
+
+    Each carries ``{"i", "n", "sent", "t0"}``: the server's wall-clock send
+    time and the stream's start, so a client measures each event's delay
+    whatever the two clocks say.
+    """
+    if _diagnosing[0] >= DIAGNOSE_MAX_OPEN:
+        return _json_error(503, "too many diagnostic streams; try again", **{"Retry-After": "5"})
+    stream = EventStream(keepalive=5.0, keepalive_event=keepalive_event)
+    _diagnosing[0] += 1
+    stream.on_close(lambda: _diagnosing.__setitem__(0, _diagnosing[0] - 1))
+    started = time.time()
+
+    def produce() -> None:
+        try:
+            for i in range(count):
+                if i:
+                    time.sleep(interval)
+                data = {"i": i, "n": count, "sent": time.time(), "t0": started}
+                stream.send(Event(data, event="diagnose"))
+            stream.send(Event({"n": count}, event="done"))
+            stream.close()
+        except StreamClosed:
+            pass  # the client left
+
+    response = stream.response()
+    start_greenlet(produce, "flask-sse-flush diagnose")
+    return response
+
+
 def create_render_blueprint(
     render: RenderFunction,
     *,
@@ -282,6 +321,8 @@ def create_render_blueprint(
     max_headers: int | None = None,
     cors_origins: Collection[str] | None = None,
     cors_credentials: bool = True,
+    keepalive_event: bool = False,
+    diagnose: bool | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -394,6 +435,15 @@ def create_render_blueprint(
         ``None`` (the default) sends no CORS headers at all.
     :param cors_credentials: whether listed origins may send credentials
         (``Access-Control-Allow-Credentials: true``).
+    :param keepalive_event: send keepalives as an ``event: keepalive``
+        instead of a comment, for proxies and CDNs that ignore comment lines
+        and cut a stream after their idle timeout.
+    :param diagnose: serve ``GET /render/diagnose?n=&interval=``: ``n``
+        events (at most 200, default 20) ``interval`` seconds apart (0 to 1,
+        default 0.1; at most 30 s in all), each carrying the server's send
+        time, then ``event: done``; what ``flask-sse-doctor`` measures true
+        per-event delay with. At most 4 run at once per worker (``503``
+        beyond). ``None`` (the default): on only when ``app.debug``.
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
     """
@@ -513,6 +563,7 @@ def create_render_blueprint(
             admit_stream(settings)
         stream = EventStream(
             keepalive=settings.keepalive,
+            keepalive_event=keepalive_event,
             retry=settings.retry,
             # Even a stream cut before its first event then reconnects with a
             # Last-Event-ID, and resumes this job rather than starting another.
@@ -571,6 +622,23 @@ def create_render_blueprint(
         response.status_code = 202
         response.headers["Location"] = status_url
         return response
+
+    @blueprint.get("/render/diagnose")
+    def diagnose_stream() -> Response:
+        if not (current_app.debug if diagnose is None else diagnose):
+            return _json_error(404, "not found: the diagnostic route is off (diagnose=True)")
+        try:
+            count = int(request.args.get("n", DIAGNOSE_COUNT))
+            interval = float(request.args.get("interval", DIAGNOSE_INTERVAL))
+        except ValueError:
+            return _json_error(400, "n must be an integer and interval a number of seconds")
+        if not (1 <= count <= DIAGNOSE_MAX_COUNT) or not (0 <= interval <= 1):
+            return _json_error(400, f"n must be 1 to {DIAGNOSE_MAX_COUNT}, interval 0 to 1 s")
+        if count * interval > DIAGNOSE_MAX_SECONDS:
+            return _json_error(400, f"n * interval must be at most {DIAGNOSE_MAX_SECONDS} s")
+        if request.method == "HEAD":
+            return stream_headers()
+        return diagnostic_stream(count, interval, keepalive_event)
 
     @blueprint.get("/render/<job_id>")
     def job_status(job_id: str) -> Response:

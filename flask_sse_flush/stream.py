@@ -22,12 +22,14 @@ from .runtime import Empty, new_channel, new_lock, watch_for_hangup
 from .servers import check_server
 from .transport import client_socket, end_connection
 
-__all__ = ["KEEPALIVE", "EventStream", "opening_frame", "sse_response"]
+__all__ = ["KEEPALIVE", "KEEPALIVE_EVENT", "EventStream", "opening_frame", "sse_response"]
 
 log = logging.getLogger(__name__)
 
 #: The keepalive frame, as the original ``sendKeepalive`` wrote it.
 KEEPALIVE = comment("keepalive")
+#: The keepalive as an event, for proxies that ignore comment lines.
+KEEPALIVE_EVENT = b"event: keepalive\ndata: {}\n\n"
 _FRAME_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
 _END = object()
 
@@ -109,6 +111,10 @@ class EventStream:
         coalescing starts; ``None`` for no bound.
     :param coalesce: which event types only matter as their latest value
         (a :class:`~flask_sse_flush.frames.Coalescing`, or the types).
+    :param keepalive_event: send keepalives as an ``event: keepalive`` (with
+        ``data: {}`` and no id, so it moves no ``Last-Event-ID``) instead of
+        a comment: some CDNs and proxies ignore comment lines and cut a
+        stream after their idle timeout. Pages need no listener for it.
     """
 
     def __init__(
@@ -119,12 +125,14 @@ class EventStream:
         last_event_id: str | None = None,
         buffer: int | None = 256,
         coalesce: Coalescing | Collection[str] = PROGRESS_COALESCING,
+        keepalive_event: bool = False,
     ) -> None:
         if keepalive is not None and not keepalive > 0:
             raise ValueError(
                 f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
             )
         self.keepalive = keepalive
+        self._keepalive_frame = KEEPALIVE_EVENT if keepalive_event else KEEPALIVE
         self._opening = opening_frame(retry, last_event_id)
         self._levels = Coalescing.of(coalesce).types
         self._channel = new_channel(buffer)
@@ -239,7 +247,7 @@ class EventStream:
                 try:
                     item = self._channel.get(self.keepalive)
                 except Empty:
-                    yield KEEPALIVE
+                    yield self._keepalive_frame
                     continue
                 if item is _END:
                     return
@@ -259,7 +267,7 @@ class EventStream:
                 try:
                     item = self._channel.get(self.keepalive)
                 except Empty:
-                    yield KEEPALIVE
+                    yield self._keepalive_frame
                     continue
                 if item is _END:
                     reason = self._ending

@@ -158,7 +158,7 @@ for (let i = 0; i < %(n)d; i++) {
 
 def create_app(log_dir: str | None = None) -> Any:
     app = Flask(__name__)
-    app.register_blueprint(create_render_blueprint(render, keepalive=1.0))
+    app.register_blueprint(create_render_blueprint(render, keepalive=1.0, diagnose=True))
     app.register_blueprint(
         create_render_blueprint(
             render, name="cancelling", url_prefix="/cancelling", on_disconnect="cancel"
