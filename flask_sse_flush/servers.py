@@ -9,6 +9,10 @@ logged once per process and problem:
 * **gunicorn's ``sync`` worker** serves one request at a time: one stream
   holds the whole worker, and ``--timeout`` (30 s) kills a stream that
   outlives it.
+* **uWSGI's gevent loop without monkey-patching**: a stream waiting for
+  its next event would block every other request of the worker.
+* **uWSGI without threads**: jobs run in threads, which uWSGI does not run
+  unless ``--enable-threads`` (or ``--threads``) is given.
 
 See :doc:`/servers` for every server's behaviour.
 """
@@ -26,6 +30,7 @@ __all__ = ["check_server", "gunicorn_worker", "warned"]
 log = logging.getLogger(__name__)
 
 _warned: set[str] = set()
+_uwsgi_checked: list[bool] = []
 
 GUNICORN_HTTP2 = (
     "this event stream is served over gunicorn's own HTTP/2, which serves the "
@@ -40,6 +45,17 @@ GUNICORN_SYNC = (
     "request at a time: each open stream holds a whole worker, and '--timeout' "
     "(30 s by default) kills a stream that outlives it. Use '-k gevent' "
     "(pip install 'flask-sse-flush[gevent]') or '-k gthread --threads N'"
+)
+
+
+UWSGI_GEVENT = (
+    "uWSGI runs gevent's loop ('--gevent') but the process is not monkey-patched: "
+    "a stream waiting for its next event blocks every other request of the worker. "
+    "Add '--gevent-early-monkey-patch'"
+)
+UWSGI_THREADS = (
+    "uWSGI runs without Python threads: render jobs (and the threads that feed "
+    "streams) would not run. Add '--enable-threads' (or '--threads N')"
 )
 
 
@@ -74,9 +90,27 @@ def warned() -> frozenset[str]:
     return frozenset(_warned)
 
 
+def _check_uwsgi() -> None:
+    uwsgi = sys.modules.get("uwsgi")
+    options = getattr(uwsgi, "opt", None)
+    if not isinstance(options, Mapping):
+        return
+    names = {key.decode() if isinstance(key, bytes) else str(key) for key in options}
+    threading_patched = getattr(sys.modules.get("gevent.monkey"), "is_module_patched", None)
+    if "gevent" in names and not (threading_patched and threading_patched("threading")):
+        _warn_once("uwsgi-gevent", UWSGI_GEVENT)
+    if "gevent" not in names and not names & {"enable-threads", "threads"}:
+        _warn_once("uwsgi-threads", UWSGI_THREADS)
+
+
 def check_server(environ: Mapping[str, Any]) -> None:
     """Warn, once per process, about a server that cannot stream well. Never raises."""
     software = str(environ.get("SERVER_SOFTWARE", ""))
+    if "uwsgi.version" in environ:
+        if not _uwsgi_checked:
+            _uwsgi_checked.append(True)
+            _check_uwsgi()
+        return
     if not software.startswith("gunicorn"):
         return
     if environ.get("HTTP_VERSION") == "2" or environ.get("SERVER_PROTOCOL") == "HTTP/2":

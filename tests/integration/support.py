@@ -38,12 +38,12 @@ def server_command(
             options=["--graceful-timeout", "1", "--log-level", "warning", *threads, *options],
         )
     if kind.startswith("uwsgi"):
-        # pyuwsgi's uwsgi: threads, or gevent's loop engine (uwsgi-threads, uwsgi-gevent).
-        mode = (
-            ["--threads", "16"]
-            if kind == "uwsgi-threads"
-            else ["--gevent", "1000", "--gevent-early-monkey-patch"]
-        )
+        # pyuwsgi's uwsgi: threads, or gevent's loop engine.
+        mode = {
+            "uwsgi-threads": ["--threads", "16"],
+            "uwsgi-gevent": ["--gevent", "1000", "--gevent-early-monkey-patch"],
+            "uwsgi-gevent-unpatched": ["--gevent", "1000"],  # a misconfiguration, warned of
+        }[kind]
         return [
             str(Path(sys.executable).with_name("uwsgi")),
             "--http-socket", f"{HOST}:{port}", "--chdir", str(app_dir),
