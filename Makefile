@@ -14,7 +14,7 @@ RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server
 SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server
 
-.PHONY: run test smoke pytest lint format typecheck docs clean system-deps bench bench-quick
+.PHONY: run test smoke pytest lint format typecheck docs clean system-deps bench bench-quick matrix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: $(VENV)/.dev-stamp
 # asserts nothing about speed.
 bench-quick: $(VENV)/.dev-stamp
 	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.matrix --quick --only gunicorn-gevent waitress
+
+# Every WSGI server side by side: writes docs/_generated/compat.rst (the
+# table in docs/servers.rst) and benchmarks/results/matrix.json (2 minutes).
+matrix: $(VENV)/.dev-stamp
+	$(BIN)/python -m benchmarks.matrix
 
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do [ -x $$tool ] || missing=1; done; \

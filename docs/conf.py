@@ -18,7 +18,7 @@ version = ".".join(release.split(".")[:2])
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated"]
 root_doc = "index"
 
 autodoc_member_order = "bysource"

@@ -17,7 +17,7 @@ from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
 from .jobs import ErrorMessage, RenderFunction, RenderJob, error_message
 from .metrics import METRICS
-from .runtime import new_lock, start_greenlet, start_native_thread
+from .runtime import home_hub, new_lock, post_to_hub, start_greenlet, start_native_thread
 from .settings import DisconnectPolicy, Settings
 
 __all__ = [
@@ -90,6 +90,11 @@ def spawner(executor: Executor) -> Spawn:
     raise ValueError(
         f"executor must be 'thread', 'greenlet', 'process' or a callable, not {executor!r}"
     )
+
+
+def _on_hub(record: Callable[[], None]) -> None:
+    """Record a metric on the hub that owns this job (a metric's lock is a gevent lock there)."""
+    post_to_hub(home_hub(), record)
 
 
 class Attachable(Subscriber, Protocol):
@@ -197,11 +202,11 @@ class JobService:
     def _run(self, job: RenderJob) -> None:
         with self._lock:
             self._here[job.id] = job
-        METRICS.job_started()
+        _on_hub(METRICS.job_started)
         try:
             job.run()
         finally:
-            METRICS.job_ended(job.state)
+            _on_hub(lambda: METRICS.job_ended(job.state))
             self._finished(job.id)
 
     def _finished(self, job_id: str) -> None:

@@ -167,11 +167,11 @@ class EventStream:
             level = event.event if event.event in self._levels else None
         else:
             frame, level = _as_frame(event), None
-        item: Any = (frame, time.monotonic()) if self._measure else frame
+        stamp = time.monotonic() if self._measure else None
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
-            self._channel.put(item, level)
+            self._channel.put(frame, level, stamp)
 
     def deliver(self, frame: bytes, level: str | None = None) -> None:
         """Queue one complete, encoded frame; what a broker calls for each event.
@@ -185,11 +185,11 @@ class EventStream:
         """
         # Checked and queued under the lock close() takes, so a frame can
         # never land behind the end marker and vanish without an error.
-        item: Any = (frame, time.monotonic()) if self._measure else frame
+        stamp = time.monotonic() if self._measure else None
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
-            self._channel.put(item, level)
+            self._channel.put(frame, level, stamp)
 
     @property
     def pending(self) -> int:
@@ -212,7 +212,7 @@ class EventStream:
                 return
             self._closed = True
             if hint is not None:
-                self._channel.put((hint, time.monotonic()) if self._measure else hint, None)
+                self._channel.put(hint, None, time.monotonic() if self._measure else None)
                 self.retry_sent = True
             self._channel.put(_END)
 
@@ -258,7 +258,7 @@ class EventStream:
             self._finish()
 
     def _measured_frames(self) -> Iterator[bytes]:
-        """:meth:`_frames` with metrics: items are ``(frame, queued at)``."""
+        """:meth:`_frames` with metrics: each frame's put time comes back as the channel's stamp."""
         METRICS.stream_opened()
         reason = "client_gone"
         try:
@@ -272,7 +272,8 @@ class EventStream:
                 if item is _END:
                     reason = self._ending
                     return
-                frame, queued = item
+                frame = item
+                queued = self._channel.stamp or time.monotonic()
                 if frame.startswith(b"event: complete\n"):
                     self._ending = "complete"
                 elif frame.startswith(b"event: error\n"):

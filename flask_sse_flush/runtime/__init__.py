@@ -28,7 +28,7 @@ from .executors import (
     start_greenlet,
     start_native_thread,
 )
-from .hub import call_on_hub, home_hub, run_in_hub
+from .hub import call_on_hub, home_hub, post_to_hub, run_in_hub
 from .watch import watch_for_hangup
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "job_switch_interval",
     "new_channel",
     "new_lock",
+    "post_to_hub",
     "run_in_hub",
     "set_job_switch_interval",
     "start_greenlet",

@@ -38,7 +38,9 @@ class Channel(Protocol[T]):
     each level stays queued. Items without a key are never dropped.
     """
 
-    def put(self, item: T, level: Hashable | None = None) -> None: ...
+    def put(self, item: T, level: Hashable | None = None, stamp: float | None = None) -> None:
+        """Queue ``item``; ``stamp`` (a time) comes back as :attr:`stamp` when it is read."""
+        ...
 
     def get(self, timeout: float | None) -> T:
         """Return the next item; raise :class:`Empty` after ``timeout`` seconds."""
@@ -50,6 +52,8 @@ class Channel(Protocol[T]):
 
     #: How many items coalescing has dropped so far.
     coalesced: int
+    #: The ``stamp`` the item :meth:`get` returned last was put with (or ``None``).
+    stamp: float | None
 
     def close(self) -> None: ...
 
@@ -76,8 +80,16 @@ class _Queue(Generic[T]):
         self._threshold = limit
         self._warned = False
         self.coalesced = 0
+        # Put times, beside the items (floats: nothing for the garbage
+        # collector, unlike a tuple per item); made by the first stamp.
+        self.stamps: collections.deque[float] | None = None
+        self.stamp: float | None = None
 
-    def push(self, item: T, level: Hashable | None) -> None:
+    def push(self, item: T, level: Hashable | None, stamp: float | None = None) -> None:
+        if stamp is not None or self.stamps is not None:
+            if self.stamps is None:
+                self.stamps = collections.deque([0.0] * len(self.items))
+            self.stamps.append(0.0 if stamp is None else stamp)
         self.items.append(item)
         if level is None and self.levels is None:
             return
@@ -96,6 +108,9 @@ class _Queue(Generic[T]):
         self.coalesced += len(items) - len(keep)
         self.items = collections.deque(items[i] for i in keep)
         self.levels = collections.deque(old_levels[i] for i in keep)
+        if self.stamps is not None:
+            stamps = list(self.stamps)
+            self.stamps = collections.deque(stamps[i] for i in keep)
         assert self.limit is not None
         # Past the limit with frames that cannot be coalesced: wait for another
         # `limit` puts before trying again, not one.
@@ -113,6 +128,8 @@ class _Queue(Generic[T]):
             self.levels.popleft()
         if self._threshold != self.limit and len(self.items) <= (self.limit or 0):
             self._threshold = self.limit
+        if self.stamps is not None:
+            self.stamp = self.stamps.popleft()
         return self.items.popleft()
 
 
@@ -123,9 +140,9 @@ class _ThreadChannel(_Queue[T]):
         super().__init__(limit)
         self._ready = threading.Condition(threading.Lock())
 
-    def put(self, item: T, level: Hashable | None = None) -> None:
+    def put(self, item: T, level: Hashable | None = None, stamp: float | None = None) -> None:
         with self._ready:
-            self.push(item, level)
+            self.push(item, level, stamp)
             self._ready.notify()
 
     def get(self, timeout: float | None) -> T:
@@ -167,9 +184,9 @@ class _HubChannel(_Queue[T]):
         self._watcher: Any = None
         self._closed = False
 
-    def put(self, item: T, level: Hashable | None = None) -> None:
+    def put(self, item: T, level: Hashable | None = None, stamp: float | None = None) -> None:
         with self._lock:
-            self.push(item, level)
+            self.push(item, level, stamp)
             if self._get_ident() != self._hub_thread:
                 # Another OS thread may not touch the hub: the async watcher
                 # wakes it. Before the first get() there is no watcher and

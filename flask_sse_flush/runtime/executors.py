@@ -130,11 +130,15 @@ class _NativeThreadPool:
     hub left its frames, greenlet and loop behind (about 10 KiB a job,
     measured: a service of many short jobs grew until it was killed). A
     thread that runs job after job keeps one hub; a thread idle for
-    :attr:`IDLE_SECONDS` ends and destroys its hub. The pool is unbounded:
-    ``max_jobs`` bounds the jobs, and a job must never wait for a thread.
+    :attr:`IDLE_SECONDS` ends and destroys its hub, and the threads beyond
+    :attr:`CORE` idle ones (made for a burst of jobs) end after
+    :attr:`EXTRA_IDLE_SECONDS`. The pool is unbounded: ``max_jobs`` bounds
+    the jobs, and a job must never wait for a thread.
     """
 
     IDLE_SECONDS = 60.0
+    CORE = 1
+    EXTRA_IDLE_SECONDS = 2.0
 
     def __init__(self) -> None:
         self._lock: Any = None
@@ -154,9 +158,12 @@ class _NativeThreadPool:
         worker = _NativeWorker(self, task)
         original("_thread", "start_new_thread")(_with_hub_cleanup(worker.run), ())
 
-    def park(self, worker: _NativeWorker) -> None:
+    def park(self, worker: _NativeWorker) -> float:
+        """Make ``worker`` idle; return how long it waits for a job before it ends."""
         with self._native_lock():
             self._idle.append(worker)
+            extra = len(self._idle) > self.CORE
+        return self.EXTRA_IDLE_SECONDS if extra else self.IDLE_SECONDS
 
     def retire(self, worker: _NativeWorker) -> bool:
         """Take an idle worker out of the pool; ``False`` if a task was just given to it."""
@@ -184,6 +191,7 @@ class _NativeWorker:
         self.ready.release()
 
     def run(self) -> None:
+        _unmonitored_hub()
         while True:
             task, self.task = self.task, None
             if task is not None:
@@ -191,11 +199,26 @@ class _NativeWorker:
                     task()
                 except BaseException:
                     log.exception("a job thread's task failed")
-            self.pool.park(self)
-            if not self.ready.acquire(True, self.pool.IDLE_SECONDS):
+            idle = self.pool.park(self)
+            if not self.ready.acquire(True, idle):
                 if self.pool.retire(self):
                     return
                 self.ready.acquire()  # a task is being handed over: wait for it
+
+
+def _unmonitored_hub() -> None:
+    """Give this job thread a gevent hub that gevent's monitor thread leaves alone.
+
+    With ``GEVENT_MONITOR_THREAD_ENABLE``, every hub gets a monitor that
+    reports it "blocked" after ``GEVENT_MAX_BLOCKING_TIME`` without a switch,
+    with a dump of every greenlet of the process. A job thread's hub is
+    "blocked" whenever its job computes, which is what the thread is for: on
+    a worker with 5,000 streams each report took seconds of CPU and starved
+    the worker. The worker's own hub stays monitored.
+    """
+    import gevent
+
+    gevent.get_hub().start_periodic_monitoring_thread = lambda: None
 
 
 # One pool of job threads per process, as the hub it serves.

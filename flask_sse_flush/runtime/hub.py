@@ -9,7 +9,14 @@ from typing import Any, TypeVar
 
 from .detect import gevent_is_active, native_thread_ident, new_lock
 
-__all__ = ["HUB_POLL_INTERVAL", "call_on_hub", "home_hub", "run_in_hub", "started_by"]
+__all__ = [
+    "HUB_POLL_INTERVAL",
+    "call_on_hub",
+    "home_hub",
+    "post_to_hub",
+    "run_in_hub",
+    "started_by",
+]
 
 R = TypeVar("R")
 
@@ -127,3 +134,20 @@ def run_in_hub(hub: Any, function: Callable[[], R], *, timeout: float | None = N
         raise outcome["error"]
     result: R = outcome["value"]
     return result
+
+
+def post_to_hub(hub: Any, function: Callable[[], object]) -> None:
+    """Run ``function`` on ``hub``'s loop soon, without waiting for it.
+
+    For quick bookkeeping that must happen in the hub's thread (a metric
+    whose lock is a gevent lock) from a native thread. ``function`` runs as
+    a loop callback: it must not block or switch. Called in the hub's own
+    thread, or with ``hub=None``, it runs at once. A hub that has stopped
+    drops it.
+    """
+    if hub is None or native_thread_ident()() == hub.thread_ident:
+        function()
+        return
+    loop = getattr(hub, "loop", None)
+    if loop is not None and not hub.dead:
+        loop.run_callback_threadsafe(function)

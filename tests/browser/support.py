@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -184,86 +185,112 @@ def browser(engine: str, display: str, url: str, log_dir: Path, run: str) -> Ite
             process.wait(10)
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-
-    # Defaults, as a new site has them: proxy_buffering is on.
-    server {{
-        listen {host}:{plain};
-        location / {{ proxy_pass http://{host}:{upstream}; }}
-    }}
-    # And with gzip on for event streams too.
-    server {{
-        listen {host}:{gzip};
-        gzip on;
-        gzip_types text/event-stream;
-        gzip_min_length 1;
-        gzip_proxied any;
-        location / {{ proxy_pass http://{host}:{upstream}; }}
-    }}
-}}
-"""
-
-
 @dataclass
 class Nginx:
     plain_port: int
     gzip_port: int
 
 
-@contextlib.contextmanager
-def nginx_in_front(upstream_port: int, work: Path) -> Iterator[Nginx]:
-    """Debian's nginx in the foreground, on loopback, in front of ``upstream_port``."""
+#: What every test nginx.conf starts with: foreground, loopback, files in ``{dir}``.
+NGINX_PREAMBLE = """
+worker_processes 1;
+daemon off;
+{user}
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+"""
+#: Temporary-file paths for an ``http {}`` block.
+NGINX_TEMP_PATHS = """
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+"""
+
+
+def nginx_binary() -> str:
+    """Debian's nginx; skips (or fails, in CI) the test where it is missing."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        require("nginx")
+    return binary
+
+
+@contextlib.contextmanager
+def run_nginx(http: str, work: Path, ports: list[int]) -> Iterator[Path]:
+    """Run nginx with ``http`` as its ``http {}`` block until every port in ``ports`` accepts.
+
+    ``http`` may use ``{dir}`` (``work``) and ``{temp_paths}``. Yields ``work``.
+    """
+    binary = nginx_binary()
     work.mkdir(parents=True, exist_ok=True)
-    plain, gzip = free_port(), free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            NGINX_CONF.format(
-                user="user root;" if os.geteuid() == 0 else "",
-                dir=work,
-                host=HOST,
-                plain=plain,
-                gzip=gzip,
-                upstream=upstream_port,
-            )
+    user = "user root;" if os.geteuid() == 0 else ""
+    text = (
+        NGINX_PREAMBLE.format(user=user, dir=work)
+        + "http {\n"
+        + http.replace("{temp_paths}", NGINX_TEMP_PATHS.format(dir=work)).replace(
+            "{dir}", str(work)
         )
+        + "\n}\n"
     )
+    conf = work / "nginx.conf"
+    conf.write_text(textwrap.dedent(text))
     output = (work / "nginx.out").open("wb")
     process = subprocess.Popen(
         [binary, "-p", str(work), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=output
     )
     try:
         deadline = time.monotonic() + 15
-        for port in (plain, gzip):
+        for port in ports:
             while True:
                 if process.poll() is not None:
                     raise RuntimeError(
                         "nginx exited: " + (work / "nginx.out").read_text(errors="replace")
                     )
                 with contextlib.suppress(OSError):
-                    import socket
-
                     socket.create_connection((HOST, port), 0.2).close()
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError("nginx did not start")
                 time.sleep(0.05)
-        yield Nginx(plain, gzip)
+        yield work
     finally:
         process.terminate()
         process.wait(10)
         output.close()
+
+
+NGINX_SITES = """
+    access_log off;
+    {temp_paths}
+    # Defaults, as a new site has them: proxy_buffering is on.
+    server {
+        listen HOST:PLAIN;
+        location / { proxy_pass http://HOST:UPSTREAM; }
+    }
+    # And with gzip on for event streams too.
+    server {
+        listen HOST:GZIP;
+        gzip on;
+        gzip_types text/event-stream;
+        gzip_min_length 1;
+        gzip_proxied any;
+        location / { proxy_pass http://HOST:UPSTREAM; }
+    }
+"""
+
+
+@contextlib.contextmanager
+def nginx_in_front(upstream_port: int, work: Path) -> Iterator[Nginx]:
+    """Debian's nginx in the foreground, on loopback, in front of ``upstream_port``."""
+    plain, gzip = free_port(), free_port()
+    http = (
+        NGINX_SITES.replace("HOST", HOST)
+        .replace("PLAIN", str(plain))
+        .replace("GZIP", str(gzip))
+        .replace("UPSTREAM", str(upstream_port))
+    )
+    with run_nginx(http, work, [plain, gzip]):
+        yield Nginx(plain, gzip)

@@ -13,10 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
-import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +35,7 @@ from tests.integration.support import (
 )
 from tests.timing import assert_p95_under, assert_under
 
-from .support import browser, missing_tools, require
+from .support import browser, missing_tools, nginx_binary, require, run_nginx
 
 STREAMS = 8
 CONF = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "nginx-http2.conf"
@@ -59,8 +55,8 @@ class Proxy:
 @contextlib.contextmanager
 def nginx_http2(upstream: int, work: Path) -> Iterator[Proxy]:
     """nginx with TLS and HTTP/2 on a free port, the deploy guide's server block inside."""
-    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-        require("nginx")
+    nginx_binary()
+    work.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_cert(work)
     port = free_port()
     server_block = CONF.read_text().split("# BEGIN server", 1)[1].split("# END server", 1)[0]
@@ -71,52 +67,12 @@ def nginx_http2(upstream: int, work: Path) -> Iterator[Proxy]:
         .replace("127.0.0.1:8000", f"{HOST}:{upstream}")
         .replace("listen ", f"listen {HOST}:", 1)
     )
-    conf = work / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""
-            worker_processes 1;
-            daemon off;
-            {"user root;" if os.geteuid() == 0 else ""}
-            pid {work}/nginx.pid;
-            error_log {work}/error.log warn;
-            events {{ worker_connections 256; }}
-            http {{
-                log_format conn '$connection $server_protocol $request';
-                access_log {work}/access.log conn;
-                client_body_temp_path {work}/client_body;
-                proxy_temp_path {work}/proxy;
-                fastcgi_temp_path {work}/fastcgi;
-                uwsgi_temp_path {work}/uwsgi;
-                scgi_temp_path {work}/scgi;
-            """
-        )
-        + server_block
-        + "\n}\n"
+    http = (
+        "log_format conn '$connection $server_protocol $request';\n"
+        "access_log {dir}/access.log conn;\n{temp_paths}\n" + server_block
     )
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    output = (work / "nginx.out").open("wb")
-    process = subprocess.Popen(
-        [binary, "-p", str(work), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=output
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("nginx exited: " + (work / "nginx.out").read_text())
-            with contextlib.suppress(OSError):
-                import socket
-
-                socket.create_connection((HOST, port), 0.2).close()
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("nginx did not start")
-            time.sleep(0.05)
+    with run_nginx(http, work, [port]):
         yield Proxy(port, work)
-    finally:
-        process.terminate()
-        process.wait(10)
-        output.close()
 
 
 @pytest.fixture(scope="module")

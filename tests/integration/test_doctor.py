@@ -7,14 +7,9 @@ route and checks its exit status and verdict.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,48 +17,37 @@ from typing import Any
 import pytest
 
 from flask_sse_flush.testing import free_port
+from tests.browser.support import run_nginx
 
 from .support import HOST, Server, raw_get, running_server
 
 DIAGNOSE = "/render/diagnose?n=20&interval=0.05"
 
 NGINX = """
-worker_processes 1;
-daemon off;
-{user}
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
     access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+    {temp_paths}
     # Buffering on, and the app's X-Accel-Buffering: no taken away.
-    server {{
-        listen {host}:{buffered};
-        location / {{
-            proxy_pass http://{host}:{upstream};
+    server {
+        listen HOST:BUFFERED;
+        location / {
+            proxy_pass http://HOST:UPSTREAM;
             proxy_buffering on;
             proxy_hide_header X-Accel-Buffering;
             proxy_ignore_headers X-Accel-Buffering;
-        }}
-    }}
+        }
+    }
     # The app's Content-Encoding: identity taken away, and gzip for streams.
-    server {{
-        listen {host}:{gzip};
+    server {
+        listen HOST:GZIP;
         gzip on;
         gzip_types text/event-stream;
         gzip_min_length 1;
         gzip_proxied any;
-        location / {{
-            proxy_pass http://{host}:{upstream};
+        location / {
+            proxy_pass http://HOST:UPSTREAM;
             proxy_hide_header Content-Encoding;
-        }}
-    }}
-}}
+        }
+    }
 """
 
 
@@ -75,47 +59,15 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def nginx(app_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS") == "1":
-            pytest.fail("nginx is not installed (make system-deps)")
-        pytest.skip("nginx is not installed (make system-deps)")
-    work = tmp_path_factory.mktemp("doctor-nginx")
     ports = {"buffered": free_port(), "gzip": free_port()}
-    conf = work / "nginx.conf"
-    conf.write_text(
-        textwrap.dedent(
-            NGINX.format(
-                user="user root;" if os.geteuid() == 0 else "",
-                dir=work,
-                host=HOST,
-                upstream=app_server.port,
-                **ports,
-            )
-        )
+    http = (
+        NGINX.replace("HOST", HOST)
+        .replace("BUFFERED", str(ports["buffered"]))
+        .replace("GZIP", str(ports["gzip"]))
+        .replace("UPSTREAM", str(app_server.port))
     )
-    output = (work / "nginx.out").open("wb")
-    process = subprocess.Popen(
-        [binary, "-p", str(work), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=output
-    )
-    try:
-        for port in ports.values():
-            deadline = time.monotonic() + 15
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError((work / "nginx.out").read_text())
-                with contextlib.suppress(OSError):
-                    import socket
-
-                    socket.create_connection((HOST, port), 0.2).close()
-                    break
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+    with run_nginx(http, tmp_path_factory.mktemp("doctor-nginx"), list(ports.values())):
         yield ports
-    finally:
-        process.terminate()
-        process.wait(10)
-        output.close()
 
 
 def doctor(url: str, *extra: str, script: bool = False) -> tuple[int, str]:
