@@ -267,12 +267,16 @@ DIAGNOSE_MAX_COUNT, DIAGNOSE_MAX_SECONDS, DIAGNOSE_MAX_OPEN = 200, 30.0, 4
 _diagnosing: list[int] = [0]
 
 
-def diagnostic_stream(count: int, interval: float, keepalive_event: bool = False) -> Response:
+def diagnostic_stream(
+    count: int, interval: float, keepalive_event: bool = False, *, opt_out: bool = True
+) -> Response:
     """``count`` ``diagnose`` events ``interval`` seconds apart, then ``done``.
 
     Each carries ``{"i", "n", "sent", "t0"}``: the server's wall-clock send
     time and the stream's start, so a client measures each event's delay
-    whatever the two clocks say.
+    whatever the two clocks say. ``opt_out=False`` leaves out
+    ``X-Accel-Buffering: no``: what a proxy does to a stream that does not
+    ask it not to buffer.
     """
     if _diagnosing[0] >= DIAGNOSE_MAX_OPEN:
         return _json_error(503, "too many diagnostic streams; try again", **{"Retry-After": "5"})
@@ -294,6 +298,8 @@ def diagnostic_stream(count: int, interval: float, keepalive_event: bool = False
             pass  # the client left
 
     response = stream.response()
+    if not opt_out:
+        response.headers.pop("X-Accel-Buffering", None)
     start_greenlet(produce, "flask-sse-flush diagnose")
     return response
 
@@ -442,7 +448,8 @@ def create_render_blueprint(
         events (at most 200, default 20) ``interval`` seconds apart (0 to 1,
         default 0.1; at most 30 s in all), each carrying the server's send
         time, then ``event: done``; what ``flask-sse-doctor`` measures true
-        per-event delay with. At most 4 run at once per worker (``503``
+        per-event delay with (``accel=0`` leaves out ``X-Accel-Buffering``,
+        to see whether a proxy buffers streams that do not opt out). At most 4 run at once per worker (``503``
         beyond). ``None`` (the default): on only when ``app.debug``.
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
@@ -638,7 +645,8 @@ def create_render_blueprint(
             return _json_error(400, f"n * interval must be at most {DIAGNOSE_MAX_SECONDS} s")
         if request.method == "HEAD":
             return stream_headers()
-        return diagnostic_stream(count, interval, keepalive_event)
+        opt_out = request.args.get("accel") != "0"
+        return diagnostic_stream(count, interval, keepalive_event, opt_out=opt_out)
 
     @blueprint.get("/render/<job_id>")
     def job_status(job_id: str) -> Response:

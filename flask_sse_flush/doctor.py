@@ -18,7 +18,12 @@ culprit with its fix:
 ``proxy-buffering``
     events arrive in bursts and the stream has lost ``X-Accel-Buffering: no``
     (or a proxy says it passed through): nginx's ``proxy_buffering``, or a
-    proxy like it.
+    proxy like it. Against the diagnostic route the doctor also reads a
+    second stream that does not send ``X-Accel-Buffering: no``
+    (``accel=0``): a proxy that buffers it holds back any stream whose
+    header is hidden, dropped or never sent, and is named too (nginx passes
+    no ``X-Accel-*`` header to the client, so the client cannot tell whether
+    it was honoured).
 ``compression``
     the stream arrives compressed (``Content-Encoding: gzip``, ``br``, ...):
     compression waits for enough input before it sends anything.
@@ -132,6 +137,8 @@ class Diagnosis:
     delays: dict[str, float] = field(default_factory=dict)
     diagnostic: bool = False
     streams_started: list[float | None] = field(default_factory=list)
+    #: Delays of the second probe, a stream without ``X-Accel-Buffering: no``.
+    without_opt_out: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     @property
@@ -403,6 +410,18 @@ def diagnose(
     result, arrivals, reader = _read(url, timeout=timeout, insecure=insecure, progress=report)
     if result.status == 200:
         _judge(result, arrivals, reader)
+    if result.status == 200 and result.diagnostic and not result.culprits:
+        # The stream got through. Would one that does not send
+        # X-Accel-Buffering: no (the header a proxy may hide or drop)?
+        probe = url + ("&" if urlsplit(url).query else "?") + "accel=0"
+        bare, bare_arrivals, bare_reader = _read(
+            probe, timeout=timeout, insecure=insecure, progress=report
+        )
+        if bare.status == 200:
+            _judge(bare, bare_arrivals, bare_reader)
+            result.without_opt_out = bare.delays
+            if "proxy-buffering" in bare.culprits or "server-buffering" in bare.culprits:
+                result.culprits.append("proxy-buffering")
     if streams > 1 and result.status == 200:
         result.streams_started = _concurrent_starts(url, streams, timeout, insecure)
         if any(t is None or t > 1.0 for t in result.streams_started):

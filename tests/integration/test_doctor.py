@@ -36,6 +36,26 @@ NGINX = """
             proxy_ignore_headers X-Accel-Buffering;
         }
     }
+    # Only the header hidden: nginx still honours it, and passes events at
+    # once; but it would buffer any stream that lost it.
+    server {
+        listen HOST:HIDDEN;
+        location / {
+            proxy_pass http://HOST:UPSTREAM;
+            proxy_buffering on;
+            proxy_hide_header X-Accel-Buffering;
+        }
+    }
+    # As docs/deploy/nginx.conf says: buffering off for the streams.
+    server {
+        listen HOST:GOOD;
+        location / {
+            proxy_pass http://HOST:UPSTREAM;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
     # The app's Content-Encoding: identity taken away, and gzip for streams.
     server {
         listen HOST:GZIP;
@@ -59,13 +79,10 @@ def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def nginx(app_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
-    ports = {"buffered": free_port(), "gzip": free_port()}
-    http = (
-        NGINX.replace("HOST", HOST)
-        .replace("BUFFERED", str(ports["buffered"]))
-        .replace("GZIP", str(ports["gzip"]))
-        .replace("UPSTREAM", str(app_server.port))
-    )
+    ports = {name: free_port() for name in ("buffered", "hidden", "good", "gzip")}
+    http = NGINX.replace("HOST", HOST).replace("UPSTREAM", str(app_server.port))
+    for name, port in ports.items():
+        http = http.replace(name.upper(), str(port))
     with run_nginx(http, tmp_path_factory.mktemp("doctor-nginx"), list(ports.values())):
         yield ports
 
@@ -104,6 +121,22 @@ def test_a_buffering_proxy_is_named(app_server: Server, nginx: dict[str, int]) -
     assert "proxy-buffering" in report["culprits"], report
     status, human = doctor(url)
     assert status != 0 and "CULPRIT proxy-buffering" in human
+
+
+def test_a_proxy_that_buffers_streams_without_the_header_is_named(
+    app_server: Server, nginx: dict[str, int]
+) -> None:
+    # The client sees no X-Accel-Buffering from any nginx; the second probe
+    # (accel=0) shows that this one buffers a stream that lacks it.
+    status, report = verdict(f"http://{HOST}:{nginx['hidden']}{DIAGNOSE}")
+    assert status != 0 and "proxy-buffering" in report["culprits"], report
+    assert report["delays"]["p95"] < 0.1  # this stream itself got through
+
+
+def test_nginx_set_up_as_the_docs_say_is_ok(app_server: Server, nginx: dict[str, int]) -> None:
+    status, report = verdict(f"http://{HOST}:{nginx['good']}{DIAGNOSE}")
+    assert status == 0, report
+    assert report["ok"] is True and report["without_opt_out"]["p95"] < 0.1
 
 
 def test_compression_is_named(app_server: Server, nginx: dict[str, int]) -> None:
