@@ -449,8 +449,9 @@ def create_render_blueprint(
         default 0.1; at most 30 s in all), each carrying the server's send
         time, then ``event: done``; what ``flask-sse-doctor`` measures true
         per-event delay with (``accel=0`` leaves out ``X-Accel-Buffering``,
-        to see whether a proxy buffers streams that do not opt out). At most 4 run at once per worker (``503``
-        beyond). ``None`` (the default): on only when ``app.debug``.
+        to see whether a proxy buffers streams that do not opt out). At
+        most 4 run at once per worker (``503`` beyond). ``None`` (the
+        default): on only when ``app.debug``.
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
     """
