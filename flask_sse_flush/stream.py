@@ -20,7 +20,7 @@ from .headers import setup_sse_headers
 from .metrics import METRICS, enabled
 from .runtime import Empty, new_channel, new_lock, watch_for_hangup
 from .servers import check_server
-from .transport import client_socket, end_connection
+from .transport import client_socket, end_connection, uwsgi_socket
 
 __all__ = ["KEEPALIVE", "KEEPALIVE_EVENT", "EventStream", "opening_frame", "sse_response"]
 
@@ -313,9 +313,12 @@ class EventStream:
             # noticed at once, not at the next keepalive write.
             check_server(request.environ)
             sock = client_socket(request.environ)
-            stop = watch_for_hangup(sock, self._hung_up)
+            duplicate = uwsgi_socket() if sock is None else None  # uWSGI keeps its own
+            stop = watch_for_hangup(sock or duplicate, self._hung_up)
             if stop is not None:
                 self.on_close(stop)
+            if duplicate is not None:
+                self.on_close(duplicate.close)
             if "gunicorn.socket" in request.environ and request.environ.get(
                 "SERVER_PROTOCOL", ""
             ).startswith("HTTP/1"):

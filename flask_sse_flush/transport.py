@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["client_socket", "end_connection", "set_tcp_nodelay"]
+__all__ = ["client_socket", "end_connection", "set_tcp_nodelay", "uwsgi_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +77,25 @@ def client_socket(environ: Mapping[str, Any]) -> Any | None:
     return None
 
 
-def _uwsgi_nodelay() -> bool:
+def uwsgi_socket() -> socket.socket | None:
+    """A duplicate of uWSGI's client socket (the caller closes it), or ``None`` elsewhere."""
     try:
         import uwsgi
     except ImportError:
+        return None
+    try:
+        return socket.socket(fileno=os.dup(uwsgi.connection_fd()))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _uwsgi_nodelay() -> bool:
+    # Options set on a duplicate apply to the one shared connection, and
+    # closing the duplicate leaves uWSGI's descriptor alone.
+    sock = uwsgi_socket()
+    if sock is None:
         return False
-    fd = uwsgi.connection_fd()
-    # fromfd duplicates the descriptor; options set on the copy apply to the
-    # one shared connection, and closing the copy leaves uWSGI's fd alone.
-    with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with sock:
         return _set(sock)
 
 
