@@ -186,8 +186,11 @@ class Lifecycle:
                 self.retry = retry
             self.deadline = time.monotonic() + max(0.0, grace - min(_MARGIN, grace / 4))
             streams = [stream for stream, shared in self._streams.items() if shared]
+            staying = [stream for stream, shared in self._streams.items() if not shared]
         for stream in streams:
             stream.close(retry=self.hint())
+        for stream in staying:
+            stream.retry_at_close(self.hint())  # ends with its job, then a hint
         log.info("graceful stop: %d streams sent elsewhere", len(streams))
         start_greenlet(self._end_jobs_at_deadline, "flask-sse-flush shutdown")
         atexit.register(self._wait_at_exit, notify)

@@ -145,6 +145,7 @@ class EventStream:
         self.hung_up = False
         #: Whether the stream ended with a ``retry:`` hint (:meth:`close`).
         self.retry_sent = False
+        self._retry_at_close: int | None = None
         self._measure = enabled()
         self._ending = "closed"  # what the last frame said, for the metrics
 
@@ -206,6 +207,8 @@ class EventStream:
             ``Last-Event-ID``: what a graceful stop of the server sends.
         :raises ValueError: ``retry`` is not a non-negative int.
         """
+        if retry is None:
+            retry = self._retry_at_close
         hint = None if retry is None else (_retry_field(retry) + "\n").encode("ascii")
         with self._lock:
             if self._closed:
@@ -215,6 +218,16 @@ class EventStream:
                 self._channel.put(hint, None, time.monotonic() if self._measure else None)
                 self.retry_sent = True
             self._channel.put(_END)
+
+    def retry_at_close(self, retry: int) -> None:
+        """Announce ``retry`` (ms) when the stream is closed later, whoever closes it.
+
+        What a graceful stop asks of a stream it lets run to its end (its
+        job lives in this process): the browser then waits that long before
+        it reconnects, and not all at once.
+        """
+        _retry_field(retry)
+        self._retry_at_close = retry
 
     def on_close(self, callback: C) -> C:
         """Call ``callback()`` once when the stream ends, for any reason.

@@ -269,6 +269,10 @@ def test_a_stop_sends_shared_store_streams_elsewhere_with_a_hint(
 
 def test_a_stop_keeps_memory_streams_until_their_job_ends(life: Lifecycle) -> None:
     chunks, _ = stopped_stream(MemoryBroker(), life)
+    decoder = EventDecoder()
+    for chunk in chunks:
+        decoder.feed(chunk)
+    assert decoder.retry is not None and 1000 <= decoder.retry < 2000  # after the end
     events = parse_events(b"".join(chunks))
     assert events[-1].event == "error"
     assert events[-1].json() == {"message": SHUTDOWN_MESSAGE, "retry": True}

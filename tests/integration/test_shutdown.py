@@ -223,3 +223,5 @@ def test_memory_broker_streams_stay_with_their_worker_to_the_end(tmp_path: Path)
             check_every_id_once(client, 20)
             assert client[0].names[-1] == "complete"
             assert client[0].clean_end
+            # After its complete, a hint too: no browser comes back at once.
+            assert client[0].retry is not None and 1000 <= client[0].retry < 2000
