@@ -30,6 +30,7 @@ the graceful stop:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import random
@@ -38,8 +39,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .runtime import gevent_is_active, new_lock, start_greenlet
-from .runtime.detect import original
+from .runtime import new_lock, start_greenlet
 from .servers import gunicorn_worker
 
 if TYPE_CHECKING:
@@ -83,15 +83,6 @@ def default_max_streams() -> int | None:
     return connections - max(1, connections // 20)
 
 
-def _sleep(seconds: float) -> None:
-    if gevent_is_active():
-        import gevent
-
-        gevent.sleep(seconds)
-    else:
-        original("time", "sleep")(seconds)
-
-
 def _jittered(retry: int) -> int:
     return retry + random.randrange(max(1, retry))
 
@@ -112,12 +103,10 @@ class Lifecycle:
         self.deadline: float | None = None
         self.retry = SHUTDOWN_RETRY
 
-    @property
+    @functools.cached_property
     def max_streams(self) -> int | None:
         """This server's default ``max_streams`` (:func:`default_max_streams`), found once."""
-        if not hasattr(self, "_max_streams"):
-            self._max_streams = default_max_streams()
-        return self._max_streams
+        return default_max_streams()
 
     @property
     def open_streams(self) -> int:
@@ -159,7 +148,7 @@ class Lifecycle:
                     log.info("gunicorn worker %s is stopping: ending streams", os.getpid())
                     self.stop(grace, notify=getattr(worker, "notify", None))
                     return
-                _sleep(_POLL)
+                time.sleep(_POLL)
 
         start_greenlet(monitor, "flask-sse-flush shutdown monitor")
 
@@ -201,7 +190,7 @@ class Lifecycle:
     def _end_jobs_at_deadline(self) -> None:
         assert self.deadline is not None
         while self._running() and time.monotonic() < self.deadline:
-            _sleep(_POLL)
+            time.sleep(_POLL)
         for service in self._running():
             ended = service.stop_jobs(SHUTDOWN_MESSAGE)
             if ended:
@@ -218,7 +207,7 @@ class Lifecycle:
                     notify()
                 except Exception:
                     notify = None
-            _sleep(_POLL)
+            time.sleep(_POLL)
         if time.monotonic() < self.deadline:
             return
         for service in self._running():

@@ -39,10 +39,10 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
+
+from .runtime import new_lock
 
 __all__ = ["METRICS", "Metrics", "enabled"]
 
@@ -83,7 +83,7 @@ class _EventTally:
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock() if not _gevent_patched() else _native_lock()
+        self.lock = new_lock()
         self.count = 0
         self.total = 0.0
         self.buckets = [0] * (len(_BUCKETS) + 1)
@@ -115,18 +115,6 @@ class _EventTally:
 
     def describe(self) -> list[Any]:
         return []
-
-
-def _gevent_patched() -> bool:
-    monkey = sys.modules.get("gevent.monkey")
-    patched = getattr(monkey, "is_module_patched", None)
-    return bool(patched and patched("threading"))
-
-
-def _native_lock() -> Any:
-    from gevent.monkey import get_original
-
-    return get_original("_thread", "allocate_lock")()
 
 
 class _Prometheus(Metrics):

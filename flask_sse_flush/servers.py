@@ -25,12 +25,15 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from .runtime import gevent_is_active
+
 __all__ = ["check_server", "gunicorn_worker", "warned"]
 
 log = logging.getLogger(__name__)
 
 _warned: set[str] = set()
-_uwsgi_checked: list[bool] = []
+# The worker's own setup is looked at once per process (its first stream).
+_checked: set[str] = set()
 
 GUNICORN_HTTP2 = (
     "this event stream is served over gunicorn's own HTTP/2, which serves the "
@@ -96,8 +99,7 @@ def _check_uwsgi() -> None:
     if not isinstance(options, Mapping):
         return
     names = {key.decode() if isinstance(key, bytes) else str(key) for key in options}
-    threading_patched = getattr(sys.modules.get("gevent.monkey"), "is_module_patched", None)
-    if "gevent" in names and not (threading_patched and threading_patched("threading")):
+    if "gevent" in names and not gevent_is_active():
         _warn_once("uwsgi-gevent", UWSGI_GEVENT)
     if "gevent" not in names and not names & {"enable-threads", "threads"}:
         _warn_once("uwsgi-threads", UWSGI_THREADS)
@@ -107,15 +109,16 @@ def check_server(environ: Mapping[str, Any]) -> None:
     """Warn, once per process, about a server that cannot stream well. Never raises."""
     software = str(environ.get("SERVER_SOFTWARE", ""))
     if "uwsgi.version" in environ:
-        if not _uwsgi_checked:
-            _uwsgi_checked.append(True)
+        if "uwsgi" not in _checked:
+            _checked.add("uwsgi")
             _check_uwsgi()
         return
     if not software.startswith("gunicorn"):
         return
     if environ.get("HTTP_VERSION") == "2" or environ.get("SERVER_PROTOCOL") == "HTTP/2":
         _warn_once("gunicorn-http2", GUNICORN_HTTP2)
-    if "gunicorn-sync" not in _warned:
+    if "gunicorn" not in _checked:
+        _checked.add("gunicorn")
         worker = gunicorn_worker()
         if worker is not None and type(worker).__name__ == "SyncWorker":
             _warn_once("gunicorn-sync", GUNICORN_SYNC)

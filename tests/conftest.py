@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker
 from flask_sse_flush.testing import RedisServer
 from tests.browser import support as browser
 from tests.integration.support import Server, running_server
@@ -98,3 +99,15 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix no other test uses."""
     return f"t{abs(hash(request.node.nodeid)) % 10**12}:{os.getpid()}:"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """Each broker in turn: a MemoryBroker, then a RedisBroker on the run's redis-server."""
+    if request.param == "memory":
+        yield MemoryBroker()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    redis_broker = RedisBroker(server.url, prefix=request.getfixturevalue("redis_prefix"))
+    yield redis_broker
+    redis_broker.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -29,17 +28,6 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
 
 def who() -> str | None:
     return request.headers.get("X-User")
-
-
-@pytest.fixture(params=["memory", "redis"])
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    if request.param == "memory":
-        yield MemoryBroker()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    redis_broker = RedisBroker(server.url, prefix=request.getfixturevalue("redis_prefix"))
-    yield redis_broker
-    redis_broker.close()
 
 
 def app_on(broker: Broker) -> FlaskClient:

@@ -42,11 +42,11 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/__init__": {"base", "memory", "redis"},
     "service": {"brokers", "exceptions", "jobs", "metrics", "runtime", "settings"},
     "processes": {"exceptions", "jobs"},
-    "servers": set(),
+    "servers": {"runtime"},
     "doctor": {"frames"},
     "__main__": {"doctor"},
     "cli": {"doctor"},
-    "metrics": set(),
+    "metrics": {"runtime"},
     "lifecycle": {"runtime", "servers", "service", "stream"},
     "blueprint": {
         "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "metrics", "processes",

@@ -49,17 +49,6 @@ def life() -> Iterator[Lifecycle]:
         yield fresh
 
 
-@pytest.fixture(params=["memory", "redis"])
-def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
-    if request.param == "memory":
-        yield MemoryBroker()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    redis_broker = RedisBroker(server.url, prefix=request.getfixturevalue("redis_prefix"))
-    yield redis_broker
-    redis_broker.close()
-
-
 def client_for(**options: Any) -> FlaskClient:
     app = Flask(__name__)
     app.register_blueprint(create_render_blueprint(render, **options))
