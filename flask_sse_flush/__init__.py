@@ -6,7 +6,7 @@ that switch proxy buffering off, and ``TCP_NODELAY`` on the client socket.
 
 from __future__ import annotations
 
-from .blueprint import SSEFlush, create_render_blueprint
+from .blueprint import create_render_blueprint
 from .exceptions import (
     BrokerUnavailable,
     Cancelled,
@@ -21,6 +21,7 @@ from .exceptions import (
     TooManyStreams,
     UnknownJob,
 )
+from .extension import SSEFlush
 from .frames import Coalescing, Event, comment
 from .headers import SSE_HEADERS, setup_sse_headers
 from .jobs import Progress, RenderFunction, RenderJob, run_job

@@ -19,7 +19,6 @@ from flask import (
     Flask,
     Response,
     current_app,
-    has_app_context,
     jsonify,
     request,
     url_for,
@@ -39,6 +38,7 @@ from .exceptions import (
     TooManyJobs,
     TooManyStreams,
 )
+from .extension import SSEFlushState, app_state
 from .frames import Coalescing, Event
 from .headers import setup_sse_headers
 from .jobs import ErrorMessage, RenderFunction
@@ -65,7 +65,6 @@ __all__ = [
     "Executor",
     "Identity",
     "QueuedJob",
-    "SSEFlush",
     "Spawn",
     "Validator",
     "cors",
@@ -175,14 +174,20 @@ def _owner(who: str | Anyone | None) -> str | None:
     return None if isinstance(who, Anyone) else who
 
 
-def _default_broker(app: Flask, coalescing: Coalescing | None) -> Broker:
+def _default_broker(app: Flask, coalescing: Coalescing | None, settings: Settings) -> Broker:
     """A RedisBroker on ``SSE_FLUSH_REDIS_URL`` when the app sets it, else a MemoryBroker.
 
     Every blueprint of an app with the same Redis URL and coalescing shares
     one RedisBroker, so a worker holds one set of connections, not one per
-    blueprint.
+    blueprint; an app with :class:`~flask_sse_flush.SSEFlush` shares the
+    extension's broker.
     """
-    options: dict[str, Any] = {} if coalescing is None else {"coalesce": coalescing}
+    state = app.extensions.get("sse_flush")
+    if coalescing is None and isinstance(state, SSEFlushState) and state.broker is not None:
+        return state.broker
+    options: dict[str, Any] = {"retention": settings.retention, "max_events": settings.max_events}
+    if coalescing is not None:
+        options["coalesce"] = coalescing
     url = app.config.get(REDIS_URL_KEY)
     if not url:
         return MemoryBroker(**options)
@@ -191,6 +196,9 @@ def _default_broker(app: Flask, coalescing: Coalescing | None) -> Broker:
     )
     key = (str(url), coalescing)
     if key not in shared:
+        options.pop("coalesce", None)
+        if coalescing is not None:
+            options["coalesce"] = coalescing
         shared[key] = RedisBroker(str(url), **options)
     return shared[key]
 
@@ -327,7 +335,7 @@ def create_render_blueprint(
     max_headers: int | None = None,
     cors_origins: Collection[str] | None = None,
     cors_credentials: bool = True,
-    keepalive_event: bool = False,
+    keepalive_event: bool | None = None,
     diagnose: bool | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
@@ -476,6 +484,7 @@ def create_render_blueprint(
         "max_streams": max_streams,
         "max_query": max_query,
         "max_headers": max_headers,
+        "keepalive_event": keepalive_event,
     }
     Settings.resolve({}, **explicit)  # bad arguments fail here, not at registration
     coalescing = Coalescing.of(coalesce) if coalesce is not None else None
@@ -485,15 +494,16 @@ def create_render_blueprint(
     def register(state: Any) -> None:
         app: Flask = state.app
         settings = Settings.resolve(app.config, **explicit)
-        store = broker if broker is not None else _default_broker(app, coalescing)
+        store = broker if broker is not None else _default_broker(app, coalescing, settings)
         jobs = JobService(
             render,
             store,
             spawn,
             settings,
             error_message=error_message or default_error_message,
+            context=app.app_context,
         )
-        app.extensions.setdefault("sse_flush", {})[name] = jobs
+        app_state(app)[name] = jobs
         lifecycle().add_service(jobs)
 
     def service() -> JobService:
@@ -571,7 +581,7 @@ def create_render_blueprint(
             admit_stream(settings)
         stream = EventStream(
             keepalive=settings.keepalive,
-            keepalive_event=keepalive_event,
+            keepalive_event=settings.keepalive_event,
             retry=settings.retry,
             # Even a stream cut before its first event then reconnects with a
             # Last-Event-ID, and resumes this job rather than starting another.
@@ -647,7 +657,9 @@ def create_render_blueprint(
         if request.method == "HEAD":
             return stream_headers()
         opt_out = request.args.get("accel") != "0"
-        return diagnostic_stream(count, interval, keepalive_event, opt_out=opt_out)
+        return diagnostic_stream(
+            count, interval, service().settings.keepalive_event, opt_out=opt_out
+        )
 
     @blueprint.get("/render/<job_id>")
     def job_status(job_id: str) -> Response:
@@ -668,46 +680,3 @@ def create_render_blueprint(
         return response
 
     return blueprint
-
-
-class SSEFlush:
-    """The render blueprint as a Flask extension: configure once, ``init_app`` per app.
-
-    ::
-
-        sse = SSEFlush(render, url_prefix="/api")
-        sse.init_app(app)            # or SSEFlush(render, app=app)
-        sse.service(app).running     # the app's JobService
-
-    :param render: ``render(payload, progress) -> dict``.
-    :param app: an app to initialise at once.
-    :param options: the options of :func:`create_render_blueprint`.
-    """
-
-    def __init__(self, render: RenderFunction, app: Flask | None = None, **options: Any) -> None:
-        self.blueprint = create_render_blueprint(render, **options)
-        if app is not None:
-            self.init_app(app)
-
-    @property
-    def name(self) -> str:
-        """The blueprint's name: its key in ``app.extensions["sse_flush"]``."""
-        return self.blueprint.name
-
-    def init_app(self, app: Flask) -> None:
-        """Register the routes on ``app`` (its settings are resolved now)."""
-        app.register_blueprint(self.blueprint)
-
-    def service(self, app: Flask | None = None) -> JobService:
-        """The :class:`~flask_sse_flush.service.JobService` of ``app`` (default: the current app).
-
-        :raises LookupError: :meth:`init_app` was not called for that app.
-        """
-        if app is None and not has_app_context():
-            raise LookupError("no app given and no app context: pass the app")
-        target = app if app is not None else current_app
-        try:
-            found: JobService = target.extensions["sse_flush"][self.name]
-        except KeyError:
-            raise LookupError(f"SSEFlush {self.name!r} was not initialised on this app") from None
-        return found

@@ -28,7 +28,10 @@ __all__ = [
     "EventDecoder",
     "comment",
     "decode_events",
+    "frame_id",
     "newest_of_each_level",
+    "replace_id",
+    "split_at_id",
 ]
 
 #: The line breaks of the SSE grammar, longest first so CRLF is one break.
@@ -161,6 +164,49 @@ class Event:
 
     def __bytes__(self) -> bytes:
         return self.encode()
+
+
+def split_at_id(event: Event) -> tuple[bytes, bytes]:
+    """Split an id-less event's frame where its ``id:`` line belongs.
+
+    ``head + b"id: " + id + b"\n" + tail`` is then the frame the event would
+    have with that id: what a broker does when it numbers an event only as it
+    appends it to a channel, without encoding the data again (Redis does the
+    joining in its script).
+
+    :raises ValueError: the event has an id or a retry field already.
+    """
+    if event.id is not None or event.retry is not None:
+        raise ValueError("an event numbered by its channel carries no id or retry of its own")
+    frame = event.frame
+    head = len(f"event: {event.event}\n".encode()) if event.event is not None else 0
+    return frame[:head], frame[head:]
+
+
+def _id_span(frame: bytes) -> tuple[int, int] | None:
+    # Frames built by Event put the id right after the (optional) event line.
+    start = frame.index(b"\n") + 1 if frame.startswith(b"event:") else 0
+    if not frame.startswith(b"id: ", start):
+        return None
+    return start, frame.index(b"\n", start)
+
+
+def frame_id(frame: bytes) -> str | None:
+    """The id of a frame built by :class:`Event`, or ``None`` if it has none."""
+    span = _id_span(frame)
+    return None if span is None else frame[span[0] + 4 : span[1]].decode("utf-8")
+
+
+def replace_id(frame: bytes, new_id: str) -> bytes:
+    """The same frame with its ``id:`` value replaced (a frame built by :class:`Event`).
+
+    :raises ValueError: the frame has no id, or ``new_id`` holds CR, LF or NUL.
+    """
+    _check_field("event id", new_id)
+    span = _id_span(frame)
+    if span is None:
+        raise ValueError("the frame has no id to replace")
+    return frame[: span[0] + 4] + new_id.encode("utf-8") + frame[span[1] :]
 
 
 def newest_of_each_level(levels: Iterable[Hashable | None]) -> list[int]:

@@ -8,10 +8,11 @@ to jobs, and applies the disconnect policy when a stream ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, TypeAlias, Union
+from typing import Any, ContextManager, Literal, Protocol, TypeAlias, Union
 
 from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
@@ -115,6 +116,10 @@ class JobService:
     :param spawn: starts each job (see :func:`spawner`).
     :param settings: the blueprint's resolved settings.
     :param error_message: what a failed render's ``error`` event says.
+    :param context: makes the context each render runs in (the blueprint
+        passes its app's ``app_context``, so ``current_app`` and the app's
+        extensions work inside ``render`` on every server and executor that
+        runs it in this process).
     """
 
     def __init__(
@@ -125,7 +130,9 @@ class JobService:
         settings: Settings,
         *,
         error_message: ErrorMessage = error_message,
+        context: Callable[[], ContextManager[Any]] | None = None,
     ) -> None:
+        self._context = context or contextlib.nullcontext
         self.render = render
         self.error_message = error_message
         self.broker = broker
@@ -204,7 +211,8 @@ class JobService:
             self._here[job.id] = job
         _on_hub(METRICS.job_started)
         try:
-            job.run()
+            with self._context():
+                job.run()
         finally:
             _on_hub(lambda: METRICS.job_ended(job.state))
             self._finished(job.id)

@@ -39,6 +39,9 @@ CONFIG_KEYS = {
     "max_streams": "SSE_FLUSH_MAX_STREAMS",
     "max_query": "SSE_FLUSH_MAX_QUERY",
     "max_headers": "SSE_FLUSH_MAX_HEADERS",
+    "keepalive_event": "SSE_FLUSH_KEEPALIVE_EVENT",
+    "max_events": "SSE_FLUSH_MAX_EVENTS",
+    "retention": "SSE_FLUSH_RETENTION",
 }
 
 
@@ -75,6 +78,14 @@ class Settings:
         (``3 * max_payload + 1024``) (``SSE_FLUSH_MAX_QUERY``).
     :param max_headers: the most bytes of request header names and values
         accepted (``SSE_FLUSH_MAX_HEADERS``).
+    :param keepalive_event: send keepalives as an ``event: keepalive``
+        rather than a comment, for proxies that ignore comments
+        (``SSE_FLUSH_KEEPALIVE_EVENT``).
+    :param max_events: the most events kept per channel and per job by the
+        broker the app makes (``SSE_FLUSH_MAX_EVENTS``).
+    :param retention: seconds a channel's history is kept after its last
+        publish, and a job's after its end, by the broker the app makes
+        (``SSE_FLUSH_RETENTION``).
     :raises ValueError: a value is out of range.
     """
 
@@ -88,6 +99,9 @@ class Settings:
     max_streams: int | None = None
     max_query: int | None = None
     max_headers: int = DEFAULT_MAX_HEADERS
+    keepalive_event: bool = False
+    max_events: int = 1000
+    retention: float = 600.0
 
     @property
     def query_limit(self) -> int:
@@ -118,6 +132,13 @@ class Settings:
             raise ValueError(
                 f"max_headers must be a positive int (bytes), not {self.max_headers!r}"
             )
+        if not isinstance(self.keepalive_event, bool):
+            raise ValueError(f"keepalive_event must be True or False, not {self.keepalive_event!r}")
+        if not _is_int(self.max_events) or self.max_events < 2:
+            raise ValueError(f"max_events must be an int of at least 2, not {self.max_events!r}")
+        retention = self.retention
+        if isinstance(retention, bool) or not isinstance(retention, (int, float)) or retention < 0:
+            raise ValueError(f"retention must be a number of seconds >= 0, not {retention!r}")
         if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
             raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
         if self.on_disconnect not in ("continue", "cancel"):

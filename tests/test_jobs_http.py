@@ -365,7 +365,8 @@ def test_the_extension_form() -> None:
     from flask_sse_flush import JobService, SSEFlush
 
     render = Gated(reports=1)
-    sse = SSEFlush(render, url_prefix="/api", name="videos")
+    with pytest.warns(DeprecationWarning, match="render_blueprint"):
+        sse = SSEFlush(render, url_prefix="/api", name="videos")
     first, second = Flask("first"), Flask("second")
     second.config["SSE_FLUSH_MAX_JOBS"] = 1
     sse.init_app(first)
@@ -379,7 +380,8 @@ def test_the_extension_form() -> None:
     assert first.test_client().post("/api/render", json={}).status_code == 202
     with pytest.raises(LookupError, match="not initialised"):
         sse.service(Flask("third"))
-    SSEFlush(Gated(), app=Flask("direct"))  # app= initialises at once
+    with pytest.warns(DeprecationWarning):
+        SSEFlush(Gated(), app=Flask("direct"))  # app= initialises at once
     render.go.set()
     assert sse.service(first).wait(5)
 
@@ -432,5 +434,7 @@ def test_werkzeug_errors_in_the_views_are_json() -> None:
 def test_the_extension_outside_an_app_context_says_so() -> None:
     from flask_sse_flush import SSEFlush
 
+    with pytest.warns(DeprecationWarning):
+        sse = SSEFlush(Gated())
     with pytest.raises(LookupError, match="no app context"):
-        SSEFlush(Gated()).service()
+        sse.service()

@@ -36,9 +36,10 @@ ALLOWED: dict[str, set[str]] = {
     "headers": {"transport"},
     "stream": {"exceptions", "frames", "headers", "metrics", "runtime", "servers", "transport"},
     "jobs": {"brokers", "exceptions", "frames", "runtime"},
-    "brokers/base": {"exceptions", "frames"},
-    "brokers/memory": {"base", "exceptions", "frames", "runtime"},
-    "brokers/redis": {"base", "exceptions", "frames", "runtime"},
+    "channels": {"exceptions", "frames", "runtime"},
+    "brokers/base": {"channels", "exceptions", "frames"},
+    "brokers/memory": {"base", "channels", "exceptions", "frames", "runtime"},
+    "brokers/redis": {"base", "channels", "exceptions", "frames", "runtime"},
     "brokers/__init__": {"base", "memory", "redis"},
     "service": {"brokers", "exceptions", "jobs", "metrics", "runtime", "settings"},
     "processes": {"exceptions", "jobs"},
@@ -50,7 +51,11 @@ ALLOWED: dict[str, set[str]] = {
     "lifecycle": {"runtime", "servers", "service", "stream"},
     "blueprint": {
         "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "metrics", "processes",
-        "runtime", "service", "settings", "stream",
+        "runtime", "service", "settings", "stream", "extension",
+    },
+    "extension": {
+        "blueprint", "brokers", "channels", "exceptions", "frames", "headers", "jobs", "lifecycle",
+        "service", "settings", "stream",
     },
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames", "lifecycle"},
@@ -58,9 +63,9 @@ ALLOWED: dict[str, set[str]] = {
     "demo/render": {"__init__"},
     "demo/draw": set(),
 }  # fmt: skip
-MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "testing", "mirror", "demo/__init__"}
+MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "extension", "testing", "mirror", "demo/__init__"}
 FRAMEWORK_FREE = {
-    "frames", "jobs", "exceptions", "transport", "settings", "service", "processes", "lifecycle",
+    "frames", "channels", "jobs", "exceptions", "transport", "settings", "service", "processes", "lifecycle",
     "servers", "metrics", "runtime", "runtime/detect", "runtime/channels", "runtime/hub",
     "runtime/executors", "runtime/watch", "runtime/locks",
 }  # fmt: skip

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
+from ..channels import Position
 from ..exceptions import StreamClosed
 from ..frames import Event
 
@@ -270,6 +271,40 @@ class Broker(Protocol):
 
         :raises UnknownJob: no such job.
         """
+        ...
+
+    # Channels: named logs anyone may append to (see :mod:`flask_sse_flush.channels`).
+
+    def append(self, channel: str, event: Event) -> str:
+        """Number ``event`` as ``channel``'s next, log it, send it to every follower.
+
+        The broker numbers the event (publishers need not agree on numbers),
+        gives it its id ``<channel>-<epoch>.<n>``, keeps at most
+        ``max_events`` of the channel's events for ``retention`` seconds
+        after its last publish, and delivers each event to every follower
+        once and in order.
+
+        :returns: the event's id.
+        :raises ValueError: a bad channel name, or an event with an id or retry.
+        """
+        ...
+
+    def position(self, channel: str) -> Position:
+        """Where ``channel``'s log is now (its epoch and last number); starts it if need be."""
+        ...
+
+    def follow(self, channel: str, subscriber: Subscriber, after: Position) -> None:
+        """Replay ``channel``'s events after ``after``, then send every new one.
+
+        A replay that cannot be exact starts with a ``gap`` event
+        (:func:`~flask_sse_flush.channels.channel_gap_event`).
+
+        :raises ValueError: ``after`` is ahead of the channel's log.
+        """
+        ...
+
+    def unfollow(self, channel: str, subscriber: Subscriber) -> None:
+        """Stop sending ``channel``'s events to ``subscriber``."""
         ...
 
 

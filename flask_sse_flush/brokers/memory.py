@@ -9,8 +9,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..channels import Position, channel_event_id, channel_gap_event, check_channel, new_epoch
 from ..exceptions import JobEnded, StreamClosed, TooManyJobs, UnknownJob
-from ..frames import PROGRESS_COALESCING, Coalescing, Event, newest_of_each_level
+from ..frames import PROGRESS_COALESCING, Coalescing, Event, newest_of_each_level, split_at_id
 from ..runtime import new_lock
 from .base import (
     JobStatus,
@@ -62,6 +63,33 @@ class _Job:
         """Remove a subscriber if it is one; call with the lock held."""
         if self.subscribers.pop(subscriber, False) is None:
             self.snapshot = None
+
+
+@dataclass(eq=False)
+class _Channel:
+    """One channel's log and followers; ``lock`` guards both, ``order`` the sends."""
+
+    epoch: str
+    lock: Any
+    # Held from numbering an event to the end of its fan-out, so that events
+    # published at once from several threads reach every follower in order.
+    order: Any
+    log: collections.deque[tuple[int, bytes, str | None, float]]
+    last: int = 0
+    touched: float = 0.0
+    followers: dict[Subscriber, None] = field(default_factory=dict)
+    snapshot: tuple[Subscriber, ...] | None = ()
+
+    def members(self) -> tuple[Subscriber, ...]:
+        if self.snapshot is None:
+            self.snapshot = tuple(self.followers)
+        return self.snapshot
+
+    def expire(self, before: float) -> None:
+        """Drop the events published before ``before``; call with the lock held."""
+        log = self.log
+        while log and log[0][3] < before:
+            log.popleft()
 
 
 class MemoryBroker:
@@ -116,6 +144,7 @@ class MemoryBroker:
         self._next_purge = 0.0
         self._active = 0  # jobs created and not ended
         self._owned: dict[str, int] = {}  # the same, per owner (never zero)
+        self._channels: dict[str, _Channel] = {}
 
     def __len__(self) -> int:
         """How many jobs (running, or ended and retained) the broker holds."""
@@ -134,6 +163,13 @@ class MemoryBroker:
             ]
             for job_id in expired:
                 del self._jobs[job_id]
+            idle = [
+                name
+                for name, channel in self._channels.items()
+                if not channel.followers and now - channel.touched >= self.retention
+            ]
+            for name in idle:
+                del self._channels[name]
         if expired:
             log.debug("purged %d ended jobs", len(expired))
 
@@ -307,3 +343,95 @@ class MemoryBroker:
                 job.on_cancel.append(callback)
                 return
         callback()
+
+    # -- channels --------------------------------------------------------------
+
+    def _channel(self, name: str) -> _Channel:
+        check_channel(name)
+        self._purge()
+        channel = self._channels.get(name)
+        if channel is None:
+            with self._lock:
+                channel = self._channels.get(name)
+                if channel is None:
+                    channel = self._channels[name] = _Channel(
+                        epoch=new_epoch(),
+                        lock=new_lock(),
+                        order=new_lock(),
+                        log=collections.deque(maxlen=self.max_events),
+                        touched=self._clock(),
+                    )
+        return channel
+
+    def append(self, channel: str, event: Event) -> str:
+        """Number ``event`` as ``channel``'s next, log it and send it to every follower.
+
+        :returns: the event's id (:func:`~flask_sse_flush.channels.channel_event_id`).
+        :raises ValueError: ``channel`` is not a valid name, or ``event``
+            carries an id or retry field of its own.
+        """
+        head, tail = split_at_id(event)
+        level = self.coalescing.level(event.event)
+        ch = self._channel(channel)
+        with ch.order:
+            with ch.lock:
+                now = self._clock()
+                seq = ch.last = ch.last + 1
+                event_id = channel_event_id(channel, Position(ch.epoch, seq))
+                frame = b"%sid: %s\n%s" % (head, event_id.encode(), tail)
+                ch.log.append((seq, frame, level, now))
+                ch.touched = now
+                members = ch.members()
+            gone = fan_out(channel, members, frame, level) if members else []
+        if gone:
+            with ch.lock:
+                for subscriber in gone:
+                    if ch.followers.pop(subscriber, False) is None:
+                        ch.snapshot = None
+        return event_id
+
+    def position(self, channel: str) -> Position:
+        """Where ``channel``'s log is now: its epoch and its last event's number."""
+        ch = self._channel(channel)
+        with ch.lock:
+            return Position(ch.epoch, ch.last)
+
+    def follow(self, channel: str, subscriber: Subscriber, after: Position) -> None:
+        """Send ``channel``'s logged events after ``after``, then every new one.
+
+        Replay and attachment are one step: each event reaches the
+        subscriber once, in order. When the log no longer reaches back to
+        ``after`` (events dropped by its bound or retention, or ``after``
+        names an epoch the log no longer has), the replay starts with a
+        :func:`~flask_sse_flush.channels.channel_gap_event`.
+
+        :raises ValueError: ``after`` is ahead of the channel's log.
+        """
+        ch = self._channel(channel)
+        with ch.lock:
+            ch.expire(self._clock() - self.retention)
+            same = after.epoch == ch.epoch
+            if same and after.seq > ch.last:
+                raise ValueError(f"the cursor is ahead of channel {channel!r}")
+            start = after.seq if same else 0
+            first = ch.log[0][0] if ch.log else ch.last + 1
+            try:
+                if not same or first > start + 1 < ch.last + 1:
+                    gap = channel_gap_event(channel, after, Position(ch.epoch, first - 1))
+                    subscriber.deliver(gap.frame, None)
+                for seq, frame, level, _ in ch.log:
+                    if seq > start:
+                        subscriber.deliver(frame, level)
+            except StreamClosed:
+                return
+            ch.followers[subscriber] = None
+            ch.snapshot = None
+
+    def unfollow(self, channel: str, subscriber: Subscriber) -> None:
+        """Stop sending ``channel``'s events to ``subscriber``."""
+        ch = self._channels.get(channel)
+        if ch is None:
+            return
+        with ch.lock:
+            if ch.followers.pop(subscriber, False) is None:
+                ch.snapshot = None

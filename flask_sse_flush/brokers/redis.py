@@ -38,8 +38,9 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..channels import Position, channel_gap_event, check_channel, new_epoch
 from ..exceptions import BrokerUnavailable, JobEnded, StreamClosed, TooManyJobs, UnknownJob
-from ..frames import PROGRESS_COALESCING, Coalescing, Event
+from ..frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..runtime import gevent_is_active, home_hub, new_lock, run_in_hub, start_greenlet
 from .base import (
     JobStatus,
@@ -179,6 +180,45 @@ if n < 0 then redis.call('HSET', KEYS[1], 'subs', 0); n = 0 end
 return n
 """
 
+# A channel is a hash (its epoch and last number) and a Redis Stream (its
+# log, entry ids 0-<n>, trimmed to max events by XADD itself: O(1) a publish).
+# KEYS: meta hash, log stream. ARGV: new epoch, channel name, frame head,
+# frame tail, max events, retention (ms), pub/sub channel, level.
+_APPEND = """
+local meta, log = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  -- A new log, or one the store lost: a new epoch, so resumes can tell.
+  epoch = ARGV[1]
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'epoch', epoch, 'last', 0)
+end
+local seq = redis.call('HINCRBY', meta, 'last', 1)
+local frame = ARGV[3] .. 'id: ' .. ARGV[2] .. '-' .. epoch .. '.' .. seq .. '\\n' .. ARGV[4]
+redis.call('XADD', log, 'MAXLEN', ARGV[5], '0-' .. seq, 'f', frame, 'l', ARGV[8])
+local ms = tonumber(ARGV[6])
+if ms > 0 then
+  redis.call('PEXPIRE', meta, ms)
+  redis.call('PEXPIRE', log, ms)
+else
+  redis.call('DEL', log)
+  redis.call('PEXPIRE', meta, 60000)
+end
+redis.call('PUBLISH', ARGV[7], seq .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. frame)
+return {epoch, seq}
+"""
+
+# KEYS: meta hash, log stream. ARGV: new epoch, retention (ms).
+_POSITION = """
+local st = redis.call('HMGET', KEYS[1], 'epoch', 'last')
+if st[1] then return {st[1], tonumber(st[2])} end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'last', 0)
+local ms = tonumber(ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ms > 0 and ms or 60000)
+return {ARGV[1], 0}
+"""
+
 _UNAVAILABLE = "the event store (Redis) is unavailable"
 
 
@@ -241,6 +281,10 @@ class _Local:
     joining: dict[Subscriber, int] = field(default_factory=dict)
     seq: int = 0
     synced: bool = False
+    #: A channel's name and the epoch of its log that ``seq`` counts in
+    #: (``None`` for a job).
+    name: str | None = None
+    epoch: str | None = None
 
     def count(self) -> int:
         return len(self.members) + len(self.joining)
@@ -382,6 +426,7 @@ class RedisBroker:
         self._scripts: dict[str, Any] = {}
         self._lock = new_lock()
         self._locals: dict[str, _Local] = {}
+        self._followed: dict[str, _Local] = {}  # channels, by name
         self._cancel_callbacks: dict[str, list[Callable[[], Any]]] = {}
         # The jobs this process publishes, and their owners: if the store
         # loses one, its next publish rebuilds it, owner included.
@@ -429,6 +474,8 @@ class RedisBroker:
                     ("update", _UPDATE),
                     ("cancel", _CANCEL),
                     ("count", _COUNT_SUBSCRIBERS),
+                    ("append", _APPEND),
+                    ("position", _POSITION),
                 )
             }
             self._client = client
@@ -736,6 +783,227 @@ class RedisBroker:
             except Exception:
                 log.exception("cancel callback of job %s failed", job_id)
 
+    # -- channels ------------------------------------------------------------------
+
+    @property
+    def _channel_prefix(self) -> bytes:
+        return f"{self.prefix}ch:".encode()
+
+    def _channel_keys(self, name: str) -> list[str]:
+        return [self._key("chan", name), self._key("clog", name)]
+
+    def append(self, channel: str, event: Event) -> str:
+        """Number ``event`` as ``channel``'s next, log it and send it to every follower.
+
+        From any process with the same Redis: the number is given, the
+        event logged (the log trimmed to ``max_events``, its keys' lifetime
+        renewed to ``retention``) and sent to every follower in one Lua step.
+
+        :returns: the event's id.
+        :raises ValueError: ``channel`` is not a valid name, or ``event``
+            carries an id or retry field of its own.
+        :raises BrokerUnavailable: Redis stayed unreachable past
+            ``outage_timeout``.
+        """
+        check_channel(channel)
+        head, tail = split_at_id(event)
+        level = self.coalescing.level(event.event) or ""
+        keys = self._channel_keys(channel)
+        args: list[Any] = [
+            new_epoch(),
+            channel,
+            head,
+            tail,
+            self.max_events,
+            round(self.retention * 1000),
+            self._channel_prefix + channel.encode(),
+            level,
+        ]
+        epoch, seq = self._call(
+            lambda: self._run(
+                lambda client: self._scripts["append"](keys=keys, args=args), persistent=True
+            )
+        )
+        return f"{channel}-{epoch.decode()}.{int(seq)}"
+
+    def position(self, channel: str) -> Position:
+        """Where ``channel``'s log is now: its epoch and its last event's number."""
+        check_channel(channel)
+        keys = self._channel_keys(channel)
+        args = [new_epoch(), round(self.retention * 1000)]
+        epoch, seq = self._call(
+            lambda: self._run(lambda client: self._scripts["position"](keys=keys, args=args))
+        )
+        return Position(epoch.decode(), int(seq))
+
+    def _read_channel(self, name: str, after: int) -> tuple[str | None, int, list[_Entry]]:
+        """A channel's epoch, last number and logged events after ``after``, read at once."""
+        meta, log_key = self._channel_keys(name)
+
+        def read(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=True)
+            pipe.hmget(meta, "epoch", "last")
+            pipe.xrange(log_key, min=f"0-{after + 1}")
+            return list(pipe.execute())
+
+        (epoch, last), raw = self._run(read)
+        if epoch is None:
+            return None, 0, []
+        return epoch.decode(), int(last), _entries(raw)
+
+    def follow(self, channel: str, subscriber: Subscriber, after: Position) -> None:
+        """Send ``channel``'s logged events after ``after``, then every new one.
+
+        The same promise as :meth:`MemoryBroker.follow
+        <flask_sse_flush.brokers.MemoryBroker.follow>`, on any worker: the
+        replay comes from the channel's log in Redis, live events through
+        this process's one pub/sub connection.
+
+        :raises ValueError: ``after`` is ahead of the channel's log.
+        """
+        check_channel(channel)
+        self._call(lambda: self._follow(channel, subscriber, after))
+
+    def _follow(self, name: str, subscriber: Subscriber, after: Position) -> None:
+        epoch, last, entries = self._read_channel(name, after.seq)
+        if epoch is None:
+            # No log (expired since the stream asked for its place): start one.
+            self._run(
+                lambda client: self._scripts["position"](
+                    keys=self._channel_keys(name), args=[new_epoch(), round(self.retention * 1000)]
+                )
+            )
+            epoch, last, entries = self._read_channel(name, after.seq)
+            assert epoch is not None
+        same = epoch == after.epoch
+        if same and after.seq > last:
+            raise ValueError(f"the cursor is ahead of channel {name!r}")
+        if not same and after.seq:
+            epoch, last, entries = self._read_channel(name, 0)
+            assert epoch is not None
+        start = after.seq if same else 0
+        try:
+            first = entries[0][0] if entries else last + 1
+            if not same or (first > start + 1 and start < last):
+                gap = channel_gap_event(name, after, Position(epoch, first - 1))
+                subscriber.deliver(gap.frame, None)
+            while True:
+                for seq, frame, level in entries:
+                    if seq > start:
+                        subscriber.deliver(frame, level)
+                        start = seq
+                start = max(start, last)
+                if self._join_channel(name, subscriber, epoch, start):
+                    return
+                # The reader delivered past our replay meanwhile: read on.
+                now_epoch, last, entries = self._read_channel(name, start)
+                if now_epoch != epoch:
+                    return  # the log started again: the reader catches us up
+        except StreamClosed:
+            return
+
+    def _join_channel(self, name: str, subscriber: Subscriber, epoch: str, last: int) -> bool:
+        with self._lock:
+            local = self._followed.get(name)
+            new = local is None
+            if local is None:
+                pubsub = self._channel_prefix + name.encode()
+                local = self._followed[name] = _Local(name, pubsub, new_lock(), name=name)
+            with local.lock:
+                joined = not local.synced or (local.epoch == epoch and local.seq <= last)
+                if joined:
+                    local.joining[subscriber] = last
+        if new:
+            self._reader_wants_change()
+        return joined
+
+    def unfollow(self, channel: str, subscriber: Subscriber) -> None:
+        """Stop sending ``channel``'s events to ``subscriber``."""
+        self._call(lambda: self._unfollow(channel, subscriber))
+
+    def _unfollow(self, name: str, subscriber: Subscriber) -> None:
+        emptied = False
+        with self._lock:
+            local = self._followed.get(name)
+            if local is not None:
+                with local.lock:
+                    local.drop(subscriber)
+                    if not local.count():
+                        del self._followed[name]
+                        emptied = True
+        if emptied:
+            self._reader_wants_change()
+
+    def _on_channel_message(self, local: _Local, data: bytes) -> None:
+        seq_text, epoch_text, level_text, frame = data.split(b"\n", 3)
+        seq = int(seq_text)
+        with local.lock:
+            if not local.synced:
+                return  # its catch-up, to come, reads the log
+            gap = epoch_text.decode() != local.epoch or seq > local.seq + 1
+            if not gap:
+                if seq <= local.seq:
+                    return  # a catch-up delivered it already
+                local.seq = seq
+                members = list(local.members)
+                joining = [s for s, last in local.joining.items() if last < seq]
+                local.promote()
+        if gap:
+            # After a reconnect, or a log that started again: read what we missed.
+            self._channel_catch_up(local)
+            return
+        assert local.name is not None
+        for subscriber in fan_out(local.name, [*members, *joining], frame, level_text.decode() or None):
+            self._unfollow(local.name, subscriber)
+
+    def _channel_catch_up(self, local: _Local) -> None:
+        """Bring a channel's local followers up to date from its log; mark it synced."""
+        name = local.name
+        assert name is not None
+        while True:
+            with local.lock:
+                marks = list(local.joining.values())
+                if local.members or local.synced:
+                    marks.append(local.seq)
+                start = min(marks, default=local.seq)
+            epoch, last, entries = self._read_channel(name, start)
+            with local.lock:
+                if local.epoch is not None and epoch != local.epoch:
+                    # A new log: every follower's place is before its first event.
+                    local.epoch, local.seq, local.synced = epoch, 0, False
+                    for subscriber in list(local.joining):
+                        local.joining[subscriber] = 0
+                    for subscriber in list(local.members):
+                        local.joining[subscriber] = 0
+                    local.members.clear()
+                    continue
+                local.epoch = epoch
+                targets: list[tuple[Subscriber, int]] = [
+                    *((s, local.seq) for s in local.members),
+                    *local.joining.items(),
+                ]
+                if all(mark >= start for _, mark in targets):
+                    local.seq = max(local.seq, last)
+                    local.synced = True
+                    for subscriber, mark in targets:
+                        if subscriber in local.joining:
+                            local.joining[subscriber] = max(mark, local.seq)
+                    local.promote()
+                    break
+        gone: list[Subscriber] = []
+        for subscriber, mark in targets:
+            try:
+                for seq, frame, level in entries:
+                    if seq > mark:
+                        subscriber.deliver(frame, level)
+            except StreamClosed:
+                gone.append(subscriber)
+            except Exception:
+                log.exception("follower %r of channel %s failed", subscriber, name)
+                gone.append(subscriber)
+        for subscriber in gone:
+            self._unfollow(name, subscriber)
+
     # -- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
@@ -753,7 +1021,8 @@ class RedisBroker:
             if reader is not None:
                 reader.stop()
             with self._lock:
-                locals_, self._locals = list(self._locals.values()), {}
+                locals_ = [*self._locals.values(), *self._followed.values()]
+                self._locals, self._followed = {}, {}
             for local in locals_:
                 for subscriber in local.take_all():
                     close_subscriber(subscriber)
@@ -781,17 +1050,24 @@ class RedisBroker:
     def _wanted_channels(self) -> set[bytes]:
         with self._lock:
             wanted = {local.channel for local in self._locals.values()}
+            wanted.update(local.channel for local in self._followed.values())
             if self._cancel_callbacks:
                 wanted.add(self._cancel_channel)
         return wanted
 
     def _unsynced(self) -> list[_Local]:
         with self._lock:
-            return [local for local in self._locals.values() if not local.synced]
+            locals_ = [*self._locals.values(), *self._followed.values()]
+        return [local for local in locals_ if not local.synced]
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         if channel == self._cancel_channel:
             self._cancelled(data.decode("utf-8", "replace"))
+            return
+        if channel.startswith(self._channel_prefix):
+            followed = self._followed.get(channel[len(self._channel_prefix) :].decode())
+            if followed is not None:
+                self._on_channel_message(followed, data)
             return
         job_id = channel[len(self.prefix) + 3 :].decode("utf-8", "replace")
         local = self._locals.get(job_id)
@@ -824,6 +1100,9 @@ class RedisBroker:
 
     def _catch_up(self, local: _Local) -> None:
         """Bring a job's local streams up to date from its log; mark it synced."""
+        if local.name is not None:
+            self._channel_catch_up(local)
+            return
         while True:
             with local.lock:
                 marks = list(local.joining.values())
@@ -878,7 +1157,7 @@ class RedisBroker:
 
     def _resync_all(self) -> None:
         with self._lock:
-            locals_ = list(self._locals.values())
+            locals_ = [*self._locals.values(), *self._followed.values()]
             jobs = list(self._cancel_callbacks)
         for local in locals_:
             with local.lock:
@@ -895,7 +1174,8 @@ class RedisBroker:
     def _fail_all(self) -> None:
         """Redis stayed away past ``outage_timeout``: end every local stream with an error."""
         with self._lock:
-            locals_, self._locals = list(self._locals.values()), {}
+            locals_ = [*self._locals.values(), *self._followed.values()]
+            self._locals, self._followed = {}, {}
         if not locals_:
             return
         # Not the job's end: no id (the browser resumes from its last event)
@@ -1056,6 +1336,9 @@ class _Reader:
         if kind == b"message":
             broker._on_message(channel, message[2])
         elif kind == b"subscribe" and channel != broker._cancel_channel:
-            local = broker._locals.get(channel[len(broker.prefix) + 3 :].decode())
+            if channel.startswith(broker._channel_prefix):
+                local = broker._followed.get(channel[len(broker._channel_prefix) :].decode())
+            else:
+                local = broker._locals.get(channel[len(broker.prefix) + 3 :].decode())
             if local is not None:
                 broker._catch_up(local)
