@@ -25,6 +25,7 @@ bytes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -236,7 +237,6 @@ class ChannelMux:
             self.target.deliver(frame, level)
 
     def close(self) -> None:
-        try:
+        # A stream's close never raises; another subscriber's might.
+        with contextlib.suppress(StreamClosed):
             self.target.close()
-        except StreamClosed:
-            pass

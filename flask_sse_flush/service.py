@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, ContextManager, Literal, Protocol, TypeAlias, Union
+from typing import Any, Literal, Protocol, TypeAlias, Union
 
 from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
@@ -130,7 +130,7 @@ class JobService:
         settings: Settings,
         *,
         error_message: ErrorMessage = error_message,
-        context: Callable[[], ContextManager[Any]] | None = None,
+        context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
         self._context = context or contextlib.nullcontext
         self.render = render

@@ -63,10 +63,12 @@ ALLOWED: dict[str, set[str]] = {
     "demo/render": {"__init__"},
     "demo/draw": set(),
 }  # fmt: skip
-MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "extension", "testing", "mirror", "demo/__init__"}
+MAY_IMPORT_FLASK = {
+    "headers", "stream", "blueprint", "extension", "testing", "mirror", "demo/__init__",
+}  # fmt: skip
 FRAMEWORK_FREE = {
-    "frames", "channels", "jobs", "exceptions", "transport", "settings", "service", "processes", "lifecycle",
-    "servers", "metrics", "runtime", "runtime/detect", "runtime/channels", "runtime/hub",
+    "frames", "channels", "jobs", "exceptions", "transport", "settings", "service", "processes",
+    "lifecycle", "servers", "metrics", "runtime", "runtime/detect", "runtime/channels", "runtime/hub",
     "runtime/executors", "runtime/watch", "runtime/locks",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}

@@ -953,7 +953,8 @@ class RedisBroker:
             self._channel_catch_up(local)
             return
         assert local.name is not None
-        for subscriber in fan_out(local.name, [*members, *joining], frame, level_text.decode() or None):
+        level = level_text.decode() or None
+        for subscriber in fan_out(local.name, [*members, *joining], frame, level):
             self._unfollow(local.name, subscriber)
 
     def _channel_catch_up(self, local: _Local) -> None:
