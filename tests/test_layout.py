@@ -68,8 +68,8 @@ MAY_IMPORT_FLASK = {
 }  # fmt: skip
 FRAMEWORK_FREE = {
     "frames", "channels", "jobs", "exceptions", "transport", "settings", "service", "processes",
-    "lifecycle", "servers", "metrics", "runtime", "runtime/detect", "runtime/channels", "runtime/hub",
-    "runtime/executors", "runtime/watch", "runtime/locks",
+    "lifecycle", "servers", "metrics", "runtime", "runtime/detect", "runtime/channels",
+    "runtime/hub", "runtime/executors", "runtime/watch", "runtime/locks",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
 #: Code outside the package, which may use only its public names.
