@@ -449,7 +449,7 @@ def test_a_cursor_ahead_of_the_channel_is_a_400_and_follows_nothing() -> None:
 
 def test_a_closed_stream_unfollows_its_channels() -> None:
     broker = MemoryBroker()
-    app, sse = make_app(broker=broker)
+    app, _ = make_app(broker=broker)
     response = app.test_client().get("/stream?c=a&c=b", buffered=False)
     next(iter(response.response))
     assert all(len(ch.followers) == 1 for ch in broker._channels.values())

@@ -1,0 +1,224 @@
+"""Channels for real: ``gunicorn -k gevent -w 4`` on a real ``redis-server``.
+
+Events published from a request, a thread, a native thread and another
+process (``SSEFlush(redis_url=...)`` with no app) reach raw-socket clients on
+every worker and a browser's ``EventSource``, each once and in order, in
+time; clients that drop resume on any worker with exactly what they missed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from flask_sse_flush.channels import parse_channel_event_id, parse_cursor
+from flask_sse_flush.testing import RedisServer
+from tests.browser.support import browser, missing_tools, require
+from tests.integration.support import Arrival, Server, raw_get, running_server
+from tests.timing import assert_p95_under
+
+APP_DIR = Path(__file__).resolve().parent / "channels"
+WORKERS = 4
+
+
+@pytest.fixture(scope="module")
+def scaled(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"FLASK_SSE_FLUSH_REDIS_URL": redis_server.url, "FLASK_SSE_FLUSH_MAX_EVENTS": "50"}
+    with running_server(
+        "gunicorn-gevent",
+        tmp_path_factory.mktemp("channels"),
+        app_dir=APP_DIR,
+        options=["--workers", str(WORKERS)],
+        env=env,
+    ) as server:
+        yield server
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def post(server: Server, path: str, body: Any) -> Any:
+    with raw_get(server.port, path, method="POST", body=json.dumps(body).encode()) as response:
+        assert response.status == 200, response.body()
+        return response.json()
+
+
+def headlines(response: Any, count: int) -> list[Arrival]:
+    got = []
+    for arrival in response.arrivals():
+        if arrival.event.event == "headline":
+            got.append(arrival)
+            if len(got) == count:
+                break
+    return got
+
+
+class Reader(threading.Thread):
+    """Reads ``count`` headlines off a response as they arrive."""
+
+    def __init__(self, response: Any, count: int) -> None:
+        super().__init__(daemon=True)
+        self.response, self.count = response, count
+        self.got: list[Arrival] = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.got = headlines(self.response, self.count)
+        except BaseException as exc:  # reported by result()
+            self.error = exc
+
+    def result(self, timeout: float = 60.0) -> list[Arrival]:
+        self.join(timeout)
+        assert not self.is_alive(), "the client did not get every event in time"
+        if self.error is not None:
+            raise self.error
+        return self.got
+
+
+def stream_pids(server: Server, path: str, tries: int = 40) -> set[str]:
+    """The workers that answer ``path`` over that many fresh connections."""
+    pids = set()
+    for _ in range(tries):
+        with raw_get(server.port, path) as response:
+            pids.add(response.headers["x-worker-pid"])
+    return pids
+
+
+def test_publish_from_anywhere_reaches_every_worker_and_a_browser(
+    scaled: Server, redis_server: RedisServer, display: str
+) -> None:
+    require(*missing_tools("chromium"))
+    channel = "news"
+    run = f"news-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{scaled.port}/__page?run={run}"
+    clients = [raw_get(scaled.port, f"/stream?channel={channel}", timeout=60) for _ in range(12)]
+    with browser("chromium", display, url, scaled.log_dir, run) as page:
+        page.wait_for("open", timeout=60)
+        responses = [client.__enter__() for client in clients]
+        try:
+            pids = {response.headers["x-worker-pid"] for response in responses}
+            assert len(pids) >= 2, "the clients should be spread over several workers"
+            # Each client reads in a thread of its own, so arrival times are
+            # when the bytes came, not when the test got round to reading.
+            readers = [Reader(response, 20) for response in responses]
+            published = []
+            for how in ("request", "thread", "native"):
+                for n in range(5):
+                    body = {"from": how, "n": n, "last": False}
+                    published.append(post(scaled, f"/publish/{how}?channel={channel}", body)["id"])
+                    time.sleep(0.02)
+            process = subprocess.run(
+                [sys.executable, str(APP_DIR / "app.py"), redis_server.url, channel, "5"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            published += [json.loads(line) for line in process.stdout.split()]
+            assert len(published) == 20
+            delays = []
+            for reader in readers:
+                got = reader.result()
+                assert [a.event.id for a in got] == published  # once each, in order
+                froms = [a.event.json()["from"] for a in got]
+                assert froms == ["request"] * 5 + ["thread"] * 5 + ["native"] * 5 + ["process"] * 5
+                delays += [a.at - a.event.json()["sent"] for a in got]
+            assert_p95_under(delays, 0.1, "publish to a raw client, 4 workers on Redis (s)")
+            report = page.wait_for("done", timeout=60)
+        finally:
+            for client in clients:
+                client.__exit__(None, None, None)
+    assert [e["id"] for e in report["events"]] == published
+    browser_delays = [e["at"] / 1000 - e["data"]["sent"] for e in report["events"]]
+    assert_p95_under(browser_delays, 0.1, "publish to Chromium's EventSource (s)")
+
+
+def test_a_client_that_drops_resumes_exactly_on_any_worker(scaled: Server) -> None:
+    for channels in ([unique("solo")], [unique("a"), unique("b"), unique("c")]):
+        query = "&".join(f"channel={name}" for name in channels)
+        assert len(stream_pids(scaled, f"/stream?{query}")) >= 2
+        published: list[dict[str, Any]] = []
+        received: list[dict[str, Any]] = []
+        pids = set()
+
+        def publish(names: list[str] = channels, log: list[dict[str, Any]] = published) -> None:
+            body = {"ch": names[len(log) % len(names)], "n": len(log)}
+            post(scaled, f"/publish/request?channel={body['ch']}", body)
+            log.append(body)
+
+        last_id = None
+        for _ in range(6):
+            headers = {} if last_id is None else {"Last-Event-ID": last_id}
+            with raw_get(scaled.port, f"/stream?{query}", headers) as response:
+                pids.add(response.headers["x-worker-pid"])
+                for _ in range(3):  # published while this client listens
+                    publish()
+                got = headlines(response, len(published) - len(received))
+            received += [{k: v for k, v in a.event.json().items() if k != "sent"} for a in got]
+            last_id = got[-1].event.id
+            assert last_id is not None and set(parse_cursor(last_id)) == set(channels)
+            for _ in range(3):  # published while it is away: the resume gets them
+                publish()
+        assert len(pids) >= 2, "the resumes should land on several workers"
+        missed = published[-3:]  # the last round's, never read
+        assert sorted(received, key=lambda e: e["n"]) == published[:-3], missed
+        for name in channels:  # in order within each channel
+            mine = [e["n"] for e in received if e["ch"] == name]
+            assert mine == sorted(mine)
+
+
+def test_past_the_history_a_resume_starts_with_gap(scaled: Server) -> None:
+    channel = unique("bounded")
+    ids = [post(scaled, f"/publish/request?channel={channel}", {"n": n})["id"] for n in range(60)]
+    with raw_get(scaled.port, f"/stream?channel={channel}", {"Last-Event-ID": ids[0]}) as response:
+        arrivals = response.arrivals()
+        gap = next(arrivals).event
+        assert gap.event == "gap" and gap.json()["resumed"] == ids[9]
+        rest = [next(arrivals).event for _ in range(50)]
+    assert [e.id for e in rest] == ids[10:]
+    _, first = parse_channel_event_id(ids[0])
+    assert first.seq == 1
+
+
+def test_authorize_guards_the_sse_route(scaled: Server) -> None:
+    with raw_get(scaled.port, "/sse?channel=news&channel=secret-plans") as response:
+        assert response.status == 403
+        assert response.json() == {"error": "channel 'secret-plans' is not allowed"}
+    channel = unique("open")
+    with raw_get(scaled.port, f"/sse?channel={channel}") as response:
+        assert response.status == 200
+        post(scaled, f"/publish/request?channel={channel}", {"ok": True})
+        (arrival,) = headlines(response, 1)
+        assert arrival.event.json()["ok"] is True
+
+
+@pytest.mark.parametrize("kind", ["gunicorn-gevent", "gunicorn-gthread"])
+def test_a_render_reads_current_app_streamed_and_detached(
+    kind: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {"FLASK_SSE_FLUSH_REDIS_URL": redis_server.url}
+    with running_server(kind, tmp_path, app_dir=APP_DIR, env=env) as server:
+        with raw_get(server.port, "/render/stream?data=" + quote("{}")) as response:
+            events = [a.event for a in response.arrivals()]
+        assert [e.event for e in events] == ["progress"] * 3 + ["complete"]
+        assert events[-1].json()["filename"] == "from-config.mp4"
+        with raw_get(server.port, "/render", method="POST", body=b"{}") as response:
+            assert response.status == 202
+            job = response.json()["id"]
+        with raw_get(server.port, f"/render/stream?job={job}") as response:
+            events = [a.event for a in response.arrivals()]
+        assert events[-1].event == "complete"
+        assert events[-1].json()["filename"] == "from-config.mp4"
