@@ -20,7 +20,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Runtime only (what `make run` needs).
+# Runtime only (what `make run` needs): the library, gevent and the demo's
+# own requirements. The demo itself (examples/demo) is not installed; gunicorn
+# imports it from this checkout (its --chdir, the current folder, is on the path).
 $(VENV)/.run-stamp: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[gevent,demo]'
 	touch $@
@@ -33,7 +35,7 @@ $(VENV)/.dev-stamp: $(BIN)/python setup.cfg pyproject.toml
 run: $(VENV)/.run-stamp
 	@echo "flask-sse-flush demo: open http://$(HOST):$(PORT)/ (Ctrl-C stops it)"
 	$(BIN)/gunicorn --worker-class gevent --workers 1 --bind $(HOST):$(PORT) \
-		'flask_sse_flush.demo:create_app()'
+		--chdir '$(CURDIR)' 'examples.demo:create_app()'
 
 test: system-deps lint typecheck docs smoke pytest bench-quick
 
@@ -76,15 +78,15 @@ pytest: $(VENV)/.dev-stamp
 	$(BIN)/python -m pytest -m "not smoke"
 
 lint: $(VENV)/.dev-stamp
-	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests benchmarks docs/conf.py
-	$(BIN)/ruff format --check $(RUFF_OPTS) flask_sse_flush tests benchmarks docs/conf.py
+	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush examples tests benchmarks docs/conf.py
+	$(BIN)/ruff format --check $(RUFF_OPTS) flask_sse_flush examples tests benchmarks docs/conf.py
 
 format: $(VENV)/.dev-stamp
-	$(BIN)/ruff check --fix $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush tests benchmarks docs/conf.py
-	$(BIN)/ruff format $(RUFF_OPTS) flask_sse_flush tests benchmarks docs/conf.py
+	$(BIN)/ruff check --fix $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush examples tests benchmarks docs/conf.py
+	$(BIN)/ruff format $(RUFF_OPTS) flask_sse_flush examples tests benchmarks docs/conf.py
 
 typecheck: $(VENV)/.dev-stamp
-	$(BIN)/mypy --strict flask_sse_flush
+	$(BIN)/mypy --strict flask_sse_flush examples
 
 docs: $(VENV)/.dev-stamp
 	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html

@@ -43,6 +43,7 @@ from .frames import Event
 from .headers import setup_sse_headers
 from .jobs import RenderFunction
 from .lifecycle import lifecycle
+from .metrics import install as install_metrics
 from .service import JobService
 from .settings import Settings
 from .stream import EventStream
@@ -184,6 +185,7 @@ class SSEFlush:
         :raises ValueError: a ``SSE_FLUSH_*`` setting is out of range.
         """
         settings = Settings.resolve(app.config)
+        install_metrics()  # registered when an app is initialised, never at import
         state = app_state(app)
         state.settings = settings
         if self._broker is not None:

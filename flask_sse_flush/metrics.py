@@ -32,6 +32,18 @@ live workers (``livesum``). Without prometheus-client, each of these
 becomes a ``DEBUG`` record of the ``flask_sse_flush.metrics`` logger, made
 only when that level is enabled. Set ``SSE_FLUSH_METRICS=off`` in the
 environment to turn both off: nothing is then measured at all.
+
+Importing the package registers nothing. The metrics are chosen and
+registered once per process, by :func:`install`, when the library first
+needs them: when an app is initialised (registering the render blueprint,
+or ``SSEFlush(app)`` / ``init_app``, makes its
+:class:`~flask_sse_flush.JobService`), or when the first
+:class:`~flask_sse_flush.EventStream` is made, whichever comes first. So
+``sse_flush_open_streams`` is at ``/metrics`` (at 0) from app start-up on,
+``SSE_FLUSH_METRICS`` may be set any time before that, and creating several
+apps in one process (tests, app factories) registers nothing twice. Under
+gunicorn with ``--preload`` that is in the master, before the fork; without
+it, in each worker.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from typing import Any
 
 from .runtime import new_lock
 
-__all__ = ["METRICS", "Metrics", "enabled"]
+__all__ = ["METRICS", "Metrics", "enabled", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -200,24 +212,79 @@ class _Logging(Metrics):
             log.debug("job ended: %s", state)
 
 
-def _choose() -> Metrics:
+def _choose() -> tuple[Metrics, bool]:
+    """The metrics the environment asks for, registered; and whether they clashed."""
     if os.environ.get("SSE_FLUSH_METRICS", "").lower() in ("off", "0", "false", "no"):
-        return Metrics()
+        return Metrics(), False
     try:
         import prometheus_client
     except ImportError:
-        return _Logging()
+        return _Logging(), False
     try:
-        return _Prometheus(prometheus_client)
-    except ValueError:  # registered already (this module imported twice)
-        log.warning("flask-sse-flush metrics are registered already; not registering again")
-        return Metrics()
+        return _Prometheus(prometheus_client), False
+    except ValueError:  # the names are taken (e.g. a second copy of this module)
+        return Metrics(), True
 
 
-#: The process's metrics (see the module's description).
-METRICS: Metrics = _choose()
+# A native lock (never gevent's, whenever the module is imported): the hub
+# and job threads may both be first. Making it starts nothing.
+_installing = new_lock()
+_installed: Metrics | None = None
+
+
+def install() -> Metrics:
+    """Choose this process's metrics and register them, once; return them.
+
+    The library calls it when an app is initialised (a
+    :class:`~flask_sse_flush.JobService` is made, which registering the render
+    blueprint or :class:`~flask_sse_flush.SSEFlush` does) and when an
+    :class:`~flask_sse_flush.EventStream` is made; importing the package does
+    not. ``SSE_FLUSH_METRICS`` and ``PROMETHEUS_MULTIPROC_DIR`` are read then.
+    Later calls return the same metrics: creating app after app registers
+    nothing twice.
+    """
+    global _installed
+    chosen = _installed
+    if chosen is not None:
+        return chosen
+    with _installing:  # held for a few statements, nothing in it waits
+        if _installed is None:
+            _installed, clashed = _choose()
+            if clashed:
+                log.warning("flask-sse-flush metrics are registered already; not registering again")
+        return _installed
+
+
+class _Installed(Metrics):
+    """:data:`METRICS`: each report goes to the metrics :func:`install` chose."""
+
+    def stream_opened(self) -> None:
+        (_installed or install()).stream_opened()
+
+    def stream_closed(self, reason: str, coalesced: int = 0) -> None:
+        (_installed or install()).stream_closed(reason, coalesced)
+
+    def stream_refused(self) -> None:
+        (_installed or install()).stream_refused()
+
+    def event_sent(self, waited: float) -> None:
+        (_installed or install()).event_sent(waited)
+
+    def job_started(self) -> None:
+        (_installed or install()).job_started()
+
+    def job_ended(self, state: str) -> None:
+        (_installed or install()).job_ended(state)
+
+
+#: The process's metrics (see the module's description); the first report
+#: installs them, if nothing did before.
+METRICS: Metrics = _Installed()
 
 
 def enabled() -> bool:
-    """Whether anything is measured (prometheus-client, or the logging fallback)."""
-    return type(METRICS) is not Metrics
+    """Whether anything is measured (prometheus-client, or the logging fallback).
+
+    Asking installs the metrics (:func:`install`).
+    """
+    return type(install()) is not Metrics

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol, TypeAlias, Union
 from .brokers.base import Broker, JobStatus, Subscriber
 from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
 from .jobs import ErrorMessage, RenderFunction, RenderJob, error_message
-from .metrics import METRICS
+from .metrics import METRICS, install
 from .runtime import home_hub, new_lock, post_to_hub, start_greenlet, start_native_thread
 from .settings import DisconnectPolicy, Settings
 
@@ -132,6 +132,7 @@ class JobService:
         error_message: ErrorMessage = error_message,
         context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
+        install()  # the metrics are registered when an app is initialised
         self._context = context or contextlib.nullcontext
         self.render = render
         self.error_message = error_message

@@ -17,6 +17,7 @@ from tests.browser import support as browser
 from tests.integration.support import Server, running_server
 from tests.timing import measurements
 
+REPO = Path(__file__).resolve().parent.parent
 #: The servers every ``server``-using integration test runs against.
 SERVERS = [
     "gunicorn-gevent", "gunicorn-gevent_pywsgi", "gunicorn-gthread", "gunicorn-sync",
@@ -64,9 +65,16 @@ def display() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The instrumented demo (``tests/browser/app.py``) under gunicorn -k gevent."""
+    """The instrumented demo (``tests/browser/app.py``) under gunicorn -k gevent.
+
+    The demo is not installed (``examples/`` is outside the wheel): gunicorn
+    imports it from this checkout, as ``make run`` does.
+    """
     log_dir = tmp_path_factory.mktemp("demo")
-    with running_server("gunicorn-gevent", log_dir, app_dir=browser.HERE) as server:
+    checkout = ["--pythonpath", str(REPO)]
+    with running_server(
+        "gunicorn-gevent", log_dir, app_dir=browser.HERE, options=checkout
+    ) as server:
         yield server
 
 

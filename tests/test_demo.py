@@ -10,9 +10,9 @@ from urllib.parse import quote
 import pytest
 from flask.testing import FlaskClient
 
+from examples.demo import create_app
+from examples.demo.render import RenderError, RenderSettings, clean_old_files, render_video
 from flask_sse_flush import Progress
-from flask_sse_flush.demo import create_app
-from flask_sse_flush.demo.render import RenderError, RenderSettings, clean_old_files, render_video
 from flask_sse_flush.testing import parse_events
 
 pytest.importorskip("PIL")

@@ -3,7 +3,8 @@ code outside the package reaches into its private parts.
 
 Bottom up: exceptions, frames, settings <- runtime (detect <- channels, hub
 <- executors), transport, headers, brokers <- stream, jobs <- service <-
-lifecycle <- blueprint, mirror <- testing, demo, __init__. ``frames``, ``jobs``, the
+lifecycle <- blueprint, mirror <- testing, __init__. The demo is an example
+outside the package (``examples/demo``) that uses only the public names. ``frames``, ``jobs``, the
 brokers, ``settings``, ``service`` and the runtime stay framework-free so a
 job worker without an app can use them.
 """
@@ -11,6 +12,9 @@ job worker without an app can use them.
 from __future__ import annotations
 
 import ast
+import configparser
+import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,17 +59,12 @@ ALLOWED: dict[str, set[str]] = {
     },
     "extension": {
         "blueprint", "brokers", "channels", "exceptions", "frames", "headers", "jobs", "lifecycle",
-        "service", "settings", "stream",
+        "metrics", "service", "settings", "stream",
     },
     "mirror": {"frames", "headers", "jobs", "stream"},
     "testing": {"frames", "lifecycle"},
-    "demo/__init__": {"__init__", "render"},
-    "demo/render": {"__init__"},
-    "demo/draw": set(),
 }  # fmt: skip
-MAY_IMPORT_FLASK = {
-    "headers", "stream", "blueprint", "extension", "testing", "mirror", "demo/__init__",
-}  # fmt: skip
+MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "extension", "testing", "mirror"}
 FRAMEWORK_FREE = {
     "frames", "channels", "jobs", "exceptions", "transport", "settings", "service", "processes",
     "lifecycle", "servers", "metrics", "runtime", "runtime/detect", "runtime/channels",
@@ -73,7 +72,8 @@ FRAMEWORK_FREE = {
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
 #: Code outside the package, which may use only its public names.
-OUTSIDE = [ROOT / "tests", ROOT / "benchmarks", PACKAGE / "demo"]
+OUTSIDE = [ROOT / "tests", ROOT / "benchmarks", ROOT / "examples"]
+DEMO = ROOT / "examples" / "demo"
 
 
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
@@ -104,7 +104,7 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
 
 def test_every_module_is_classified() -> None:
     modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    for folder in ("brokers", "runtime", "demo"):
+    for folder in ("brokers", "runtime"):
         modules |= {f"{folder}/{p.stem}" for p in (PACKAGE / folder).glob("*.py")}
     assert modules == set(ALLOWED), "add new modules to ALLOWED with their layer"
 
@@ -139,15 +139,47 @@ def test_code_outside_the_package_uses_only_public_names(path: Path) -> None:
     assert private_uses(path) == [], f"{path} imports private parts of the library"
 
 
-def test_the_demo_uses_only_the_public_api() -> None:
-    for path in (PACKAGE / "demo").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 2:
-                names = [a.name for a in node.names]
-                assert node.module is None, f"{path.name} imports flask_sse_flush.{node.module}"
-                import flask_sse_flush
+def test_the_package_holds_no_example() -> None:
+    assert not (PACKAGE / "demo").exists(), "the demo lives in examples/demo, outside the wheel"
+    assert not list(PACKAGE.rglob("templates")), "the library ships no templates"
 
+
+def test_the_demo_uses_only_the_public_api() -> None:
+    import flask_sse_flush
+
+    for path in DEMO.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flask_sse"):
+                names = [a.name for a in node.names]
+                assert node.module == "flask_sse_flush", f"{path.name} imports {node.module}"
                 assert set(names) <= set(flask_sse_flush.__all__), names
+
+
+def _requirement_names(field: str) -> set[str]:
+    names = set()
+    for line in field.strip().splitlines():
+        name = re.match(r"[A-Za-z0-9._-]+", line.strip())
+        if name:
+            names.add(re.sub(r"[-_.]+", "-", name.group(0)).lower())
+    return names
+
+
+def test_the_demo_extra_brings_everything_the_demo_imports() -> None:
+    """``make run`` installs ``.[gevent,demo]`` and nothing else."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    provided = _requirement_names(config["options"]["install_requires"])
+    provided |= _requirement_names(config["options.extras_require"]["demo"])
+    distributions = importlib.metadata.packages_distributions()
+    needed = set()
+    for path in DEMO.glob("*.py"):
+        _, other = imports_of(path)
+        for top in other - set(sys.stdlib_module_names) - {"flask_sse_flush", "examples"}:
+            found = distributions.get(top)
+            assert found, f"{path.name} imports {top}, which no installed distribution provides"
+            needed |= {re.sub(r"[-_.]+", "-", name).lower() for name in found}
+    assert needed, "the demo imports at least Flask, Pillow and imageio-ffmpeg"
+    assert needed <= provided, f"add {sorted(needed - provided)} to the demo extra"
 
 
 @pytest.mark.parametrize("module", sorted(ALLOWED))

@@ -19,9 +19,9 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from examples.demo import create_app as create_demo
+from examples.demo.render import RenderSettings, find_ffmpeg, render_video
 from flask_sse_flush import EventStream, Progress, send_event
-from flask_sse_flush.demo import create_app as create_demo
-from flask_sse_flush.demo.render import RenderSettings, find_ffmpeg, render_video
 
 HARNESS = (Path(__file__).parent / "harness.html").read_text()
 

@@ -1,5 +1,9 @@
 """The demo app that ``make run`` serves: a page with a live progress bar.
 
+An example, not part of the library: it lives outside the package (the
+wheel holds none of it) and uses only the public API. ``make run`` serves
+it from the checkout, as ``gunicorn 'examples.demo:create_app()'``.
+
 It renders a real MP4 (Pillow draws the frames, ffmpeg from
 ``imageio-ffmpeg`` encodes them) and streams true progress over SSE.
 Videos go to ``SSE_FLUSH_DEMO_OUTPUT_DIR`` (config or environment), by
@@ -14,7 +18,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, send_from_directory
 
-from .. import Progress, RenderFunction, create_render_blueprint
+from flask_sse_flush import Progress, RenderFunction, create_render_blueprint
+
 from .render import (
     FILENAME,
     RenderSettings,

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from .. import Progress, call_on_hub, map_bundle_progress, map_render_progress
-from .. import RenderError as LibraryRenderError
+from flask_sse_flush import Progress, call_on_hub, map_bundle_progress, map_render_progress
+from flask_sse_flush import RenderError as LibraryRenderError
 
 __all__ = [
     "FILENAME",
@@ -47,6 +47,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The script that draws the frames, in a child process.
+DRAW = Path(__file__).with_name("draw.py")
 #: The names of the files the demo writes; nothing else is ever served.
 FILENAME = re.compile(r"recap-[0-9a-f]{32}\.mp4")
 #: A video still being encoded (or left by a crash): cleaned up, never served.
@@ -148,7 +150,9 @@ def _draw(
         "year": payload["year"],
         "books": payload["books"],
     }
-    command = [sys.executable, "-m", "flask_sse_flush.demo.draw", json.dumps(spec), str(folder)]
+    # Run by its path, not as a module: the demo is not installed, and the
+    # child need not start where the examples folder is importable.
+    command = [sys.executable, str(DRAW), json.dumps(spec), str(folder)]
     progress(map_bundle_progress(0), "bundling")
     _run_child(
         command,

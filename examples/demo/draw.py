@@ -1,7 +1,6 @@
 """Draw the demo video's frames, in a process of its own.
 
-Run by :func:`~flask_sse_flush.demo.render.render_video` as
-``python -m flask_sse_flush.demo.draw SPEC FOLDER``: ``SPEC`` is a JSON
+Run by the demo's ``render_video`` as ``python draw.py SPEC FOLDER``: ``SPEC`` is a JSON
 object (``width``, ``height``, ``fps``, ``seconds``, and the validated
 form's ``month``, ``year`` and ``books``). It writes ``00000.png``,
 ``00001.png``, ... into ``FOLDER`` and prints ``frame=<n>`` after each, the
@@ -62,7 +61,7 @@ def draw_frames(spec: dict[str, Any], folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m flask_sse_flush.demo.draw SPEC_JSON FOLDER", file=sys.stderr)
+        print("usage: python draw.py SPEC_JSON FOLDER", file=sys.stderr)
         return 2
     draw_frames(json.loads(args[0]), Path(args[1]))
     return 0
