@@ -39,6 +39,7 @@ CONFIG_KEYS = {
     "max_streams": "SSE_FLUSH_MAX_STREAMS",
     "max_query": "SSE_FLUSH_MAX_QUERY",
     "max_headers": "SSE_FLUSH_MAX_HEADERS",
+    "gevent_logging_locks": "SSE_FLUSH_GEVENT_LOGGING_LOCKS",
 }
 
 
@@ -75,6 +76,10 @@ class Settings:
         (``3 * max_payload + 1024``) (``SSE_FLUSH_MAX_QUERY``).
     :param max_headers: the most bytes of request header names and values
         accepted (``SSE_FLUSH_MAX_HEADERS``).
+    :param gevent_logging_locks: under gevent, make :mod:`logging`'s locks safe
+        for native job threads when the app is initialised (a process-wide
+        change, see :ref:`servers-gevent-logging`); ``False`` leaves logging
+        alone (``SSE_FLUSH_GEVENT_LOGGING_LOCKS``).
     :raises ValueError: a value is out of range.
     """
 
@@ -88,6 +93,7 @@ class Settings:
     max_streams: int | None = None
     max_query: int | None = None
     max_headers: int = DEFAULT_MAX_HEADERS
+    gevent_logging_locks: bool = True
 
     @property
     def query_limit(self) -> int:
@@ -120,6 +126,10 @@ class Settings:
             )
         if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
             raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
+        if not isinstance(self.gevent_logging_locks, bool):
+            raise ValueError(
+                f"gevent_logging_locks must be True or False, not {self.gevent_logging_locks!r}"
+            )
         if self.on_disconnect not in ("continue", "cancel"):
             raise ValueError(
                 f"on_disconnect must be 'continue' or 'cancel', not {self.on_disconnect!r}"
