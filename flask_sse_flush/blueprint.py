@@ -46,7 +46,7 @@ from .jobs import error_message as default_error_message
 from .lifecycle import lifecycle
 from .metrics import METRICS
 from .processes import ProcessRender
-from .runtime import start_greenlet
+from .runtime import install_logging_locks, start_greenlet
 from .service import (
     ANYONE,
     RETRY_AFTER_SECONDS,
@@ -57,7 +57,7 @@ from .service import (
     Spawn,
     spawner,
 )
-from .settings import DisconnectPolicy, Settings
+from .settings import CONFIG_KEYS, DisconnectPolicy, Settings
 from .stream import EventStream
 
 __all__ = [
@@ -312,6 +312,32 @@ def diagnostic_stream(
     return response
 
 
+def gevent_integration(app: Flask) -> bool:
+    """Prepare ``app``'s process for gevent; call it when initialising an app.
+
+    Installs :func:`~flask_sse_flush.runtime.install_logging_locks` (job
+    threads that log never hang on a gevent lock) unless the app's config
+    sets ``SSE_FLUSH_GEVENT_LOGGING_LOCKS = False``; once per app, however
+    many blueprints or extensions call it. The render blueprint calls it when
+    it is registered. See :ref:`servers-gevent-logging`.
+
+    :returns: whether the app asked for the logging fix.
+    :raises ValueError: the config value is not ``True`` or ``False``.
+
+    .. versionadded:: 0.2.0
+    """
+    key = CONFIG_KEYS["gevent_logging_locks"]
+    wanted = Settings(gevent_logging_locks=app.config.get(key, True)).gevent_logging_locks
+    if _GEVENT_INTEGRATION not in app.extensions:
+        app.extensions[_GEVENT_INTEGRATION] = wanted
+        if wanted:
+            install_logging_locks()
+    return bool(app.extensions[_GEVENT_INTEGRATION])
+
+
+_GEVENT_INTEGRATION = "sse_flush.gevent"
+
+
 def create_render_blueprint(
     render: RenderFunction,
     *,
@@ -494,6 +520,7 @@ def create_render_blueprint(
     def register(state: Any) -> None:
         app: Flask = state.app
         settings = Settings.resolve(app.config, **explicit)
+        gevent_integration(app)
         store = broker if broker is not None else _default_broker(app, coalescing, settings)
         jobs = JobService(
             render,

@@ -184,8 +184,11 @@ class SSEFlush:
 
         :raises ValueError: a ``SSE_FLUSH_*`` setting is out of range.
         """
+        from .blueprint import gevent_integration
+
         settings = Settings.resolve(app.config)
         install_metrics()  # registered when an app is initialised, never at import
+        gevent_integration(app)  # logging's locks, unless SSE_FLUSH_GEVENT_LOGGING_LOCKS is off
         state = app_state(app)
         state.settings = settings
         if self._broker is not None:

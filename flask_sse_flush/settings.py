@@ -42,6 +42,7 @@ CONFIG_KEYS = {
     "keepalive_event": "SSE_FLUSH_KEEPALIVE_EVENT",
     "max_events": "SSE_FLUSH_MAX_EVENTS",
     "retention": "SSE_FLUSH_RETENTION",
+    "gevent_logging_locks": "SSE_FLUSH_GEVENT_LOGGING_LOCKS",
 }
 
 
@@ -86,6 +87,10 @@ class Settings:
     :param retention: seconds a channel's history is kept after its last
         publish, and a job's after its end, by the broker the app makes
         (``SSE_FLUSH_RETENTION``).
+    :param gevent_logging_locks: under gevent, make :mod:`logging`'s locks safe
+        for native job threads when the app is initialised (a process-wide
+        change, see :ref:`servers-gevent-logging`); ``False`` leaves logging
+        alone (``SSE_FLUSH_GEVENT_LOGGING_LOCKS``).
     :raises ValueError: a value is out of range.
     """
 
@@ -102,6 +107,7 @@ class Settings:
     keepalive_event: bool = False
     max_events: int = 1000
     retention: float = 600.0
+    gevent_logging_locks: bool = True
 
     @property
     def query_limit(self) -> int:
@@ -141,6 +147,10 @@ class Settings:
             raise ValueError(f"retention must be a number of seconds >= 0, not {retention!r}")
         if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
             raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
+        if not isinstance(self.gevent_logging_locks, bool):
+            raise ValueError(
+                f"gevent_logging_locks must be True or False, not {self.gevent_logging_locks!r}"
+            )
         if self.on_disconnect not in ("continue", "cancel"):
             raise ValueError(
                 f"on_disconnect must be 'continue' or 'cancel', not {self.on_disconnect!r}"

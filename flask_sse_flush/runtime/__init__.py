@@ -11,6 +11,8 @@ module:
   switch interval;
 * :mod:`~flask_sse_flush.runtime.hub`: :func:`call_on_hub`, the way back to
   the hub from a native thread;
+* :mod:`~flask_sse_flush.runtime.locks`: logging's locks made safe for
+  native threads under gevent;
 * :mod:`~flask_sse_flush.runtime.watch`: noticing a client that hung up
   while its stream was silent.
 
@@ -29,6 +31,7 @@ from .executors import (
     start_native_thread,
 )
 from .hub import call_on_hub, home_hub, post_to_hub, run_in_hub
+from .locks import install_logging_locks, logging_locks_installed, uninstall_logging_locks
 from .watch import watch_for_hangup
 
 __all__ = [
@@ -38,7 +41,9 @@ __all__ = [
     "call_on_hub",
     "gevent_is_active",
     "home_hub",
+    "install_logging_locks",
     "job_switch_interval",
+    "logging_locks_installed",
     "new_channel",
     "new_lock",
     "post_to_hub",
@@ -46,5 +51,6 @@ __all__ = [
     "set_job_switch_interval",
     "start_greenlet",
     "start_native_thread",
+    "uninstall_logging_locks",
     "watch_for_hangup",
 ]

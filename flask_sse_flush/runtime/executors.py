@@ -14,7 +14,6 @@ from typing import Any
 
 from .detect import gevent_is_active, new_lock, original
 from .hub import started_by
-from .locks import make_logging_thread_safe
 
 __all__ = [
     "DEFAULT_JOB_SWITCH_INTERVAL",
@@ -115,7 +114,6 @@ def start_native_thread(target: Callable[[], None], name: str) -> None:
     if gevent_is_active():
         import gevent
 
-        make_logging_thread_safe()  # a job that logs must not hang on a gevent lock
         context = started_by(gevent.get_hub())
         _NATIVE_POOL.submit(lambda: context.run(_with_switch_interval(target)))
         return
