@@ -16,6 +16,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What each script starts with: logging's locks, compared by identity.
@@ -373,3 +375,31 @@ def test_concurrent_installs_install_once() -> None:
         """
     )
     assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_the_extension_installs_them_at_init_app_unless_switched_off(switch: bool) -> None:
+    code = f"""
+import gevent.monkey
+gevent.monkey.patch_all()
+import logging
+from flask import Flask
+from flask_sse_flush import SSEFlush
+from flask_sse_flush.runtime import logging_locks_installed
+handler = logging.StreamHandler()
+before = type(handler.lock._block).__name__
+assert not logging_locks_installed()
+app = Flask("app")
+app.config["SSE_FLUSH_GEVENT_LOGGING_LOCKS"] = {switch!r}
+sse = SSEFlush()
+assert not logging_locks_installed()  # not at construction: at init_app
+sse.init_app(app)
+print(logging_locks_installed(), before, type(handler.lock._block).__name__)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    installed, before, after = result.stdout.split()
+    assert installed == str(switch)
+    assert before != "HybridLock"
+    assert (after == "HybridLock") is switch
