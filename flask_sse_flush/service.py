@@ -302,7 +302,14 @@ class JobService:
             raise UnknownJob(job_id)
 
     def detach(self, job_id: str, stream: Subscriber) -> None:
-        """A stream has ended: unsubscribe it, and apply the disconnect policy."""
+        """A stream has ended: unsubscribe it, and apply the disconnect policy.
+
+        A stream ended as too slow (:attr:`EventStream.too_slow
+        <flask_sse_flush.EventStream.too_slow>`) is not a client that left:
+        its client is on its way back, so the policy does not apply to it.
+        """
         remaining = self.broker.unsubscribe(job_id, stream)
+        if getattr(stream, "too_slow", False):
+            return
         if remaining == 0 and self.on_disconnect == "cancel" and self.broker.cancel(job_id):
             log.debug("cancelled job %s: its last client left", job_id)
