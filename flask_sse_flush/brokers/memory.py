@@ -325,6 +325,14 @@ class MemoryBroker:
             callback()
         return True
 
+    def forget(self, job_id: str, callback: Callable[[], Any]) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        with job.lock:
+            if callback in job.on_cancel:
+                job.on_cancel.remove(callback)
+
     def on_cancel(self, job_id: str, callback: Callable[[], Any]) -> None:
         job = self._require(job_id)
         with job.lock:

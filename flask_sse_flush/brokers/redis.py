@@ -742,6 +742,21 @@ class RedisBroker:
         if fields[1] is not None:
             self._cancelled(job_id)  # cancelled before we listened
 
+    def forget(self, job_id: str, callback: Callable[[], Any]) -> None:
+        # Not through _call: bookkeeping only, no I/O, safe from any thread
+        # (the service calls it holding a lock of its own).
+        if self._pid != os.getpid():
+            return  # forked: these maps are the parent's, and _call resets them
+        with self._lock:
+            callbacks = self._cancel_callbacks.get(job_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                # No job object of this process waits on it any more (a job
+                # worker's run_job, in this process too, would still be there).
+                self._cancel_callbacks.pop(job_id, None)
+                self._publishing.pop(job_id, None)
+
     def _cancelled(self, job_id: str) -> None:
         with self._lock:
             callbacks = self._cancel_callbacks.pop(job_id, [])
