@@ -496,3 +496,28 @@ def test_a_job_queued_by_a_callable_executor_may_still_run_here_later(
     finally:
         render.go.set()
         web.close()
+
+
+def test_a_stream_ended_as_too_slow_does_not_cancel_its_job() -> None:
+    # With no levels, progress cannot be coalesced: a client that reads
+    # nothing is ended as too slow (4 x buffer frames). That is not a
+    # client leaving, so on_disconnect="cancel" leaves its job running.
+    from flask_sse_flush.brokers import MemoryBroker
+
+    render = Gated(reports=10)
+    app, client = make_client(
+        render, on_disconnect="cancel", buffer=2, broker=MemoryBroker(coalesce=())
+    )
+    response = client.get("/render/stream?data=%7B%7D", buffered=False)
+    assert response.status_code == 200
+    assert render.reported.wait(5)
+    service = app.extensions["sse_flush"]["sse_flush"]
+    (job,) = service.running_jobs()
+    wait_for(lambda: service.broker.subscribers(job) == 0)  # dropped from the fan-out
+    assert len(list(response.response)) <= 1  # the opening frame at most: it ended
+    response.close()
+    time.sleep(0.05)
+    assert not render.cancelled.is_set()
+    render.go.set()
+    assert service.wait(5)
+    assert service.status(job).state == "complete"
