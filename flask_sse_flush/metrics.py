@@ -12,7 +12,11 @@ name                                        type       what
 ``sse_flush_streams_closed_total{reason}``  counter    streams ended: ``complete``, ``error``
                                                        (the job's terminal event went out),
                                                        ``client_gone``, ``shutdown`` (a graceful
-                                                       stop sent it elsewhere), ``closed``
+                                                       stop sent it elsewhere), ``slow_client``
+                                                       (ended as too slow: more than 4 x
+                                                       ``buffer`` events waited that cannot be
+                                                       coalesced; it resumes from its
+                                                       ``Last-Event-ID``), ``closed``
                                                        (anything else); and ``limit``: a stream
                                                        refused by ``max_streams``, ``max_jobs``
                                                        or ``max_jobs_per_identity``

@@ -70,6 +70,51 @@ class QueuedJob:
 
 #: ``spawn(job)``: start ``job()`` concurrently and return without waiting.
 Spawn = Callable[[QueuedJob], object]
+
+
+class _RunsHere:
+    """A built-in executor's spawn: every job it is given runs in this process."""
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Spawn) -> None:
+        self._start = start
+
+    def __call__(self, job: QueuedJob) -> object:
+        return self._start(job)
+
+
+class _HandOff:
+    """Whether a job given to an executor callable ran here or left this process.
+
+    The callable may queue ``(job.id, job.payload)`` for a job worker, or
+    call the job itself, now or later (a pool of its own). Once it has
+    returned without calling it, the job is taken to have left: this
+    process forgets it (:meth:`Broker.forget
+    <flask_sse_flush.brokers.Broker.forget>`) and, should it run here after
+    all, listens for its cancellation again. The lock orders the two.
+    """
+
+    __slots__ = ("_lock", "_state")
+
+    def __init__(self) -> None:
+        self._lock = new_lock()
+        self._state = "given"
+
+    def leave(self, forget: Callable[[], None]) -> None:
+        """The executor returned: if the job has not started here, ``forget()`` it."""
+        with self._lock:
+            if self._state == "given":
+                self._state = "gone"
+                forget()  # no I/O: a few dictionary operations
+
+    def arrive(self) -> bool:
+        """The job starts here; return whether it had been forgotten."""
+        with self._lock:
+            forgotten, self._state = self._state == "gone", "running"
+        return forgotten
+
+
 #: How jobs run: ``"thread"`` (a native OS thread, even under gevent),
 #: ``"greenlet"`` (under gevent; for I/O-bound jobs), ``"process"`` (a child
 #: process per job, for CPU-bound ones), or a :data:`Spawn`.
@@ -82,10 +127,10 @@ def spawner(executor: Executor) -> Spawn:
     :raises ValueError: ``executor`` is neither a known name nor callable.
     """
     if executor == "thread":
-        return lambda job: start_native_thread(job, "flask-sse-flush job")
+        return _RunsHere(lambda job: start_native_thread(job, "flask-sse-flush job"))
     if executor in ("greenlet", "process"):
         # A process job's own side is I/O only: it waits on its child.
-        return lambda job: start_greenlet(job, name="flask-sse-flush job")
+        return _RunsHere(lambda job: start_greenlet(job, name="flask-sse-flush job"))
     if callable(executor):
         return executor
     raise ValueError(
@@ -197,21 +242,33 @@ class JobService:
         )
         with self._lock:
             self._jobs.add(job.id)
+        # An executor callable may hand the job to another process: then this
+        # one must not keep the job (its cancel callback) until an end that
+        # happens elsewhere, or every queued job would stay here for good.
+        handoff = None if isinstance(self._spawn, _RunsHere) else _HandOff()
         try:
-            self._spawn(QueuedJob(job.id, payload, lambda: self._run(job)))
+            self._spawn(QueuedJob(job.id, payload, lambda: self._run(job, handoff)))
         except Exception as exc:
             log.exception("the executor refused render job %s", job.id)
             job.abort(f"the job could not be started ({type(exc).__name__})")
             self._finished(job.id)
             raise JobNotStarted("the render job could not be started; try again later") from exc
+        if handoff is not None:
+            handoff.leave(lambda: self.broker.forget(job.id, job.cancel))
         log.debug("started render job %s", job.id)
         return job
 
-    def _run(self, job: RenderJob) -> None:
+    def _run(self, job: RenderJob, handoff: _HandOff | None = None) -> None:
         with self._lock:
             self._here[job.id] = job
         _on_hub(METRICS.job_started)
         try:
+            if handoff is not None and handoff.arrive():
+                # Forgotten as handed on, yet run here: hear its cancel again.
+                try:
+                    self.broker.on_cancel(job.id, job.cancel)
+                except Exception:
+                    log.exception("render job %s cannot hear its cancellation", job.id)
             with self._context():
                 job.run()
         finally:
@@ -311,7 +368,14 @@ class JobService:
             raise UnknownJob(job_id)
 
     def detach(self, job_id: str, stream: Subscriber) -> None:
-        """A stream has ended: unsubscribe it, and apply the disconnect policy."""
+        """A stream has ended: unsubscribe it, and apply the disconnect policy.
+
+        A stream ended as too slow (:attr:`EventStream.too_slow
+        <flask_sse_flush.EventStream.too_slow>`) is not a client that left:
+        its client is on its way back, so the policy does not apply to it.
+        """
         remaining = self.broker.unsubscribe(job_id, stream)
+        if getattr(stream, "too_slow", False):
+            return
         if remaining == 0 and self.on_disconnect == "cancel" and self.broker.cancel(job_id):
             log.debug("cancelled job %s: its last client left", job_id)

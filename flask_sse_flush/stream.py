@@ -18,7 +18,7 @@ from .exceptions import StreamClosed
 from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
 from .metrics import METRICS, enabled
-from .runtime import Empty, new_channel, new_lock, watch_for_hangup
+from .runtime import Empty, Overflow, new_channel, new_lock, watch_for_hangup
 from .servers import check_server
 from .transport import client_socket, end_connection, uwsgi_socket
 
@@ -32,6 +32,10 @@ KEEPALIVE = comment("keepalive")
 KEEPALIVE_EVENT = b"event: keepalive\ndata: {}\n\n"
 _FRAME_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
 _END = object()
+#: A stream ends as too slow once this many times ``buffer`` frames that
+#: cannot be coalesced wait for its client.
+_SLOW_CLIENT_FACTOR = 4
+_TOO_SLOW = "the client reads too slowly: its stream ended; it resumes with its Last-Event-ID"
 
 C = TypeVar("C", bound=Callable[[], Any])
 
@@ -96,10 +100,22 @@ class EventStream:
     A client that reads slower than events are sent cannot make the stream
     grow without bound: once more than ``buffer`` events wait, queued events
     that are levels (progress is a level, not a log) are reduced to the
-    newest of each level. Other events are never dropped. Events sent with
+    newest of each level. Other events are never coalesced. Events sent with
     :meth:`send` get their level from ``coalesce``; frames a broker delivers
     (:meth:`deliver`) carry the level the broker's own policy gave them, so
     a brokered stream follows the one policy its broker declares.
+
+    The overflow policy, for the events that cannot be coalesced: once
+    ``4 * buffer`` of them wait, the next one ends the stream as *too
+    slow* (:attr:`too_slow`). It lets go of every frame still queued,
+    accepts nothing more (:meth:`send` and :meth:`deliver` raise
+    :class:`~flask_sse_flush.StreamClosed`, so a broker drops it from its
+    fan-out) and ends its body after the frame being written, so the
+    browser reconnects with the ``Last-Event-ID`` of the last event it
+    really received. A brokered stream then resumes exactly from the job's
+    log: nothing is lost, ``complete`` and ``error`` included. A stream of
+    your own view resumes only as far as your view reads ``Last-Event-ID``.
+    The metrics count such streams as closed for ``slow_client``.
 
     :param keepalive: seconds of silence before a ``: keepalive`` comment;
         ``None`` disables keepalives.
@@ -108,7 +124,8 @@ class EventStream:
     :param last_event_id: if given, set as the browser's ``lastEventId`` by
         the opening frame (see :func:`opening_frame`).
     :param buffer: how many events may wait for a slow client before
-        coalescing starts; ``None`` for no bound.
+        coalescing starts; four times as many that cannot be coalesced end
+        the stream as too slow. ``None`` for no bound at all.
     :param coalesce: which event types only matter as their latest value
         (a :class:`~flask_sse_flush.frames.Coalescing`, or the types).
     :param keepalive_event: send keepalives as an ``event: keepalive`` (with
@@ -135,7 +152,8 @@ class EventStream:
         self._keepalive_frame = KEEPALIVE_EVENT if keepalive_event else KEEPALIVE
         self._opening = opening_frame(retry, last_event_id)
         self._levels = Coalescing.of(coalesce).types
-        self._channel = new_channel(buffer)
+        self._slow = None if buffer is None else _SLOW_CLIENT_FACTOR * buffer
+        self._channel = new_channel(buffer, self._slow)
         self._lock = new_lock()
         self._closed = False
         self._finished = False
@@ -143,6 +161,9 @@ class EventStream:
         self._callbacks: list[Callable[[], Any]] = []
         #: Whether the stream ended because its client hung up while it waited.
         self.hung_up = False
+        #: Whether the stream ended because its client read too slowly (the
+        #: overflow policy above); the client is expected back.
+        self.too_slow = False
         #: Whether the stream ended with a ``retry:`` hint (:meth:`close`).
         self.retry_sent = False
         self._retry_at_close: int | None = None
@@ -172,7 +193,11 @@ class EventStream:
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
-            self._channel.put(frame, level, stamp)
+            try:
+                self._channel.put(frame, level, stamp)
+            except Overflow:
+                self._overflowed()
+                raise StreamClosed(_TOO_SLOW) from None
 
     def deliver(self, frame: bytes, level: str | None = None) -> None:
         """Queue one complete, encoded frame; what a broker calls for each event.
@@ -190,7 +215,16 @@ class EventStream:
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
-            self._channel.put(frame, level, stamp)
+            try:
+                self._channel.put(frame, level, stamp)
+            except Overflow:
+                self._overflowed()
+                raise StreamClosed(_TOO_SLOW) from None
+
+    def _overflowed(self) -> None:
+        """The client fell too far behind (the overflow policy); lock held."""
+        self._closed = self.too_slow = True
+        log.info("a client fell %d events behind: ending its stream as too slow", self._slow)
 
     @property
     def pending(self) -> int:
@@ -215,9 +249,10 @@ class EventStream:
                 return
             self._closed = True
             if hint is not None:
-                self._channel.put(hint, None, time.monotonic() if self._measure else None)
+                stamp = time.monotonic() if self._measure else None
+                self._channel.put(hint, None, stamp, bounded=False)
                 self.retry_sent = True
-            self._channel.put(_END)
+            self._channel.put(_END, bounded=False)
 
     def retry_at_close(self, retry: int) -> None:
         """Announce ``retry`` (ms) when the stream is closed later, whoever closes it.
@@ -265,6 +300,8 @@ class EventStream:
                 except Empty:
                     yield self._keepalive_frame
                     continue
+                except Overflow:
+                    return  # too slow: the client comes back with its Last-Event-ID
                 if item is _END:
                     reason = self._ending
                     return
@@ -282,7 +319,9 @@ class EventStream:
             # Runs on normal end and on GeneratorExit (the server closing the
             # body after a failed write, i.e. a client disconnect).
             if measure:
-                if self.hung_up:
+                if self.too_slow:
+                    reason = "slow_client"
+                elif self.hung_up:
                     reason = "client_gone"
                 elif self.retry_sent:
                     reason = "shutdown"

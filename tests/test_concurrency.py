@@ -314,3 +314,60 @@ def test_call_on_hub_does_not_wait_for_a_hub_that_has_gone() -> None:
         """
     )
     assert out.strip() == "ok"
+
+
+def test_a_stream_too_slow_under_gevent_ends_whoever_floods_it() -> None:
+    # The overflow policy on the hub channel: a native thread (then a
+    # greenlet) floods a stream whose reader has stopped; the sender is
+    # told at once, the memory goes, and the parked body wakes up and ends.
+    out = run_under_gevent(
+        """
+        import gevent
+        from flask_sse_flush import Event, EventStream, StreamClosed
+
+        pool = gevent.get_hub().threadpool
+
+        def flood(stream):
+            for n in range(100_000):
+                try:
+                    stream.send(Event(str(n), event="note"))
+                except StreamClosed:
+                    return n, stream.pending
+            return None
+
+        for sender in ("native", "greenlet"):
+            stream = EventStream(keepalive=5, buffer=4)
+            body = iter(stream)
+            next(body)
+            if sender == "native":
+                result = pool.spawn(flood, stream).get()
+            else:
+                result = gevent.spawn(flood, stream).get()
+            assert result == (16, 0), result
+            assert stream.too_slow
+            with gevent.Timeout(2):
+                assert list(body) == []
+
+        # A reader that reads, but slowly: the flood from a native thread
+        # overflows its stream while it sleeps, and its body then ends.
+        stream = EventStream(keepalive=5, buffer=4)
+        body = iter(stream)
+        next(body)
+
+        def slow_reader():
+            got = []
+            for frame in body:
+                got.append(frame)
+                gevent.sleep(0.01)
+            return got
+
+        reader = gevent.spawn(slow_reader)
+        gevent.sleep(0.05)
+        assert pool.spawn(flood, stream).get() is not None
+        with gevent.Timeout(2):
+            got = reader.get()
+        assert len(got) <= 17, got
+        print("ok")
+        """
+    )
+    assert out.strip().endswith("ok")

@@ -12,9 +12,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from flask_sse_flush import Cancelled, Event, Progress, create_render_blueprint
+from flask_sse_flush import Cancelled, Event, Progress, create_render_blueprint, run_job
+from flask_sse_flush.brokers import RedisBroker
 from flask_sse_flush.frames import EventDecoder
-from flask_sse_flush.testing import iter_events, parse_events
+from flask_sse_flush.testing import RedisServer, iter_events, parse_events
 
 
 class Gated:
@@ -438,3 +439,89 @@ def test_the_extension_outside_an_app_context_says_so() -> None:
         sse = SSEFlush(Gated())
     with pytest.raises(LookupError, match="no app context"):
         sse.service()
+
+
+def test_a_web_worker_forgets_the_jobs_it_hands_to_a_job_worker(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    # Two brokers on one Redis: the web worker's and a job worker's process.
+    # The web worker keeps nothing per job once its executor has queued it,
+    # so a busy queue cannot grow it; cancelling a queued job still works.
+    web = RedisBroker(redis_server.url, prefix=redis_prefix)
+    worker = RedisBroker(redis_server.url, prefix=redis_prefix)
+    queue: list[tuple[str, dict[str, Any]]] = []
+
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        progress(50, "rendering")
+        return {"filename": f"{payload['n']}.mp4", "url": "/f"}
+
+    try:
+        _, client = make_client(
+            render,
+            executor=lambda job: queue.append((job.id, job.payload)),
+            broker=web,
+            max_jobs=1000,
+        )
+        ids = [client.post("/render", json={"n": n}).get_json()["id"] for n in range(200)]
+        assert len(queue) == 200
+        assert web._publishing == {} and web._cancel_callbacks == {}
+
+        assert client.delete(f"/render/{ids[0]}").status_code == 202
+        for job_id, payload in queue:  # the job worker takes them from the queue
+            run_job(render, job_id, payload, worker)
+        states = [client.get(f"/render/{job_id}").get_json()["state"] for job_id in ids]
+        assert states == ["cancelled"] + ["complete"] * 199
+        for broker in (web, worker):
+            assert broker._publishing == {} and broker._cancel_callbacks == {}
+    finally:
+        web.close()
+        worker.close()
+
+
+def test_a_job_queued_by_a_callable_executor_may_still_run_here_later(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    # An executor of the app's own that calls the job later in this process
+    # (a pool): the job is heard again when it starts, so a cancel reaches it.
+    web = RedisBroker(redis_server.url, prefix=redis_prefix)
+    later: list[Any] = []
+    render = Gated()
+    try:
+        _, client = make_client(render, executor=later.append, broker=web)
+        job_id = client.post("/render", json={}).get_json()["id"]
+        assert web._cancel_callbacks == {}
+        thread = threading.Thread(target=later[0])
+        thread.start()
+        wait_for(lambda: client.get(f"/render/{job_id}").get_json()["state"] == "running")
+        assert client.delete(f"/render/{job_id}").status_code == 202
+        wait_for(lambda: client.get(f"/render/{job_id}").get_json()["state"] == "cancelled")
+        thread.join(5)
+        assert web._publishing == {} and web._cancel_callbacks == {}
+    finally:
+        render.go.set()
+        web.close()
+
+
+def test_a_stream_ended_as_too_slow_does_not_cancel_its_job() -> None:
+    # With no levels, progress cannot be coalesced: a client that reads
+    # nothing is ended as too slow (4 x buffer frames). That is not a
+    # client leaving, so on_disconnect="cancel" leaves its job running.
+    from flask_sse_flush.brokers import MemoryBroker
+
+    render = Gated(reports=10)
+    app, client = make_client(
+        render, on_disconnect="cancel", buffer=2, broker=MemoryBroker(coalesce=())
+    )
+    response = client.get("/render/stream?data=%7B%7D", buffered=False)
+    assert response.status_code == 200
+    assert render.reported.wait(5)
+    service = app.extensions["sse_flush"]["sse_flush"]
+    (job,) = service.running_jobs()
+    wait_for(lambda: service.broker.subscribers(job) == 0)  # dropped from the fan-out
+    assert len(list(response.response)) <= 1  # the opening frame at most: it ended
+    response.close()
+    time.sleep(0.05)
+    assert not render.cancelled.is_set()
+    render.go.set()
+    assert service.wait(5)
+    assert service.status(job).state == "complete"

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from flask_sse_flush import Event, EventStream
+from flask_sse_flush import Event, EventStream, StreamClosed
+from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.frames import decode_events
 from flask_sse_flush.runtime import Empty, new_channel
 from flask_sse_flush.stream import KEEPALIVE
@@ -106,7 +107,7 @@ def test_each_coalesced_event_type_keeps_its_own_newest() -> None:
 
 
 def test_raw_frames_are_never_coalesced() -> None:
-    stream = EventStream(keepalive=0.5, buffer=2)
+    stream = EventStream(keepalive=0.5, buffer=16)
     for n in range(50):
         stream.send(b"event: progress\ndata: %d\n\n" % n)
     assert stream.pending == 50
@@ -214,3 +215,100 @@ def test_channel_with_a_concurrent_reader_ends_with_the_newest_level() -> None:
     assert not reader.is_alive()
     assert got[-1] == 10_000
     assert got == sorted(set(got))  # type: ignore[type-var]
+
+
+# -- the hard bound: a client too slow for its stream -----------------------------
+
+
+def closed_as_slow_client() -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("sse_flush_streams_closed_total", {"reason": "slow_client"})
+    return value or 0.0
+
+
+def test_a_client_that_stops_reading_ends_as_too_slow_past_four_buffers() -> None:
+    # Frames that cannot be coalesced may wait up to 4 x buffer; one more
+    # ends the stream instead of growing the worker.
+    before = closed_as_slow_client()
+    stream = EventStream(keepalive=0.5, buffer=8)
+    body = iter(stream)
+    next(body)  # the opening frame: the client read that much, then stopped
+    sent = 0
+    with pytest.raises(StreamClosed):
+        for n in range(1, 10_001):
+            stream.send(Event(f"note {n}", event="note", id=f"job-{n}"))
+            sent = n
+            assert stream.pending <= 4 * 8
+    assert sent == 4 * 8
+    assert stream.closed and stream.too_slow
+    assert stream.pending == 0  # what waited is let go at once
+    with pytest.raises(StreamClosed):
+        stream.send(progress(1))
+    # The body ends (the client reconnects with its Last-Event-ID) and says
+    # nothing it had queued: those events come again from the log.
+    assert list(body) == []
+    assert closed_as_slow_client() - before == 1
+
+
+def test_levels_never_count_towards_the_slow_client_bound() -> None:
+    stream = EventStream(keepalive=0.5, buffer=2)
+    for n in range(1, 10_001):
+        stream.send(progress(n))
+    for n in range(4 * 2):
+        stream.send(Event(f"note {n}", event="note"))
+    assert not stream.closed
+    stream.close()
+    events = drain(stream)
+    assert [e.data for e in events if e.event == "note"] == [f"note {n}" for n in range(8)]
+
+
+def test_a_slow_client_resumes_from_the_log_and_misses_nothing() -> None:
+    # With a broker: the slow stream is dropped from the job's fan-out; a
+    # reconnect after its Last-Event-ID replays every event, the complete
+    # event included, exactly once.
+    broker = MemoryBroker()
+    broker.create("job")
+    slow = EventStream(keepalive=0.5, buffer=4)
+    broker.subscribe("job", slow)
+    body = iter(slow)
+    next(body)
+    total = 200
+    for n in range(1, total + 1):
+        final = n == total
+        name = "complete" if final else ("progress" if n % 2 else "note")
+        event = Event({"n": n}, event=name, id=f"job-{n}")
+        broker.publish("job", n, event, final=final)
+        if n <= 3:
+            (got,) = decode_events([next(body)])  # the client reads the first three
+            assert got.id == f"job-{n}"
+    assert slow.closed and slow.too_slow
+    assert broker.subscribers("job") == 0  # the fan-out forgot it
+    assert list(body) == []
+
+    resumed = EventStream(keepalive=0.5, buffer=None)
+    broker.subscribe("job", resumed, after=3)
+    events = drain(resumed, limit=total)
+    assert [seq(e) for e in events] == list(range(4, total + 1))
+    assert events[-1].event == "complete"
+
+
+def test_channel_overflows_past_its_bound_of_plain_items() -> None:
+    from flask_sse_flush.runtime import Overflow
+
+    channel = new_channel(limit=4, overflow=16)
+    try:
+        for n in range(100):
+            channel.put(n, level="a")
+        for n in range(16):
+            channel.put(n)
+        assert channel.pending() <= 16 + 4 + 1
+        with pytest.raises(Overflow):
+            channel.put(16)
+        assert channel.pending() == 0
+        with pytest.raises(Overflow):
+            channel.get(0)
+        with pytest.raises(Overflow):
+            channel.put(17, level="a")
+    finally:
+        channel.close()

@@ -273,6 +273,20 @@ class Broker(Protocol):
         """
         ...
 
+    def forget(self, job_id: str, callback: Callable[[], Any]) -> None:
+        """This process hands the job on: drop ``callback`` and what it keeps for the job here.
+
+        What a web worker calls once an executor callable has queued a job
+        for a job worker: ``callback`` (given to :meth:`on_cancel`) will not
+        be called, and the job's events and status stay in the store as they
+        are. So what a process keeps per job stays bounded by the jobs that
+        run or are watched in it. Quick and without I/O; a no-op for a job
+        it does not know.
+
+        .. versionadded:: 0.2
+        """
+        ...
+
     # Channels: named logs anyone may append to (see :mod:`flask_sse_flush.channels`).
 
     def append(self, channel: str, event: Event) -> str:

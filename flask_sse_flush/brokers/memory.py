@@ -11,7 +11,7 @@ from typing import Any
 
 from ..channels import Position, channel_event_id, channel_gap_event, check_channel, new_epoch
 from ..exceptions import JobEnded, StreamClosed, TooManyJobs, UnknownJob
-from ..frames import PROGRESS_COALESCING, Coalescing, Event, newest_of_each_level, split_at_id
+from ..frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..runtime import new_lock
 from .base import (
     JobStatus,
@@ -35,11 +35,16 @@ _Entry = tuple[int, bytes, "str | None"]
 class _Job:
     status: JobStatus
     lock: Any
-    # A deque while the job runs; a tuple once it has ended (a deque's first
-    # block alone is 600 bytes, and a retained job takes no more events).
-    events: collections.deque[_Entry] | tuple[_Entry, ...] = field(
-        default_factory=collections.deque
+    # By number while the job runs (so the bound can drop any entry in O(1));
+    # a tuple once it has ended (a retained job takes no more events).
+    events: collections.OrderedDict[int, _Entry] | tuple[_Entry, ...] = field(
+        default_factory=collections.OrderedDict
     )
+    # The bound's bookkeeping, made by the first level: each level's newest
+    # entry, and the entries newer ones of their level replaced, which the
+    # log drops the next time it passes its bound.
+    newest: dict[str, int] | None = None
+    stale: list[int] | None = None
     # Insertion-ordered, O(1) to leave; fan-out iterates a snapshot taken
     # under the lock, rebuilt only after the membership changed.
     subscribers: dict[Subscriber, None] = field(default_factory=dict)
@@ -230,8 +235,15 @@ class MemoryBroker:
         with job.lock:
             if job.ended_at is not None:
                 raise JobEnded(f"job {job_id!r} has ended; it takes no more events")
-            assert isinstance(job.events, collections.deque)  # not ended: checked above
-            job.events.append((seq, frame, level))
+            assert isinstance(job.events, collections.OrderedDict)  # not ended: checked above
+            job.events[seq] = (seq, frame, level)
+            if level is not None:
+                if job.newest is None or job.stale is None:
+                    job.newest, job.stale = {}, []
+                replaced = job.newest.get(level)
+                if replaced is not None:
+                    job.stale.append(replaced)
+                job.newest[level] = seq
             if len(job.events) > self.max_events:
                 self._compact(job)
             extra: dict[str, Any] = {"last_seq": seq}
@@ -253,7 +265,8 @@ class MemoryBroker:
                 job.subscribers = {}
                 job.snapshot = ()
                 job.on_cancel = []
-                job.events = tuple(job.events)
+                job.events = tuple(job.events.values())
+                job.newest = job.stale = None
         # Outside the lock: 10,000 deliveries must not hold up the hub.
         gone: list[Subscriber] = []
         try:
@@ -268,14 +281,24 @@ class MemoryBroker:
                     job.leave(subscriber)
 
     def _compact(self, job: _Job) -> None:
-        events = list(job.events)  # indexing a deque's middle is O(n)
-        kept = [events[i] for i in newest_of_each_level(level for _, _, level in events)]
+        # Keep the newest event of each level and every other event: drop
+        # the entries replaced since the last time, each once, so a publish
+        # costs O(1) amortised however long the log is.
+        assert isinstance(job.events, collections.OrderedDict)
+        events = job.events
+        if job.stale:
+            for seq in job.stale:
+                del events[seq]
+            job.stale.clear()
         # Events that cannot be coalesced still may not grow without bound;
         # a replay from before the oldest one dropped starts with a gap event.
-        dropped, kept = kept[: -self.max_events], kept[-self.max_events :]
-        if dropped:
-            job.status = job.status.changed(None, lost_through=dropped[-1][0])
-        job.events = collections.deque(kept)
+        lost = 0
+        while len(events) > self.max_events:
+            lost, (_, _, level) = events.popitem(last=False)
+            if level is not None and job.newest is not None and job.newest.get(level) == lost:
+                del job.newest[level]
+        if lost:
+            job.status = job.status.changed(None, lost_through=lost)
 
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
         job = self._require(job_id)
@@ -297,7 +320,9 @@ class MemoryBroker:
             try:
                 if after < job.status.lost_through:
                     subscriber.deliver(gap_event(job.status, after).frame, None)
-                for seq, frame, level in job.events:
+                logged = job.events
+                entries = logged.values() if isinstance(logged, dict) else logged
+                for seq, frame, level in entries:
                     if seq > after:
                         subscriber.deliver(frame, level)
             except StreamClosed:
@@ -335,6 +360,14 @@ class MemoryBroker:
         for callback in callbacks:
             callback()
         return True
+
+    def forget(self, job_id: str, callback: Callable[[], Any]) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        with job.lock:
+            if callback in job.on_cancel:
+                job.on_cancel.remove(callback)
 
     def on_cancel(self, job_id: str, callback: Callable[[], Any]) -> None:
         job = self._require(job_id)

@@ -3,8 +3,9 @@
 Each job is two keys: a hash with its status and a Redis Stream with its
 events, the stream entry ids derived from the event numbers (``0-<n>``), so a
 publish retried after a lost reply is recognised and dropped, never stored
-twice. One Lua script per change keeps the hash, the stream, its bound and
-the live notification in one atomic step.
+twice (and, while it runs, a list of the progress entries newer ones replaced,
+which its log's bound drops next). One Lua script per change keeps the hash,
+the stream, its bound and the live notification in one atomic step.
 
 Live events reach the streams of a worker through **one** pub/sub
 connection per process, whatever the number of streams: a reader (a
@@ -90,17 +91,18 @@ redis.call('SADD', active, ARGV[1])
 return 'ok'
 """
 
-# KEYS: job hash, log stream, active set. ARGV: job id, seq, frame, level,
-# final (1/0), max events, retention (ms), channel, may recreate (1/0), new
-# epoch, owner ('' for none), then the status change as field, value pairs.
+# KEYS: job hash, log stream, active set, replaced level entries (a list).
+# ARGV: job id, seq, frame, level, final (1/0), max events, retention (ms),
+# channel, may recreate (1/0), new epoch, owner ('' for none), then the
+# status change as field, value pairs.
 _PUBLISH = """
-local job, stream, active = KEYS[1], KEYS[2], KEYS[3]
+local job, stream, active, replaced = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seq = tonumber(ARGV[2])
 if redis.call('EXISTS', job) == 0 then
   if ARGV[9] ~= '1' then return 'unknown' end
   -- The store lost this job while it ran (a restart without persistence,
   -- an eviction): start its log again and say what was lost.
-  redis.call('DEL', stream)
+  redis.call('DEL', stream, replaced)
   redis.call('HSET', job, 'state', 'running', 'last_seq', seq - 1, 'epoch', ARGV[10],
     'lost_through', seq - 1, 'subs', 0)
   if ARGV[11] ~= '' then redis.call('HSET', job, 'owner', ARGV[11]) end
@@ -120,30 +122,42 @@ end
 redis.call('XADD', stream, '0-' .. seq, 'f', ARGV[3], 'l', ARGV[4])
 for i = 12, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', job, 'last_seq', seq)
+-- Each level's newest entry is named in the hash ('lv:<level>'); the entry
+-- it replaced waits in a list until the log next passes its bound. So a
+-- publish deletes each entry once and never reads the whole log: O(1)
+-- amortised, however long the log.
+local level = ARGV[4]
+if level ~= '' then
+  local previous = redis.call('HGET', job, 'lv:' .. level)
+  if previous then redis.call('RPUSH', replaced, previous) end
+  redis.call('HSET', job, 'lv:' .. level, seq)
+end
 local bound = tonumber(ARGV[6])
 if redis.call('XLEN', stream) > bound then
   -- Keep the newest event of each level and every other event; past the
   -- bound, drop the oldest and remember the newest number dropped.
-  local entries = redis.call('XRANGE', stream, '-', '+')
-  local seen, kept = {}, {}
-  for i = #entries, 1, -1 do
-    local level = entries[i][2][4]
-    if level == '' or not seen[level] then
-      if level ~= '' then seen[level] = true end
-      kept[#kept + 1] = entries[i][1]
-    else
-      redis.call('XDEL', stream, entries[i][1])
+  for _, n in ipairs(redis.call('LRANGE', replaced, 0, -1)) do
+    redis.call('XDEL', stream, '0-' .. n)
+  end
+  redis.call('DEL', replaced)
+  local over = redis.call('XLEN', stream) - bound
+  if over > 0 then
+    local lost = tonumber(redis.call('HGET', job, 'lost_through')) or 0
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', over)) do
+      redis.call('XDEL', stream, entry[1])
+      local n = tonumber(string.sub(entry[1], 3))
+      if n > lost then lost = n end
+      local name = 'lv:' .. entry[2][4]
+      if entry[2][4] ~= '' and tonumber(redis.call('HGET', job, name)) == n then
+        redis.call('HDEL', job, name)
+      end
     end
+    redis.call('HSET', job, 'lost_through', lost)
   end
-  local lost = tonumber(redis.call('HGET', job, 'lost_through')) or 0
-  for j = bound + 1, #kept do
-    redis.call('XDEL', stream, kept[j])
-    local n = tonumber(string.sub(kept[j], 3))
-    if n > lost then lost = n end
-  end
-  redis.call('HSET', job, 'lost_through', lost)
 end
 if ARGV[5] == '1' then
+  -- No publish follows: what the list names stays in the frozen log.
+  redis.call('DEL', replaced)
   redis.call('HSET', job, 'final_seq', seq)
   redis.call('SREM', active, ARGV[1])
   local ms = tonumber(ARGV[7])
@@ -599,6 +613,7 @@ class RedisBroker:
         final: bool,
     ) -> None:
         keys = [self._key("job", job_id), self._key("log", job_id), f"{self.prefix}active"]
+        keys.append(self._key("old", job_id))
         args: list[Any] = [
             job_id,
             seq,
@@ -773,6 +788,21 @@ class RedisBroker:
             raise UnknownJob(job_id)
         if fields[1] is not None:
             self._cancelled(job_id)  # cancelled before we listened
+
+    def forget(self, job_id: str, callback: Callable[[], Any]) -> None:
+        # Not through _call: bookkeeping only, no I/O, safe from any thread
+        # (the service calls it holding a lock of its own).
+        if self._pid != os.getpid():
+            return  # forked: these maps are the parent's, and _call resets them
+        with self._lock:
+            callbacks = self._cancel_callbacks.get(job_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                # No job object of this process waits on it any more (a job
+                # worker's run_job, in this process too, would still be there).
+                self._cancel_callbacks.pop(job_id, None)
+                self._publishing.pop(job_id, None)
 
     def _cancelled(self, job_id: str) -> None:
         with self._lock:

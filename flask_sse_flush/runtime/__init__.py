@@ -21,7 +21,7 @@ What apps need is re-exported here and documented in :doc:`/api`.
 
 from __future__ import annotations
 
-from .channels import Channel, Empty, new_channel
+from .channels import Channel, Empty, Overflow, new_channel
 from .detect import gevent_is_active, new_lock
 from .executors import (
     DEFAULT_JOB_SWITCH_INTERVAL,
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_JOB_SWITCH_INTERVAL",
     "Channel",
     "Empty",
+    "Overflow",
     "call_on_hub",
     "gevent_is_active",
     "home_hub",

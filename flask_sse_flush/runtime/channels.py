@@ -19,7 +19,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..frames import newest_of_each_level
 from .detect import gevent_is_active, native_thread_ident, new_lock
 
-__all__ = ["Channel", "Empty", "new_channel"]
+__all__ = ["Channel", "Empty", "Overflow", "new_channel"]
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,41 @@ class Empty(Exception):
     """Nothing arrived on a channel before the timeout."""
 
 
+class Overflow(Exception):
+    """A channel's reader fell too far behind: the channel let go of what waited.
+
+    Raised by the ``put`` that found ``overflow`` items waiting that cannot
+    be coalesced, and by every ``put`` and ``get`` after it.
+    """
+
+
 class Channel(Protocol[T]):
     """A many-writer, one-reader FIFO whose ``put`` never blocks.
 
     An item put with a ``level`` key is a level, not a log entry (progress
     is one): when more than ``limit`` items wait, only the newest item of
-    each level stays queued. Items without a key are never dropped.
+    each level stays queued. Items without a key are never coalesced; they
+    are bounded by the overflow policy instead: once ``overflow`` of them
+    wait, the next ``put`` drops *everything* queued and raises
+    :class:`Overflow`, and so does every ``put`` and ``get`` after it. The
+    reader is then too slow to be kept up to date item by item; its owner
+    ends it, and it catches up from a log (a stream's client reconnects
+    with its ``Last-Event-ID``).
     """
 
-    def put(self, item: T, level: Hashable | None = None, stamp: float | None = None) -> None:
-        """Queue ``item``; ``stamp`` (a time) comes back as :attr:`stamp` when it is read."""
+    def put(
+        self,
+        item: T,
+        level: Hashable | None = None,
+        stamp: float | None = None,
+        *,
+        bounded: bool = True,
+    ) -> None:
+        """Queue ``item``; ``stamp`` (a time) comes back as :attr:`stamp` when it is read.
+
+        ``bounded=False`` queues it past the overflow bound (an end marker:
+        closing must not overflow a channel that was just within it).
+        """
         ...
 
     def get(self, timeout: float | None) -> T:
@@ -69,10 +94,15 @@ class _Queue(Generic[T]):
     10,000 streams too).
     """
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, overflow: int | None = None) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"a channel's limit must be at least 1, not {limit}")
+        if overflow is not None and overflow < 1:
+            raise ValueError(f"a channel's overflow must be at least 1, not {overflow}")
         self.limit = limit
+        self.overflow = overflow
+        self.overflowed = False
+        self.plain = 0  # items waiting without a level: what coalescing cannot shrink
         self.items: collections.deque[T] = collections.deque()
         self.levels: collections.deque[Hashable | None] | None = None
         # Coalesce when the queue passes this; raised while frames that
@@ -85,7 +115,15 @@ class _Queue(Generic[T]):
         self.stamps: collections.deque[float] | None = None
         self.stamp: float | None = None
 
-    def push(self, item: T, level: Hashable | None, stamp: float | None = None) -> None:
+    def push(
+        self, item: T, level: Hashable | None, stamp: float | None = None, bounded: bool = True
+    ) -> None:
+        if self.overflowed:
+            raise Overflow
+        if level is None:
+            if bounded and self.overflow is not None and self.plain >= self.overflow:
+                self._overflow()
+            self.plain += 1
         if stamp is not None or self.stamps is not None:
             if self.stamps is None:
                 self.stamps = collections.deque([0.0] * len(self.items))
@@ -120,12 +158,21 @@ class _Queue(Generic[T]):
             self._warned = True
             log.warning("a slow client has %d events queued that cannot be coalesced", len(keep))
 
+    def _overflow(self) -> None:
+        # Let go of the memory now: the reader may not read again for long.
+        self.overflowed = True
+        self.items, self.levels, self.stamps = collections.deque(), None, None
+        self.plain = 0
+        raise Overflow
+
     def pending(self) -> int:
         return len(self.items)
 
     def pop(self) -> T:
-        if self.levels is not None:
-            self.levels.popleft()
+        if self.overflowed:
+            raise Overflow
+        if self.levels is None or self.levels.popleft() is None:
+            self.plain -= 1
         if self._threshold != self.limit and len(self.items) <= (self.limit or 0):
             self._threshold = self.limit
         if self.stamps is not None:
@@ -136,18 +183,27 @@ class _Queue(Generic[T]):
 class _ThreadChannel(_Queue[T]):
     """A channel for ordinary OS threads."""
 
-    def __init__(self, limit: int | None) -> None:
-        super().__init__(limit)
+    def __init__(self, limit: int | None, overflow: int | None = None) -> None:
+        super().__init__(limit, overflow)
         self._ready = threading.Condition(threading.Lock())
 
-    def put(self, item: T, level: Hashable | None = None, stamp: float | None = None) -> None:
+    def put(
+        self,
+        item: T,
+        level: Hashable | None = None,
+        stamp: float | None = None,
+        *,
+        bounded: bool = True,
+    ) -> None:
         with self._ready:
-            self.push(item, level, stamp)
-            self._ready.notify()
+            try:
+                self.push(item, level, stamp, bounded)
+            finally:
+                self._ready.notify()  # an overflow wakes the reader too
 
     def get(self, timeout: float | None) -> T:
         with self._ready:
-            if not self._ready.wait_for(lambda: self.items, timeout):
+            if not self._ready.wait_for(lambda: self.items or self.overflowed, timeout):
                 raise Empty
             return self.pop()
 
@@ -164,11 +220,11 @@ class _HubChannel(_Queue[T]):
     streams.
     """
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, overflow: int | None = None) -> None:
         import gevent
         from gevent.hub import Waiter
 
-        super().__init__(limit)
+        super().__init__(limit, overflow)
         self._hub: Any = gevent.get_hub()
         self._hub_thread: int = self._hub.thread_ident
         self._get_ident: Callable[[], int] = native_thread_ident()
@@ -184,9 +240,22 @@ class _HubChannel(_Queue[T]):
         self._watcher: Any = None
         self._closed = False
 
-    def put(self, item: T, level: Hashable | None = None, stamp: float | None = None) -> None:
+    def put(
+        self,
+        item: T,
+        level: Hashable | None = None,
+        stamp: float | None = None,
+        *,
+        bounded: bool = True,
+    ) -> None:
         with self._lock:
-            self.push(item, level, stamp)
+            try:
+                self.push(item, level, stamp, bounded)
+            except Overflow:
+                # The reader wakes to find it (it cannot be waiting on an
+                # empty channel, but its owner may close it meanwhile).
+                self._wake_reader_after_overflow()
+                raise
             if self._get_ident() != self._hub_thread:
                 # Another OS thread may not touch the hub: the async watcher
                 # wakes it. Before the first get() there is no watcher and
@@ -195,6 +264,15 @@ class _HubChannel(_Queue[T]):
                     self._watcher.send()
                 return
         if self._waiter is not None and not self._wake_pending:
+            self._wake_pending = True
+            self._hub.loop.run_callback(self._wake)
+
+    def _wake_reader_after_overflow(self) -> None:
+        """Wake the reader once the channel overflowed; lock held."""
+        if self._get_ident() != self._hub_thread:
+            if self._watcher is not None and not self._closed:
+                self._watcher.send()
+        elif self._waiter is not None and not self._wake_pending:
             self._wake_pending = True
             self._hub.loop.run_callback(self._wake)
 
@@ -208,7 +286,7 @@ class _HubChannel(_Queue[T]):
     def get(self, timeout: float | None) -> T:
         while True:
             with self._lock:
-                if self.items:
+                if self.items or self.overflowed:
                     return self.pop()
                 if self._watcher is None and not self._closed:
                     self._watcher = self._hub.loop.async_()
@@ -230,7 +308,7 @@ class _HubChannel(_Queue[T]):
                 if timer is not None:
                     timer.stop()
                     timer.close()
-            if not woken and not self.items:
+            if not woken and not self.items and not self.overflowed:
                 raise Empty
 
     def close(self) -> None:
@@ -243,12 +321,14 @@ class _HubChannel(_Queue[T]):
                 self._watcher.close()
 
 
-def new_channel(limit: int | None = None) -> Channel[Any]:
+def new_channel(limit: int | None = None, overflow: int | None = None) -> Channel[Any]:
     """Return a channel suited to the current process (gevent or threads).
 
     :param limit: how many items may wait before levels are coalesced;
         ``None`` for no limit.
+    :param overflow: how many items without a level may wait; one more
+        overflows the channel (see :class:`Channel`). ``None``: no bound.
     """
     if gevent_is_active():
-        return _HubChannel(limit)
-    return _ThreadChannel(limit)
+        return _HubChannel(limit, overflow)
+    return _ThreadChannel(limit, overflow)
