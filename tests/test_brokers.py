@@ -412,7 +412,10 @@ class BrokerContract:
         def client(index: int) -> None:
             try:
                 rng = random.Random(100 + index)
-                deadline = time.monotonic() + TIMEOUT
+                # A guard against a hang, not a speed bound: 2,000 publishes
+                # and thousands of attaches take ~6 s on an idle 2-core
+                # machine, and several times that under load.
+                deadline = time.monotonic() + 6 * TIMEOUT
                 while time.monotonic() < deadline:
                     connection = Collector()
                     after = seen[index][-1] if seen[index] else 0
@@ -434,7 +437,7 @@ class BrokerContract:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(TIMEOUT + 5)
+            thread.join(6 * TIMEOUT + 5)
         assert not any(thread.is_alive() for thread in threads)
         assert errors == []
         for index, seqs in enumerate(seen):
