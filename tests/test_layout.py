@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtime/locks": {"detect"},
     "runtime/executors": {"detect", "hub", "locks"},
     "runtime/watch": {"detect"},
-    "runtime/__init__": {"channels", "detect", "executors", "hub", "watch"},
+    "runtime/__init__": {"channels", "detect", "executors", "hub", "locks", "watch"},
     "transport": set(),
     "headers": {"transport"},
     "stream": {"exceptions", "frames", "headers", "metrics", "runtime", "servers", "transport"},

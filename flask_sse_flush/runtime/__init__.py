@@ -11,6 +11,8 @@ module:
   switch interval;
 * :mod:`~flask_sse_flush.runtime.hub`: :func:`call_on_hub`, the way back to
   the hub from a native thread;
+* :mod:`~flask_sse_flush.runtime.locks`: locks shared by native threads and
+  the hub's greenlets;
 * :mod:`~flask_sse_flush.runtime.watch`: noticing a client that hung up
   while its stream was silent.
 
@@ -29,6 +31,7 @@ from .executors import (
     start_native_thread,
 )
 from .hub import call_on_hub, home_hub, post_to_hub, run_in_hub
+from .locks import hub_safe_lock
 from .watch import watch_for_hangup
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "call_on_hub",
     "gevent_is_active",
     "home_hub",
+    "hub_safe_lock",
     "job_switch_interval",
     "new_channel",
     "new_lock",
