@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/redis": {"base", "exceptions", "frames", "runtime"},
     "brokers/__init__": {"base", "memory", "redis"},
     "service": {"brokers", "exceptions", "jobs", "metrics", "runtime", "settings"},
-    "processes": {"exceptions", "jobs"},
+    "processes": {"exceptions", "jobs", "runtime"},
     "servers": {"runtime"},
     "doctor": {"frames"},
     "__main__": {"doctor"},
