@@ -27,6 +27,7 @@ from .executors import (
     DEFAULT_JOB_SWITCH_INTERVAL,
     job_switch_interval,
     set_job_switch_interval,
+    shutdown_native_threads,
     start_greenlet,
     start_native_thread,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "post_to_hub",
     "run_in_hub",
     "set_job_switch_interval",
+    "shutdown_native_threads",
     "start_greenlet",
     "start_native_thread",
     "watch_for_hangup",
