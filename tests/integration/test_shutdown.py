@@ -253,7 +253,7 @@ def test_a_stop_ends_a_job_no_stream_of_the_worker_follows(
 ) -> None:
     # Started by POST /render, with no stream open on the worker: the stop
     # never began, and the job died with the worker, "running" for good.
-    grace = 3
+    grace = 4  # the deadline 1 s before it, as above
     with scaled_server(
         redis_server, tmp_path, workers=1, options=["--graceful-timeout", str(grace)]
     ) as server:
