@@ -197,8 +197,8 @@ class Lifecycle:
 
     def _end_jobs_at_deadline(self) -> None:
         assert self.deadline is not None
-        while self._running() and time.monotonic() < self.deadline:
-            time.sleep(_POLL)
+        while self._running() and (left := self.deadline - time.monotonic()) > 0:
+            time.sleep(min(_POLL, left))  # on the deadline, not up to a poll past it
         for service in self._running():
             ended = service.stop_jobs(SHUTDOWN_MESSAGE)
             if ended:
