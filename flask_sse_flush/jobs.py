@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
 from .exceptions import BrokerUnavailable, Cancelled, JobEnded, RenderError, UnknownJob
 from .frames import Event
-from .runtime import new_lock
+from .runtime import home_hub, hub_safe_lock
 
 __all__ = [
     "CompleteData",
@@ -215,11 +215,17 @@ class RenderJob:
         self._render = render
         self._next = 1
         self._ended = False  # the terminal event is published
+        # Set by stop(): from then on only stop()'s own error event is published.
+        self._stopped = False
         #: The job's state as this object last set it (``"queued"`` until it runs).
         self.state: JobState = "queued"
         # Numbering and publishing happen under one lock, so that reports
-        # from several threads still leave in id order.
-        self._lock = new_lock()
+        # from several threads still leave in id order. It is held across the
+        # publish, which under gevent waits for the hub (a Redis broker's
+        # call), and the hub takes it too (a graceful stop's deadline calls
+        # stop()): so a lock that waits cooperatively on the hub, never one
+        # that blocks the hub's thread while the holder waits for that hub.
+        self._lock = hub_safe_lock(home_hub())
         self.progress = Progress(self._on_progress)
         if existing:
             status = broker.status(self.id)
@@ -259,52 +265,72 @@ class RenderJob:
         :param data: more fields of the ``error`` event.
         :returns: whether the job was still running (``False``: it had ended).
         """
+        # Flag first: the render's reports and its own end publish nothing
+        # from here on, so the lock is ours once the publish in flight (at
+        # most one) returns, and the render cannot end the job "cancelled"
+        # before this error is published.
+        self._stopped = True
         self.cancel()
-        with self._lock:
-            if self._ended:
-                return False
-        self._end("error", {"message": message, **data}, {"state": "error", "error": message})
-        return True
+        change: StatusChange = {"state": "error", "error": message}
+        return self._end("error", {"message": message, **data}, change, stopping=True)
 
     def _fail(self, message: str, state: JobState = "error") -> None:
         self._end("error", {"message": message}, {"state": state, "error": message})
 
-    def _publish(self, name: str, data: Any, change: StatusChange, *, final: bool = False) -> None:
-        """Number the event and publish it; a number is used only once it is sent."""
+    def _publish(
+        self,
+        name: str,
+        data: Any,
+        change: StatusChange,
+        *,
+        final: bool = False,
+        stopping: bool = False,
+    ) -> bool:
+        """Number the event and publish it; a number is used only once it is sent.
+
+        :returns: ``False`` when nothing was published because the job has
+            ended, or is being stopped and this is not :meth:`stop`'s event.
+        """
         with self._lock:
-            if self._ended:
-                return  # stopped from outside (stop()): the job says no more
+            if self._ended or (self._stopped and not stopping):
+                return False
+            if final:
+                self.state = change.get("state", "error")
             seq = self._next
             event = Event(data, event=name, id=event_id(self.id, seq))
             self.broker.publish(self.id, seq, event, change=change, final=final)
             self._next = seq + 1
             self._ended = final
+            return True
 
     def _on_progress(self, percent: int, phase: str) -> None:
         data: ProgressData = {"progress": percent, "phase": phase}
         self._publish("progress", data, {"progress": percent, "phase": phase})
 
-    def _end(self, name: str, data: Any, change: StatusChange) -> None:
-        if not self._ended:
-            self.state = change.get("state", "error")
+    def _end(self, name: str, data: Any, change: StatusChange, *, stopping: bool = False) -> bool:
+        """Publish the terminal event; ``False`` if the job had ended (or is being stopped)."""
         try:
-            self._publish(name, data, change, final=True)
-            return
+            return self._publish(name, data, change, final=True, stopping=stopping)
         except BrokerUnavailable:
             # The store stayed away past its outage timeout: a second publish
             # would only wait that long again. Streams got their own error.
             log.error("job %s ended but its event store is unavailable", self.id)
-            return
+            return True
         except Exception:
             log.exception("job %s could not publish its %s event", self.id, name)
         # Never leave subscribers waiting on a job that has stopped.
         message = f"the job ended but its {name} event could not be published"
         try:
             self._publish(
-                "error", {"message": message}, {"state": "error", "error": message}, final=True
+                "error",
+                {"message": message},
+                {"state": "error", "error": message},
+                final=True,
+                stopping=stopping,
             )
         except Exception:
             log.exception("job %s could not publish its error event either", self.id)
+        return True
 
     def _message(self, exc: BaseException) -> str:
         try:
@@ -324,8 +350,13 @@ class RenderJob:
         ``gevent.Timeout``, ``SystemExit``) is raised again, after that event.
         """
         try:
-            self.broker.update(self.id, {"state": "running"})
-            self.state = "running"
+            with self._lock:
+                if self._ended or self._stopped:
+                    return  # stopped before it ran: stop() has published its end
+                # Under the lock, so a stop() meanwhile cannot be overwritten
+                # by "running" in the store.
+                self.broker.update(self.id, {"state": "running"})
+                self.state = "running"
             result = self._render(self.payload, self.progress)
             if self.progress.cancelled:
                 # The render caught Cancelled and returned: still cancelled.

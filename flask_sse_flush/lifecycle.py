@@ -66,6 +66,9 @@ SHUTDOWN_MESSAGE = "the server stopped before the render finished; start it agai
 #: The longest margin kept between ending the jobs and gunicorn's own deadline.
 _MARGIN = 2.0
 _POLL = 0.1
+# The exit's wait polls faster: each poll past the jobs' end delays the
+# worker's exit, which must come before the server's own deadline.
+_EXIT_POLL = 0.02
 
 
 def default_max_streams() -> int | None:
@@ -116,6 +119,11 @@ class Lifecycle:
     def add_service(self, service: JobService) -> None:
         """Remember a job service: a stop waits for (then ends) the jobs it runs here."""
         self._services.add(service)
+        # A job may start with no stream of this worker open (POST /render,
+        # the app's own call), and in a process forked after the service was
+        # made (gunicorn --preload): each start tells the lifecycle of the
+        # process it runs in, which then watches for the stop.
+        service.on_start = _adopt
 
     def track(self, stream: EventStream, shared: bool) -> None:
         """Count ``stream`` until it ends; a stop ends it with a hint if ``shared``."""
@@ -189,8 +197,8 @@ class Lifecycle:
 
     def _end_jobs_at_deadline(self) -> None:
         assert self.deadline is not None
-        while self._running() and time.monotonic() < self.deadline:
-            time.sleep(_POLL)
+        while self._running() and (left := self.deadline - time.monotonic()) > 0:
+            time.sleep(min(_POLL, left))  # on the deadline, not up to a poll past it
         for service in self._running():
             ended = service.stop_jobs(SHUTDOWN_MESSAGE)
             if ended:
@@ -207,7 +215,7 @@ class Lifecycle:
                     notify()
                 except Exception:
                     notify = None
-            time.sleep(_POLL)
+            time.sleep(_EXIT_POLL)
         if time.monotonic() < self.deadline:
             return
         for service in self._running():
@@ -224,6 +232,13 @@ def lifecycle() -> Lifecycle:
     if current is None or current.pid != os.getpid():
         current = _current = Lifecycle()
     return current
+
+
+def _adopt(service: JobService) -> None:
+    """A job of ``service`` is starting: this process's stop must end it."""
+    current = lifecycle()
+    current._services.add(service)
+    current.watch()
 
 
 def replace_lifecycle(new: Lifecycle | None) -> Lifecycle | None:

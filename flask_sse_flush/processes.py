@@ -14,7 +14,10 @@ render must be importable by name: a module-level function (it is pickled
 by reference). The wire between them is JSON lines:
 
 * parent to child: the job (``render``, ``payload``, ``path``), then
-  ``cancel`` if the job is cancelled;
+  ``cancel`` if the job is cancelled (the child's next report raises
+  :class:`~flask_sse_flush.Cancelled`; a child that does not end within
+  :attr:`ProcessRender.cancel_grace` seconds, because it never reports
+  again, is terminated, then killed);
 * child to parent: ``{"p": [percent, phase]}`` per report, then one of
   ``{"result": {...}}``, ``{"cancelled": message}`` or ``{"error": message,
   "type": class name, "user": is it a RenderError}``.
@@ -36,6 +39,7 @@ from typing import IO, Any
 
 from .exceptions import Cancelled, RenderError, SSEFlushError
 from .jobs import Progress, RenderFunction
+from .runtime import Channel, new_channel
 
 __all__ = ["ProcessRender", "RenderProcessError", "main"]
 
@@ -61,6 +65,11 @@ class ProcessRender:
     :param render: a module-level ``render(payload, progress) -> dict``.
     :raises TypeError: ``render`` cannot be pickled by reference.
     """
+
+    #: Seconds a cancelled child has to end by itself (its next report
+    #: raises :class:`~flask_sse_flush.Cancelled`, which it may catch to
+    #: clean up) before it is sent ``SIGTERM``; as long again, then ``SIGKILL``.
+    cancel_grace = 1.0
 
     def __init__(self, render: RenderFunction) -> None:
         try:
@@ -89,13 +98,32 @@ class ProcessRender:
             stdin = child.stdin
             stdin.write(json.dumps(spec) + "\n")
             stdin.flush()
-            progress.on_cancel(lambda: _tell(stdin, "cancel"))
+            # A cancel may come from any thread or greenlet, and the child
+            # may never report again (a long sleep, a computation): the
+            # reaper, beside this relay, passes it on and ends the child if
+            # it does not end by itself. The relay owns the reaper: it tells
+            # it the job is over and waits for it.
+            signals: Channel[str] = new_channel()
+            progress.on_cancel(lambda: signals.put("cancel"))
+            reaper = threading.Thread(
+                target=self._reap,
+                args=(child, stdin, signals),
+                name="flask-sse-flush render process reaper",
+                daemon=True,
+            )
+            reaper.start()
             try:
                 outcome = _relay(child.stdout, progress)
             except BaseException:
                 child.kill()  # the job is over here; so is the child
                 raise
+            finally:
+                signals.put("done")
+                reaper.join()
+                signals.close()
         if outcome is None:
+            if progress.cancelled:
+                raise Cancelled("the job was cancelled")  # and its process ended for it
             raise RenderProcessError(f"the render's process exited ({child.returncode})")
         if "result" in outcome:
             result: Mapping[str, Any] = outcome["result"]  # RenderJob checks that it is one
@@ -107,6 +135,20 @@ class ProcessRender:
         if outcome.get("user"):
             raise RenderError(message)
         raise RenderProcessError(message, str(outcome.get("type") or "Exception"))
+
+    def _reap(self, child: Any, stdin: IO[str], signals: Channel[str]) -> None:
+        """Until the relay is done: on a cancel, tell the child, then end it if it lingers."""
+        import subprocess
+
+        if signals.get(None) != "cancel":
+            return
+        _tell(stdin, "cancel")
+        for end in (child.terminate, child.kill):
+            try:
+                child.wait(timeout=self.cancel_grace)
+                return
+            except subprocess.TimeoutExpired:
+                end()
 
 
 def _relay(lines: IO[str], progress: Progress) -> dict[str, Any] | None:

@@ -194,6 +194,9 @@ class JobService:
         # The jobs whose render runs in this process now (what a graceful
         # stop waits for, then ends).
         self._here: dict[str, RenderJob] = {}
+        #: Called with the service before each job starts: the lifecycle sets
+        #: it, so that a graceful stop of this process ends the job too.
+        self.on_start: Callable[[JobService], object] | None = None
 
     @property
     def on_disconnect(self) -> DisconnectPolicy:
@@ -231,6 +234,8 @@ class JobService:
             with an ``error`` event, so nobody waits on it).
         :raises BrokerUnavailable: the broker's store cannot be reached.
         """
+        if self.on_start is not None:
+            self.on_start(self)
         job = RenderJob(
             self.render,
             payload,

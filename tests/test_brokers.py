@@ -8,6 +8,7 @@ Tests that look inside one broker live in that broker's subclass.
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -16,9 +17,17 @@ from typing import Any
 
 import pytest
 
-from flask_sse_flush import Event, JobEnded, StreamClosed, TooManyJobs, UnknownJob
+from flask_sse_flush import (
+    BrokerUnavailable,
+    Event,
+    JobEnded,
+    StreamClosed,
+    TooManyJobs,
+    UnknownJob,
+)
 from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker, event_id, parse_event_id
-from flask_sse_flush.testing import RedisServer, parse_events
+from flask_sse_flush.testing import RedisServer, free_port, parse_events
+from tests.timing import assert_under
 
 TIMEOUT = 10.0
 
@@ -565,6 +574,31 @@ class TestRedisBroker(BrokerContract):
         until(watcher.closed.is_set)
         assert watcher.seqs == [1, 2, 3]
 
+    def test_close_ends_the_reader_before_it_returns(self) -> None:
+        before = set(threading.enumerate())
+        broker = self.make_broker()
+        broker.create("job")
+        watcher = Collector()
+        broker.subscribe("job", watcher)
+        broker.publish("job", 1, ev("job", 1))
+        until(lambda: watcher.seqs == [1])  # live: the reader runs
+        assert [t for t in threading.enumerate() if t not in before]
+        broker.close()
+        assert [t for t in threading.enumerate() if t not in before] == []
+
+    def test_close_ends_a_reader_waiting_to_reconnect(self) -> None:
+        # Nothing listens there: the reader retries with a backoff (up to 1 s).
+        before = set(threading.enumerate())
+        broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0", request_timeout=0.2)
+        with pytest.raises(BrokerUnavailable):
+            broker.on_cancel("job", lambda: None)  # wants the cancel channel: starts the reader
+        time.sleep(2.0)  # into the longest waits of its backoff
+        assert [t for t in threading.enumerate() if t not in before]
+        started = time.monotonic()
+        broker.close()
+        assert [t for t in threading.enumerate() if t not in before] == []
+        assert_under(time.monotonic() - started, 0.5, "close() with the reader reconnecting (s)")
+
     def test_a_retried_publish_is_stored_once(self) -> None:
         broker = self.make_broker()
         broker.create("job")
@@ -873,3 +907,63 @@ def test_event_id_round_trip(job_id: str, seq: int) -> None:
 def test_parse_event_id_refuses_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         parse_event_id(text)
+
+
+CLOSE_UNDER_GEVENT = """
+import gc, sys, time
+import gevent, greenlet
+from flask_sse_flush.brokers import RedisBroker
+
+
+def live_greenlets():
+    gc.collect()
+    return [g for g in gc.get_objects() if isinstance(g, greenlet.greenlet) and not g.dead]
+
+
+class Collector:
+    def __init__(self):
+        self.frames = []
+
+    def deliver(self, frame, level):
+        self.frames.append(frame)
+
+    def close(self):
+        pass
+
+
+import redis
+
+redis.Redis.from_url(sys.argv[1]).ping()  # gevent's resolver starts its threads once
+gevent.sleep(0)
+before = len(live_greenlets())
+broker = RedisBroker(sys.argv[1], prefix=sys.argv[2])
+broker.create("job")
+watcher = Collector()
+broker.subscribe("job", watcher)
+from flask_sse_flush import Event
+broker.publish("job", 1, Event("x", event="progress", id="job-1"))
+deadline = time.monotonic() + 10
+while not watcher.frames:
+    assert time.monotonic() < deadline
+    gevent.sleep(0.01)
+assert len(live_greenlets()) > before  # the reader
+broker.close()
+left = live_greenlets()
+assert len(left) == before, left
+print("ok")
+"""
+
+
+def test_close_under_gevent_leaves_no_reader_greenlet(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    pytest.importorskip("gevent")
+    script = "from gevent import monkey\nmonkey.patch_all()\n" + CLOSE_UNDER_GEVENT
+    result = subprocess.run(
+        [sys.executable, "-c", script, redis_server.url, redis_prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.startswith("ok"), result.stdout

@@ -371,3 +371,55 @@ def test_a_stream_too_slow_under_gevent_ends_whoever_floods_it() -> None:
         """
     )
     assert out.strip().endswith("ok")
+
+
+def test_the_native_job_threads_end_and_are_joined_at_shutdown() -> None:
+    out = run_under_gevent(
+        """
+        import os, time
+        import gevent
+        from gevent.monkey import get_original
+        from flask_sse_flush.runtime import (
+            call_on_hub, shutdown_native_threads, start_native_thread,
+        )
+
+        def os_threads():
+            return len(os.listdir("/proc/self/task"))
+
+        base = os_threads()
+        done = []
+
+        def job(n):
+            def run():
+                get_original("time", "sleep")(0.2)  # three at once: three threads
+                done.append(n)
+            return run
+
+        for n in range(3):
+            start_native_thread(job(n), "job")
+        while len(done) < 3:
+            gevent.sleep(0.01)
+        assert os_threads() >= base + 3  # kept for the next jobs
+
+        def busy():
+            get_original("time", "sleep")(0.3)
+            # Waits for the hub, on which shutdown() waits for this thread.
+            call_on_hub(lambda: gevent.sleep(0.05))
+            done.append("busy")
+
+        start_native_thread(busy, "busy")
+        assert shutdown_native_threads(10)
+        assert "busy" in done  # a running job finishes first
+        deadline = time.monotonic() + 2
+        while os_threads() > base:  # the OS lets a thread go just after its last act
+            assert time.monotonic() < deadline, (os_threads(), base)
+            time.sleep(0.01)
+
+        start_native_thread(lambda: done.append("again"), "again")  # the pool serves again
+        while "again" not in done:
+            gevent.sleep(0.01)
+        assert shutdown_native_threads(10)
+        print("ok")
+        """
+    )
+    assert out.strip().endswith("ok")

@@ -3,6 +3,8 @@ cancellation, and the job's status as its broker records it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -547,3 +549,74 @@ def test_a_base_exception_still_ends_the_job_then_propagates() -> None:
     assert "Stop" in received[1].json()["message"]
     status = broker.status("b")
     assert status is not None and status.state == "error" and status.final_seq == 2
+
+
+# -- stop() under gevent --------------------------------------------------------
+
+STOP_UNDER_GEVENT = """
+import itertools, os, sys, time
+import gevent
+from gevent.monkey import get_original
+from flask_sse_flush import RenderJob
+from flask_sse_flush.brokers import MemoryBroker
+from flask_sse_flush.lifecycle import SHUTDOWN_MESSAGE
+from flask_sse_flush.runtime import run_in_hub, start_greenlet, start_native_thread
+
+EXECUTOR = sys.argv[1]
+
+
+class HubBroker(MemoryBroker):
+    # Every publish goes through the hub and switches there, as a RedisBroker's
+    # does (its socket belongs to the hub).
+    def publish(self, *args, **kwargs):
+        def publish():
+            gevent.sleep(0)
+            MemoryBroker.publish(self, *args, **kwargs)
+        run_in_hub(HUB, publish)
+
+
+def spin(payload, progress):
+    for i in itertools.count():
+        progress(i % 100, "rendering")
+
+
+def watchdog():
+    get_original("time", "sleep")(10)
+    print("the hub froze: stop() never returned", flush=True)
+    os._exit(3)
+
+
+HUB = gevent.get_hub()
+get_original("_thread", "start_new_thread")(watchdog, ())
+broker = HubBroker()
+job = RenderJob(spin, {}, broker, job_id="spin")
+start = start_native_thread if EXECUTOR == "thread" else start_greenlet
+start(job.run, "job")
+while (broker.status(job.id).last_seq or 0) < 50:
+    gevent.sleep(0.01)
+began = time.monotonic()
+assert job.stop(SHUTDOWN_MESSAGE, retry=True)
+took = time.monotonic() - began
+while job.state != "error" or broker.status(job.id).state != "error":
+    gevent.sleep(0.01)
+status = broker.status(job.id)
+assert status.state == "error" and status.error == SHUTDOWN_MESSAGE, status
+assert not job.stop(SHUTDOWN_MESSAGE, retry=True)  # ended already
+gevent.sleep(0.2)
+assert broker.status(job.id).final_seq == status.final_seq  # nothing after it
+print("ok", round(took, 3))
+"""
+
+
+@pytest.mark.parametrize("executor", ["thread", "greenlet"])
+def test_stop_on_the_hub_while_the_job_holds_its_lock_across_a_hub_call(executor: str) -> None:
+    # The job's lock is held across each publish, which waits for the hub;
+    # stop() runs on that hub (a graceful stop's deadline). A lock that blocks
+    # the hub's thread froze the worker: the publish never ran, nor the stop.
+    pytest.importorskip("gevent")
+    script = "from gevent import monkey\nmonkey.patch_all()\n" + STOP_UNDER_GEVENT
+    result = subprocess.run(
+        [sys.executable, "-c", script, executor], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.startswith("ok"), result.stdout

@@ -34,6 +34,7 @@ import logging
 import os
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -513,6 +514,8 @@ class RedisBroker:
             try:
                 result = command(self._connect())
             except self._errors as exc:
+                if self._closed:
+                    raise BrokerUnavailable("the RedisBroker was closed") from exc
                 now = time.monotonic()
                 if self._down_since is None:
                     self._down_since = now
@@ -1059,6 +1062,9 @@ class RedisBroker:
                     close_subscriber(subscriber)
             if self._client is not None:
                 self._client.connection_pool.disconnect()
+            if reader is not None:
+                # The reader is ours to end: nothing of this broker outlives close().
+                reader.join(self.socket_timeout + 1.0)
 
         self._call_even_closed(close)
 
@@ -1245,9 +1251,17 @@ class _Reader:
         self._wake_w.setblocking(False)
         self._stopped = False
         self._connection: Any = None
+        self._thread: Any = None
 
     def start(self) -> None:
-        start_greenlet(self.run, name="flask-sse-flush redis reader")
+        self._thread = start_greenlet(self.run, name="flask-sse-flush redis reader")
+
+    def join(self, timeout: float) -> None:
+        """Wait until the reader has ended (after :meth:`stop`)."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the Redis reader did not end within %s s", timeout)
 
     def wake(self) -> None:
         # A full pair means a wake-up is pending already; closed, we are stopping.
@@ -1286,11 +1300,11 @@ class _Reader:
                 if not failed and now - down_since >= broker.outage_timeout:
                     failed = True
                     broker._fail_all()
-                time.sleep(delay)
+                self._pause(delay)
                 delay = min(delay * 2, 1.0)
             except Exception:
                 log.exception("the Redis reader failed; restarting it")
-                time.sleep(delay)
+                self._pause(delay)
             finally:
                 self._disconnect()
         self._wake_r.close()
@@ -1351,6 +1365,13 @@ class _Reader:
         yield connection.read_response()
         while connection.can_read(timeout=0):
             yield connection.read_response()
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before reconnecting; a stop() (or any wake-up) cuts it short."""
+        with contextlib.suppress(OSError):
+            ready, _, _ = select.select([self._wake_r], [], [], seconds)
+            if ready:
+                self._drain()  # or the next pause would not wait at all
 
     def _drain(self) -> None:
         try:

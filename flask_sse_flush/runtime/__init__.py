@@ -11,8 +11,9 @@ module:
   switch interval;
 * :mod:`~flask_sse_flush.runtime.hub`: :func:`call_on_hub`, the way back to
   the hub from a native thread;
-* :mod:`~flask_sse_flush.runtime.locks`: logging's locks made safe for
-  native threads under gevent;
+* :mod:`~flask_sse_flush.runtime.locks`: locks shared by native threads and
+  the hub's greenlets, and logging's locks made safe for native threads
+  under gevent;
 * :mod:`~flask_sse_flush.runtime.watch`: noticing a client that hung up
   while its stream was silent.
 
@@ -27,11 +28,17 @@ from .executors import (
     DEFAULT_JOB_SWITCH_INTERVAL,
     job_switch_interval,
     set_job_switch_interval,
+    shutdown_native_threads,
     start_greenlet,
     start_native_thread,
 )
 from .hub import call_on_hub, home_hub, post_to_hub, run_in_hub
-from .locks import install_logging_locks, logging_locks_installed, uninstall_logging_locks
+from .locks import (
+    hub_safe_lock,
+    install_logging_locks,
+    logging_locks_installed,
+    uninstall_logging_locks,
+)
 from .watch import watch_for_hangup
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "call_on_hub",
     "gevent_is_active",
     "home_hub",
+    "hub_safe_lock",
     "install_logging_locks",
     "job_switch_interval",
     "logging_locks_installed",
@@ -50,6 +58,7 @@ __all__ = [
     "post_to_hub",
     "run_in_hub",
     "set_job_switch_interval",
+    "shutdown_native_threads",
     "start_greenlet",
     "start_native_thread",
     "uninstall_logging_locks",

@@ -6,19 +6,23 @@ interval while native jobs run beside a gevent hub.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .detect import gevent_is_active, new_lock, original
-from .hub import started_by
+from .hub import home_hub, started_by
+from .locks import hub_safe_lock
 
 __all__ = [
     "DEFAULT_JOB_SWITCH_INTERVAL",
     "job_switch_interval",
     "set_job_switch_interval",
+    "shutdown_native_threads",
     "start_greenlet",
     "start_native_thread",
 ]
@@ -132,15 +136,23 @@ class _NativeThreadPool:
     :attr:`CORE` idle ones (made for a burst of jobs) end after
     :attr:`EXTRA_IDLE_SECONDS`. The pool is unbounded: ``max_jobs`` bounds
     the jobs, and a job must never wait for a thread.
+
+    The pool owns its threads: :meth:`shutdown` ends the idle ones and
+    waits for every one to end (at the latest at the process's exit).
     """
 
     IDLE_SECONDS = 60.0
     CORE = 1
     EXTRA_IDLE_SECONDS = 2.0
+    #: The longest the process's exit waits for job threads still running.
+    EXIT_TIMEOUT = 0.5
 
     def __init__(self) -> None:
         self._lock: Any = None
         self._idle: list[_NativeWorker] = []
+        self._workers: set[_NativeWorker] = set()
+        self._closing = 0  # shutdown() calls under way
+        self._at_exit = False
 
     def _native_lock(self) -> Any:
         if self._lock is None:
@@ -149,16 +161,28 @@ class _NativeThreadPool:
 
     def submit(self, task: Callable[[], None]) -> None:
         with self._native_lock():
-            worker = self._idle.pop() if self._idle else None
-        if worker is not None:
-            worker.give(task)
+            idle = self._idle.pop() if self._idle else None
+            if idle is None:
+                worker = _NativeWorker(self, task)
+                self._workers.add(worker)
+                at_exit, self._at_exit = not self._at_exit, True
+        if idle is not None:
+            idle.give(task)
             return
-        worker = _NativeWorker(self, task)
-        original("_thread", "start_new_thread")(_with_hub_cleanup(worker.run), ())
+        if at_exit:
+            # Threads started with _thread are not waited for at exit: the
+            # job's end and its hub's clean-up would be cut short.
+            atexit.register(self.shutdown, self.EXIT_TIMEOUT)
+        original("_thread", "start_new_thread")(worker.main, ())
 
-    def park(self, worker: _NativeWorker) -> float:
-        """Make ``worker`` idle; return how long it waits for a job before it ends."""
+    def park(self, worker: _NativeWorker) -> float | None:
+        """Make ``worker`` idle; return how long it waits for a job before it ends.
+
+        ``None``: the pool is shutting down, and the worker ends now.
+        """
         with self._native_lock():
+            if self._closing:
+                return None
             self._idle.append(worker)
             extra = len(self._idle) > self.CORE
         return self.EXTRA_IDLE_SECONDS if extra else self.IDLE_SECONDS
@@ -171,10 +195,47 @@ class _NativeThreadPool:
                 return True
             return False
 
+    def ended(self, worker: _NativeWorker) -> None:
+        with self._native_lock():
+            self._workers.discard(worker)
+
     def idle(self) -> int:
         """How many threads wait for a job."""
         with self._native_lock():
             return len(self._idle)
+
+    def threads(self) -> int:
+        """How many threads the pool has (idle or running a job)."""
+        with self._native_lock():
+            return len(self._workers)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """End the idle threads and wait until every thread of the pool has ended.
+
+        A thread running a job ends when its job returns. The pool serves
+        new jobs again afterwards (with new threads).
+
+        :param timeout: the most seconds to wait; ``None`` waits as long as
+            the jobs run.
+        :returns: whether every thread ended in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._native_lock():
+            self._closing += 1
+            idle, self._idle = self._idle, []
+            workers = list(self._workers)
+        try:
+            for worker in idle:
+                worker.give(None)  # wakes it: with no task, and the pool closing, it ends
+            for worker in workers:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not worker.join(left):
+                    log.warning("a job thread was still running after %s s", timeout)
+                    return False
+            return True
+        finally:
+            with self._native_lock():
+                self._closing -= 1
 
 
 class _NativeWorker:
@@ -183,10 +244,29 @@ class _NativeWorker:
         self.task: Callable[[], None] | None = task
         self.ready = new_lock()
         self.ready.acquire()
+        # Released as the thread's last act. The hub's thread may wait on it
+        # (shutdown() at exit) while a job in this thread waits for that hub
+        # (call_on_hub): so a lock that waits cooperatively there.
+        self._done = hub_safe_lock(home_hub())
+        self._done.acquire()
 
-    def give(self, task: Callable[[], None]) -> None:
+    def give(self, task: Callable[[], None] | None) -> None:
         self.task = task
         self.ready.release()
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait until the thread has ended; ``False`` if ``timeout`` passed first."""
+        if not self._done.acquire(True, -1 if timeout is None else timeout):
+            return False
+        self._done.release()  # for any other joiner
+        return True
+
+    def main(self) -> None:
+        try:
+            _with_hub_cleanup(self.run)()
+        finally:
+            self.pool.ended(self)
+            self._done.release()
 
     def run(self) -> None:
         _unmonitored_hub()
@@ -198,6 +278,8 @@ class _NativeWorker:
                 except BaseException:
                     log.exception("a job thread's task failed")
             idle = self.pool.park(self)
+            if idle is None:
+                return
             if not self.ready.acquire(True, idle):
                 if self.pool.retire(self):
                     return
@@ -258,10 +340,30 @@ def _with_hub_cleanup(target: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def start_greenlet(target: Callable[[], None], name: str) -> None:
+def start_greenlet(target: Callable[[], None], name: str) -> threading.Thread:
     """Run ``target`` as a greenlet under gevent, as a daemon thread otherwise.
 
     For I/O-bound jobs under gevent: cheaper than a thread, but a job that
-    computes or blocks without yielding stalls the hub.
+    computes or blocks without yielding stalls the hub. Returns the thread
+    (gevent's greenlet-backed one under gevent), for its owner to ``join()``.
     """
-    threading.Thread(target=target, name=name, daemon=True).start()
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def shutdown_native_threads(timeout: float | None = None) -> bool:
+    """End the idle native job threads and wait until every one has ended.
+
+    :func:`start_native_thread` keeps its threads for the next jobs; this
+    ends the idle ones at once and waits for those still running a job to
+    finish it. It runs by itself at the process's exit (after a graceful
+    stop has ended the jobs, and waiting at most half a second more for a
+    render that ignores its cancel), and may be called earlier. Jobs
+    started afterwards get new threads. Without gevent there is no pool
+    and it returns ``True``.
+
+    :param timeout: the most seconds to wait; ``None`` waits for the jobs.
+    :returns: whether every thread ended in time.
+    """
+    return _NATIVE_POOL.shutdown(timeout)

@@ -35,6 +35,7 @@ from .detect import gevent_is_active, native_thread_ident, new_lock, original
 
 __all__ = [
     "HybridLock",
+    "hub_safe_lock",
     "install_logging_locks",
     "logging_locks_installed",
     "uninstall_logging_locks",
@@ -101,6 +102,24 @@ class HybridLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def hub_safe_lock(hub: Any) -> Any:
+    """A lock that may be held across a call that waits for ``hub`` (a gevent hub, or ``None``).
+
+    A native job thread that holds a plain native lock while it waits for
+    the hub (a Redis publish goes through the hub) freezes the worker as
+    soon as a greenlet of that hub asks for the same lock: the hub's thread
+    blocks in the OS, so it never runs the call the holder waits for. A
+    :class:`HybridLock` waits natively in other threads but cooperatively
+    in ``hub``'s own thread, so the hub serves the holder meanwhile. A
+    greenlet that yields while holding it (a greenlet job's Redis publish)
+    is no hazard either. Without gevent (``hub`` is ``None``) it is a plain
+    lock.
+    """
+    if hub is None:
+        return new_lock()
+    return HybridLock(hub.thread_ident)
 
 
 def _is_free(rlock: Any, block: Any) -> bool:

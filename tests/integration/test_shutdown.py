@@ -11,6 +11,7 @@ event. A job that cannot finish within the graceful timeout ends with an
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from redis import Redis
 
 from flask_sse_flush.brokers import parse_event_id
 from flask_sse_flush.frames import EventDecoder
@@ -182,6 +185,89 @@ def test_a_job_that_outlives_the_graceful_timeout_ends_with_an_error(
             job_id = parse_event_id(client[0].ids[0])[0]
             status = job_status(server.port, job_id)
             assert status["state"] == "error", status
+
+
+def start_detached(port: int, payload: dict[str, Any]) -> tuple[str, int]:
+    """``POST /render``: the new job's id and the pid of the worker running it."""
+    body = json.dumps(payload).encode()
+    with raw_get(port, "/render", {"Connection": "close"}, method="POST", body=body) as response:
+        assert response.status == 202, response.body()
+        return response.json()["id"], int(response.headers["x-worker-pid"])
+
+
+def wait_for_exit(pid: int, timeout: float) -> float:
+    """Wait until process ``pid`` is gone (its parent reaped it); return when."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def check_ended_by_the_stop(redis: Redis, prefix: str, job_id: str, detail: object) -> None:
+    """The job is ``error`` in Redis and its log ends with the stop's ``error`` event."""
+    status = redis.hgetall(f"{prefix}job:{job_id}")
+    assert status.get(b"state") == b"error", (detail, status)
+    [(entry_id, fields)] = redis.xrevrange(f"{prefix}log:{job_id}", count=1)
+    assert entry_id == f"0-{int(status[b'final_seq'])}".encode(), (detail, status)
+    [event] = EventDecoder().feed(fields[b"f"])
+    assert event.event == "error", (detail, event)
+    assert event.json() == {
+        "message": "the server stopped before the render finished; start it again",
+        "retry": True,
+    }, detail
+
+
+def test_a_stop_ends_a_job_that_reports_without_pause_every_time(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # The job thread holds its job's lock while the hub publishes each report
+    # to Redis; the stop's deadline, on that hub, must still end the job. It
+    # froze the hub instead, in every run: the job stayed "running" for ever.
+    # A graceful timeout of 4 s puts the deadline 1 s before it (at 3 s,
+    # 0.75 s), room for the worker's own exit on a busy machine.
+    grace, repeats = 4, int(os.environ.get("SSE_FLUSH_STOP_REPEATS", "5"))
+    with scaled_server(
+        redis_server, tmp_path, workers=1, options=["--graceful-timeout", str(grace)]
+    ) as server:
+        redis = Redis.from_url(redis_server.url)
+        prefix = server.env["SCALED_REDIS_PREFIX"]  # type: ignore[attr-defined]
+        for attempt in range(repeats):
+            # gunicorn's arbiter starts a new worker after each stop; the
+            # request waits in the listen queue until it accepts.
+            with raw_get(server.port, stream_path({"spin": True}), timeout=30) as response:
+                pid = int(response.headers["x-worker-pid"])
+                arrivals = response.arrivals()
+                first = next(a.event.id for a in arrivals if a.event.id)
+                job_id = parse_event_id(first)[0]
+                time.sleep(1.0)
+                stopped_at = stop_worker(server, pid)
+                names = [a.event.event for a in arrivals]  # the stop ends the stream
+            assert not TERMINAL & set(names), (attempt, names[-3:])
+            exited_at = wait_for_exit(pid, grace + 5)
+            assert_under(exited_at - stopped_at, grace, "SIGTERM to the worker's exit (s)", attempt)
+            check_ended_by_the_stop(redis, prefix, job_id, attempt)
+
+
+def test_a_stop_ends_a_job_no_stream_of_the_worker_follows(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Started by POST /render, with no stream open on the worker: the stop
+    # never began, and the job died with the worker, "running" for good.
+    grace = 4  # the deadline 1 s before it, as above
+    with scaled_server(
+        redis_server, tmp_path, workers=1, options=["--graceful-timeout", str(grace)]
+    ) as server:
+        redis = Redis.from_url(redis_server.url)
+        prefix = server.env["SCALED_REDIS_PREFIX"]  # type: ignore[attr-defined]
+        job_id, pid = start_detached(server.port, {"spin": True})
+        started = time.monotonic()
+        while redis.hget(f"{prefix}job:{job_id}", "progress") is None:
+            assert time.monotonic() - started < 10, "the job never reported"
+            time.sleep(0.05)
+        stopped_at = stop_worker(server, pid)
+        exited_at = wait_for_exit(pid, grace + 5)
+        assert_under(exited_at - stopped_at, grace, "SIGTERM to the worker's exit (s)")
+        check_ended_by_the_stop(redis, prefix, job_id, "detached")
 
 
 def test_a_stream_that_reaches_a_stopping_worker_is_sent_on(

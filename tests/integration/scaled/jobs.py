@@ -6,6 +6,7 @@ a test can count runs), and the wall-clock time each report is sent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -28,6 +29,11 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
     if "wait_for" in payload:
         while not Path(payload["wait_for"]).exists():
             time.sleep(0.01)
+    if payload.get("spin"):
+        # Report as fast as it can, for ever: the job thread then almost always
+        # holds its job's lock, waiting for the hub to publish its last report.
+        for i in itertools.count():
+            progress(i % 100, "rendering")
     steps = int(payload.get("steps", 5))
     interval = float(payload.get("interval", 0.05))
     try:
