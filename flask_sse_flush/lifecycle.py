@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 SHUTDOWN_RETRY = 1000
 #: What a job still running at the stop's deadline says in its ``error`` event.
 SHUTDOWN_MESSAGE = "the server stopped before the render finished; start it again"
-#: The longest margin kept between ending the jobs and gunicorn's own deadline.
+#: The longest margin kept between ending the jobs and gunicorn's own deadline
+#: (half the graceful timeout where that is shorter: at gunicorn's
+#: ``--graceful-timeout 3`` a quarter, 0.75 s, was overrun on a loaded machine
+#: by the ending publishes and the worker's exit).
 _MARGIN = 2.0
 _POLL = 0.1
 # The exit's wait polls faster: each poll past the jobs' end delays the
@@ -170,7 +173,7 @@ class Lifecycle:
         """Begin the graceful stop (see the module's description). Idempotent.
 
         :param grace: seconds until the server ends this process; jobs
-            still running ``min(2, grace / 4)`` seconds before that are ended.
+            still running ``min(2, grace / 2)`` seconds before that are ended.
         :param retry: the base reconnection delay (ms); :data:`SHUTDOWN_RETRY`.
         :param notify: called while the exit waits for jobs (gunicorn's
             heartbeat, so its arbiter does not take the worker for hung).
@@ -181,7 +184,7 @@ class Lifecycle:
             self.stopping = True
             if retry is not None:
                 self.retry = retry
-            self.deadline = time.monotonic() + max(0.0, grace - min(_MARGIN, grace / 4))
+            self.deadline = time.monotonic() + max(0.0, grace - min(_MARGIN, grace / 2))
             streams = [stream for stream, shared in self._streams.items() if shared]
             staying = [stream for stream, shared in self._streams.items() if not shared]
         for stream in streams:

@@ -223,9 +223,9 @@ def test_a_stop_ends_a_job_that_reports_without_pause_every_time(
     # The job thread holds its job's lock while the hub publishes each report
     # to Redis; the stop's deadline, on that hub, must still end the job. It
     # froze the hub instead, in every run: the job stayed "running" for ever.
-    # A graceful timeout of 4 s puts the deadline 1 s before it (at 3 s,
-    # 0.75 s), room for the worker's own exit on a busy machine.
-    grace, repeats = 4, int(os.environ.get("SSE_FLUSH_STOP_REPEATS", "5"))
+    # gunicorn's --graceful-timeout 3, as the report had it: the deadline
+    # comes 1.5 s after the signal, leaving room for the worker's own exit.
+    grace, repeats = 3, int(os.environ.get("SSE_FLUSH_STOP_REPEATS", "5"))
     with scaled_server(
         redis_server, tmp_path, workers=1, options=["--graceful-timeout", str(grace)]
     ) as server:
