@@ -129,15 +129,23 @@ def test_client_disconnect_cancels_the_job_under_the_cancel_policy(server: Serve
 
 
 def test_keepalive_comments_keep_their_period(server: Server) -> None:
-    payload = {"delay_first": 2.5, "steps": 1, "interval": 0}
+    log = server.log_file(_log_name())
+    payload = {"log": str(log), "delay_first": 2.5, "steps": 1, "interval": 0}
     with raw_get(server.port, stream_path(payload)) as response:
-        chunks: list[tuple[float, bytes]] = []
+        chunks: list[tuple[float, float, bytes]] = []
         for chunk in response.body_chunks():
-            chunks.append((time.time(), chunk))
-    keepalives = [t for t, c in chunks if c == b": keepalive\n\n"]
-    assert re.fullmatch(rb"id: [0-9a-f]{32}-0\n: stream open\n\n", chunks[0][1])
-    # keepalive=1.0 in the test app, 2.5 s of silence: two keepalives.
-    assert len(keepalives) == 2
+            chunks.append((time.monotonic(), time.time(), chunk))
+    # Periods on the monotonic clock: a step of the wall clock is no late keepalive.
     start = chunks[0][0]
-    assert keepalives[0] - start == pytest.approx(1.0, abs=0.3)
-    assert keepalives[1] - keepalives[0] == pytest.approx(1.0, abs=0.3)
+    keepalives = [t - start for t, _, c in chunks if c == b": keepalive\n\n"]
+    # Both sides' wall-clock times, so that a failure tells which side was late:
+    # the job's own send times (server) beside each chunk's arrival (client).
+    seen = {
+        "arrived": [(round(wall, 3), chunk[:24]) for _, wall, chunk in chunks],
+        "job": server.read_log(log.name),
+    }
+    assert re.fullmatch(rb"id: [0-9a-f]{32}-0\n: stream open\n\n", chunks[0][2]), seen
+    # keepalive=1.0 in the test app, 2.5 s of silence: two keepalives.
+    assert len(keepalives) == 2, seen
+    assert keepalives[0] == pytest.approx(1.0, abs=0.3), seen
+    assert keepalives[1] - keepalives[0] == pytest.approx(1.0, abs=0.3), seen
