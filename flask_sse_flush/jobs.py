@@ -54,6 +54,10 @@ class ErrorData(TypedDict):
     message: str
 
 
+#: Event types a job's own lifecycle sends, which :meth:`Progress.event` refuses.
+_RESERVED_EVENTS = frozenset({"progress", "complete", "error", "gap", "keepalive"})
+
+
 class Progress:
     """The ``progress(percent, phase)`` reporter handed to a render callable.
 
@@ -62,10 +66,17 @@ class Progress:
     is cancelled, the next call raises :class:`~flask_sse_flush.Cancelled`.
 
     :param emit: called with ``(percent, phase)`` for each change.
+    :param send: called with ``(event name, data)`` for each :meth:`event`;
+        ``None`` where the reporter has no stream of its own.
     """
 
-    def __init__(self, emit: Callable[[int, str], object]) -> None:
+    def __init__(
+        self,
+        emit: Callable[[int, str], object],
+        send: Callable[[str, Any], object] | None = None,
+    ) -> None:
         self._emit = emit
+        self._send = send
         self._last: tuple[int, str] | None = None
         self._cancelled = False
         self._on_cancel: list[Callable[[], object]] = []
@@ -98,6 +109,31 @@ class Progress:
             callback()
         else:
             self._on_cancel.append(callback)
+
+    def event(self, name: str, data: Any) -> None:
+        """Send an event of the render's own on its job's stream, between its progress events.
+
+        It is numbered, logged and resumed like every event of the job (a
+        log line, a preview's URL, a partial result). Names the job's own
+        lifecycle uses are refused.
+
+        :param name: the event type; not ``progress``, ``complete``,
+            ``error``, ``gap`` or ``keepalive``.
+        :param data: a str or anything JSON-serialisable.
+        :raises Cancelled: the job was cancelled.
+        :raises ValueError: a reserved or invalid name.
+        :raises TypeError: ``data`` is not JSON-serialisable.
+
+        .. versionadded:: 1.0
+        """
+        if self._cancelled:
+            raise Cancelled("the job was cancelled")
+        if name in _RESERVED_EVENTS:
+            raise ValueError(f"{name!r} is an event the job sends itself; choose another name")
+        Event(data, event=name)  # a bad name or data fails here, in the render
+        if self._send is None:
+            raise RuntimeError("this progress reporter has no stream to send events to")
+        self._send(name, data)
 
     def __call__(self, percent: float, phase: str) -> None:
         """Report progress.
@@ -226,7 +262,7 @@ class RenderJob:
         # stop()): so a lock that waits cooperatively on the hub, never one
         # that blocks the hub's thread while the holder waits for that hub.
         self._lock = hub_safe_lock(home_hub())
-        self.progress = Progress(self._on_progress)
+        self.progress = Progress(self._on_progress, self._on_event)
         if existing:
             status = broker.status(self.id)
             if status is None:
@@ -302,6 +338,9 @@ class RenderJob:
             self._next = seq + 1
             self._ended = final
             return True
+
+    def _on_event(self, name: str, data: Any) -> None:
+        self._publish(name, data, {})
 
     def _on_progress(self, percent: int, phase: str) -> None:
         data: ProgressData = {"progress": percent, "phase": phase}

@@ -511,3 +511,23 @@ def test_renders_share_the_extension_broker_and_run_in_the_app_context() -> None
     events = list(iter_events(app.test_client().get("/render/stream?data=%7B%7D", buffered=False)))
     assert events[-1].event == "complete"
     assert events[-1].json()["filename"] == "hello"
+
+
+def test_a_render_sends_events_of_its_own_on_its_job_stream() -> None:
+    app = Flask("own-events")
+    sse = SSEFlush(app)
+
+    def render(payload: dict[str, Any], progress: Any) -> dict[str, Any]:
+        progress(10, "bundling")
+        progress.event("log", {"line": "bundled 3 files"})
+        with pytest.raises(ValueError, match="the job sends itself"):
+            progress.event("complete", {})
+        progress(90, "rendering")
+        return {"filename": "out.mp4", "url": "u"}
+
+    app.register_blueprint(sse.render_blueprint(render))
+    response = app.test_client().get("/render/stream?data=%7B%7D", buffered=False)
+    events = list(iter_events(response))
+    assert [e.event for e in events] == ["progress", "log", "progress", "complete"]
+    assert events[1].json() == {"line": "bundled 3 files"}
+    assert [e.id.rsplit("-", 1)[1] for e in events if e.id] == ["1", "2", "3", "4"]
