@@ -6,6 +6,9 @@ that switch proxy buffering off, and ``TCP_NODELAY`` on the client socket.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from .blueprint import create_render_blueprint
 from .exceptions import (
     BrokerUnavailable,
@@ -22,9 +25,9 @@ from .exceptions import (
     UnknownJob,
 )
 from .extension import SSEFlush
-from .frames import Coalescing, Event, comment
+from .frames import Event, comment
 from .headers import SSE_HEADERS, setup_sse_headers
-from .jobs import Progress, RenderFunction, RenderJob, run_job
+from .jobs import Progress, RenderFunction, run_job
 from .lifecycle import shutdown
 from .mirror import (
     map_bundle_progress,
@@ -35,40 +38,53 @@ from .mirror import (
     send_keepalive,
     send_progress_event,
 )
-from .runtime import call_on_hub, set_job_switch_interval
-from .service import JobService, QueuedJob
-from .settings import Settings
+from .service import QueuedJob
 from .stream import EventStream, sse_response
 from .transport import set_tcp_nodelay
 
 __version__ = "0.2.0"
 
+# Names that were public in 0.2 and now live only in their modules (the
+# runtime's hub plumbing, the resolved settings, the service behind a
+# blueprint): still importable from here, for code written against 0.2.
+_MOVED = {
+    "Coalescing": "frames",
+    "JobService": "service",
+    "RenderJob": "jobs",
+    "Settings": "settings",
+    "call_on_hub": "runtime",
+    "set_job_switch_interval": "runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flask_sse_flush' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"flask_sse_flush.{module}"), name)
+
+
 __all__ = [
     "SSE_HEADERS",
     "BrokerUnavailable",
     "Cancelled",
-    "Coalescing",
     "Event",
     "EventStream",
     "InvalidPayload",
     "JobEnded",
     "JobNotStarted",
-    "JobService",
     "PayloadTooLarge",
     "Progress",
     "QueuedJob",
     "RenderError",
     "RenderFunction",
-    "RenderJob",
     "SSEFlush",
     "SSEFlushError",
-    "Settings",
     "StreamClosed",
     "TooManyJobs",
     "TooManyStreams",
     "UnknownJob",
     "__version__",
-    "call_on_hub",
     "comment",
     "create_render_blueprint",
     "map_bundle_progress",
@@ -79,7 +95,6 @@ __all__ = [
     "send_event",
     "send_keepalive",
     "send_progress_event",
-    "set_job_switch_interval",
     "set_tcp_nodelay",
     "setup_sse_headers",
     "shutdown",

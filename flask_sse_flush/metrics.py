@@ -41,7 +41,7 @@ Importing the package registers nothing. The metrics are chosen and
 registered once per process, by :func:`install`, when the library first
 needs them: when an app is initialised (registering the render blueprint,
 or ``SSEFlush(app)`` / ``init_app``, makes its
-:class:`~flask_sse_flush.JobService`), or when the first
+:class:`~flask_sse_flush.service.JobService`), or when the first
 :class:`~flask_sse_flush.EventStream` is made, whichever comes first. So
 ``sse_flush_open_streams`` is at ``/metrics`` (at 0) from app start-up on,
 ``SSE_FLUSH_METRICS`` may be set any time before that, and creating several
@@ -240,7 +240,7 @@ def install() -> Metrics:
     """Choose this process's metrics and register them, once; return them.
 
     The library calls it when an app is initialised (a
-    :class:`~flask_sse_flush.JobService` is made, which registering the render
+    :class:`~flask_sse_flush.service.JobService` is made, which registering the render
     blueprint or :class:`~flask_sse_flush.SSEFlush` does) and when an
     :class:`~flask_sse_flush.EventStream` is made; importing the package does
     not. ``SSE_FLUSH_METRICS`` and ``PROMETHEUS_MULTIPROC_DIR`` are read then.

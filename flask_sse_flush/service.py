@@ -293,7 +293,7 @@ class JobService:
         """End every job running here with an ``error`` event (a graceful stop's deadline).
 
         Each render is cancelled too (:meth:`RenderJob.stop
-        <flask_sse_flush.RenderJob.stop>`).
+        <flask_sse_flush.jobs.RenderJob.stop>`).
 
         :returns: how many jobs were ended.
         """

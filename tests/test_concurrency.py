@@ -235,7 +235,7 @@ def test_call_on_hub_returns_raises_and_times_out() -> None:
         import time
         import gevent
         from gevent.monkey import get_original
-        from flask_sse_flush import call_on_hub
+        from flask_sse_flush.runtime import call_on_hub
         from flask_sse_flush.runtime import start_native_thread
 
         results = []
@@ -284,7 +284,7 @@ def test_call_on_hub_does_not_wait_for_a_hub_that_has_gone() -> None:
         """
         import gevent
         from gevent.monkey import get_original
-        from flask_sse_flush import call_on_hub
+        from flask_sse_flush.runtime import call_on_hub
         from flask_sse_flush.runtime.hub import started_by
 
         outcome = []

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from flask_sse_flush import Cancelled, Event, Progress, RenderJob, SSEFlushError
+from flask_sse_flush import Cancelled, Event, Progress, SSEFlushError
 from flask_sse_flush.brokers import JobStatus, MemoryBroker, StatusChange
+from flask_sse_flush.jobs import RenderJob
 from flask_sse_flush.testing import parse_events
 
 # -- Progress ---------------------------------------------------------------
@@ -557,7 +558,7 @@ STOP_UNDER_GEVENT = """
 import itertools, os, sys, time
 import gevent
 from gevent.monkey import get_original
-from flask_sse_flush import RenderJob
+from flask_sse_flush.jobs import RenderJob
 from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.lifecycle import SHUTDOWN_MESSAGE
 from flask_sse_flush.runtime import run_in_hub, start_greenlet, start_native_thread

@@ -363,7 +363,8 @@ def test_the_service_waits_for_its_running_jobs_with_a_deadline() -> None:
 
 
 def test_the_extension_form() -> None:
-    from flask_sse_flush import JobService, SSEFlush
+    from flask_sse_flush import SSEFlush
+    from flask_sse_flush.service import JobService
 
     render = Gated(reports=1)
     with pytest.warns(DeprecationWarning, match="render_blueprint"):

@@ -141,7 +141,7 @@ CANCEL_UNDER_GEVENT = """
 import os, time
 import gevent
 from gevent.monkey import get_original
-from flask_sse_flush import RenderJob
+from flask_sse_flush.jobs import RenderJob
 from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.processes import ProcessRender
 from flask_sse_flush.runtime import start_greenlet

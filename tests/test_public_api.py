@@ -52,3 +52,27 @@ def test_exceptions_share_one_root() -> None:
     for name in ("Cancelled", "StreamClosed", "InvalidPayload", "PayloadTooLarge"):
         assert issubclass(getattr(flask_sse_flush, name), flask_sse_flush.SSEFlushError)
     assert issubclass(flask_sse_flush.InvalidPayload, ValueError)
+
+
+def test_names_moved_out_of_the_public_api_still_import_for_0_2_code() -> None:
+    # Internals that 0.2 exported: documented in their modules now, not in
+    # __all__, but a 0.2 import keeps working.
+    moved = {
+        "Coalescing": "frames",
+        "JobService": "service",
+        "RenderJob": "jobs",
+        "Settings": "settings",
+        "call_on_hub": "runtime",
+        "set_job_switch_interval": "runtime",
+    }
+    for name, module in moved.items():
+        assert name not in flask_sse_flush.__all__
+        home = importlib.import_module(f"flask_sse_flush.{module}")
+        assert getattr(flask_sse_flush, name) is getattr(home, name)
+    assert len(flask_sse_flush.__all__) == 34
+    try:
+        flask_sse_flush.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-from flask_sse_flush import Progress, call_on_hub, map_bundle_progress, map_render_progress
+from flask_sse_flush import Progress, map_bundle_progress, map_render_progress
 from flask_sse_flush import RenderError as LibraryRenderError
+from flask_sse_flush.runtime import call_on_hub
 
 __all__ = [
     "FILENAME",

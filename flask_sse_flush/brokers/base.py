@@ -181,7 +181,7 @@ class Broker(Protocol):
     publish to an ended job :class:`~flask_sse_flush.JobEnded`, and a store
     that cannot be reached :class:`~flask_sse_flush.BrokerUnavailable`.
     The publishes of one job come one at a time, in ``seq`` order (a
-    :class:`~flask_sse_flush.RenderJob` numbers and publishes under its own
+    :class:`~flask_sse_flush.jobs.RenderJob` numbers and publishes under its own
     lock); a broker may deliver them to subscribers outside its own locks.
     """
 
