@@ -39,6 +39,7 @@ from .exceptions import (
     TooManyStreams,
 )
 from .extension import SSEFlushState, app_state
+from .extension import json_error as _json_error
 from .frames import Coalescing, Event
 from .headers import setup_sse_headers
 from .jobs import ErrorMessage, RenderFunction
@@ -134,13 +135,6 @@ def parse_payload(
                 )
             payload = dict(checked)
     return payload
-
-
-def _json_error(status: int, message: str, **headers: str) -> Response:
-    response = jsonify(error=message)
-    response.status_code = status
-    response.headers.update(headers)
-    return response
 
 
 def _http_error(exc: HTTPException) -> Response:

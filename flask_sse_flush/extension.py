@@ -71,7 +71,8 @@ class SSEFlushState(dict[str, JobService]):
     settings: Settings | None = None
 
 
-def _json_error(status: int, message: str, **headers: str) -> Response:
+def json_error(status: int, message: str, **headers: str) -> Response:
+    """The JSON answer ``{"error": message}`` every route of the library refuses with."""
     response = jsonify(error=message)
     response.status_code = status
     response.headers.update(headers)
@@ -309,16 +310,16 @@ class SSEFlush:
         try:
             names = list(dict.fromkeys(check_channel(name) for name in channels))
         except (TypeError, ValueError) as exc:
-            return _json_error(400, str(exc))
+            return json_error(400, str(exc))
         if not names:
-            return _json_error(400, "name at least one channel to stream")
+            return json_error(400, "name at least one channel to stream")
         if len(names) > MAX_CHANNELS:
-            return _json_error(400, f"a stream may follow at most {MAX_CHANNELS} channels")
+            return json_error(400, f"a stream may follow at most {MAX_CHANNELS} channels")
         cursor = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
         try:
             given = parse_cursor(cursor) if cursor else {}
         except ValueError as exc:
-            return _json_error(400, f"bad Last-Event-ID: {exc}")
+            return json_error(400, f"bad Last-Event-ID: {exc}")
         if request.method == "HEAD":
             return setup_sse_headers(Response(status=200))
         settings = self._settings()
@@ -329,7 +330,7 @@ class SSEFlush:
                 name: given[name] if name in given else broker.position(name) for name in names
             }
         except BrokerUnavailable:
-            return _json_error(
+            return json_error(
                 503, "the event store is unavailable; try again later", **{"Retry-After": "1"}
             )
         opening = format_cursor(positions)
@@ -340,7 +341,7 @@ class SSEFlush:
             return stream.response()
         limit = settings.max_streams or lifecycle().max_streams
         if limit is not None and lifecycle().open_streams >= limit:
-            return _json_error(
+            return json_error(
                 503,
                 f"this server holds its most streams ({limit}); try again later",
                 **{"Retry-After": "1"},
@@ -365,10 +366,10 @@ class SSEFlush:
             for name, follower in followed:
                 broker.unfollow(name, follower)
             if isinstance(exc, BrokerUnavailable):
-                return _json_error(
+                return json_error(
                     503, "the event store is unavailable; try again later", **{"Retry-After": "1"}
                 )
-            return _json_error(400, f"bad Last-Event-ID: {exc}")
+            return json_error(400, f"bad Last-Event-ID: {exc}")
         for name, follower in followed:
             stream.on_close(lambda name=name, follower=follower: broker.unfollow(name, follower))
         lifecycle().track(stream, shared)
@@ -383,15 +384,15 @@ class SSEFlush:
     def _channels_view(self) -> Response:
         names = request.args.getlist("channel")
         if not names:
-            return _json_error(400, "name at least one channel: /sse?channel=<name>")
+            return json_error(400, "name at least one channel: /sse?channel=<name>")
         for name in names:
             try:
                 check_channel(name)
             except ValueError as exc:
-                return _json_error(400, str(exc))
+                return json_error(400, str(exc))
         authorize = self.authorize
         assert authorize is not None
         for name in dict.fromkeys(names):
             if not authorize(name):
-                return _json_error(403, f"channel {name!r} is not allowed")
+                return json_error(403, f"channel {name!r} is not allowed")
         return self.stream(*names)
