@@ -40,11 +40,11 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..channels import Position, channel_gap_event, check_channel, new_epoch
-from ..exceptions import BrokerUnavailable, JobEnded, StreamClosed, TooManyJobs, UnknownJob
-from ..frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
-from ..runtime import gevent_is_active, home_hub, new_lock, run_in_hub, start_greenlet
-from .base import (
+from ...channels import Position, channel_gap_event, check_channel, new_epoch
+from ...exceptions import BrokerUnavailable, JobEnded, StreamClosed, TooManyJobs, UnknownJob
+from ...frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
+from ...runtime import gevent_is_active, home_hub, new_lock, run_in_hub, start_greenlet
+from ..base import (
     JobStatus,
     StatusChange,
     Subscriber,
