@@ -4,16 +4,15 @@ It checks arguments, runs each call where the broker's sockets live (the
 worker's hub under gevent) and keeps the bookkeeping of the jobs this
 process publishes; the work is done by the parts:
 
-* :mod:`.store`: the command connections, the retries, the keys and the Lua
+* ``store``: the command connections, the retries, the keys and the Lua
   scripts;
-* :mod:`.subscriptions`: this process's streams of jobs and channels, their
+* ``subscriptions``: this process's streams of jobs and channels, their
   replay and catch-up, and the cancellations it awaits;
-* :mod:`.reader`: the one pub/sub connection of the process.
+* ``reader``: the one pub/sub connection of the process.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
@@ -28,8 +27,6 @@ from .store import Store
 from .subscriptions import Subscriptions
 
 __all__ = ["RedisBroker"]
-
-log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
