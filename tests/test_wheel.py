@@ -51,7 +51,15 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def test_the_wheel_holds_the_typed_library(wheel_files: list[str]) -> None:
     assert "flask_sse_flush/__init__.py" in wheel_files
     assert "flask_sse_flush/py.typed" in wheel_files
-    assert "flask_sse_flush/brokers/redis.py" in wheel_files
+    assert "flask_sse_flush/brokers/redis/__init__.py" in wheel_files
+
+
+def test_the_wheel_holds_the_lua_scripts(wheel_files: list[str]) -> None:
+    """The Redis broker reads them at run time: a wheel without them cannot start a job."""
+    scripts = ROOT / "flask_sse_flush" / "brokers" / "redis" / "scripts"
+    expected = {f"flask_sse_flush/brokers/redis/scripts/{p.name}" for p in scripts.glob("*.lua")}
+    assert len(expected) == 7
+    assert expected <= set(wheel_files)
 
 
 def test_the_wheel_holds_no_demo_and_no_examples(wheel_files: list[str]) -> None:

@@ -1,0 +1,544 @@
+"""What this process listens to in Redis, and for whom: its streams of jobs and channels.
+
+A stream joins a job (or a channel) in two steps: it replays the log from
+the store up to some number, then joins the job's local entry, whose
+``seq`` says how far the pub/sub reader has delivered. If the reader has
+passed the stream's number meanwhile, the stream reads the difference and
+asks again; if not, the reader catches it up. So every event reaches each
+stream once and in order, whichever way it came. After every reconnect of
+the reader each entry is unsynced and caught up from the log again, so an
+event published while nothing listened is never lost.
+
+The jobs whose cancellation this process awaits are listened to here too,
+on the one cancel channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...channels import Position, channel_gap_event
+from ...exceptions import BrokerUnavailable, StreamClosed, UnknownJob
+from ...frames import Event
+from ...runtime import new_lock
+from ..base import JobStatus, Subscriber, close_subscriber, fan_out, gap_event
+from .store import UNAVAILABLE, Entry, Store
+
+__all__ = ["Local", "Subscriptions"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Local:
+    """The streams of one job (or channel) in this process, fed by the reader."""
+
+    job_id: str
+    channel: bytes
+    lock: Any
+    # Streams that have every event up to `seq`.
+    members: dict[Subscriber, None] = field(default_factory=dict)
+    # Streams that replayed up to their own number, which may be behind or
+    # ahead of `seq`; they join `members` once `seq` has passed it.
+    joining: dict[Subscriber, int] = field(default_factory=dict)
+    seq: int = 0
+    synced: bool = False
+    #: A channel's name and the epoch of its log that ``seq`` counts in
+    #: (``None`` for a job).
+    name: str | None = None
+    epoch: str | None = None
+
+    def count(self) -> int:
+        return len(self.members) + len(self.joining)
+
+    def promote(self) -> None:
+        """Move joiners that `seq` has caught up with to the members; lock held."""
+        for subscriber, last in list(self.joining.items()):
+            if last <= self.seq:
+                del self.joining[subscriber]
+                self.members[subscriber] = None
+
+    def drop(self, subscriber: Subscriber) -> None:
+        self.members.pop(subscriber, None)
+        self.joining.pop(subscriber, None)
+
+    def take_all(self) -> list[Subscriber]:
+        """Detach and return every stream of the job here; takes the lock."""
+        with self.lock:
+            subscribers = [*self.members, *self.joining]
+            self.members.clear()
+            self.joining.clear()
+        return subscribers
+
+
+def replay(subscriber: Subscriber, status: JobStatus, entries: list[Entry], last: int) -> int:
+    """Send ``subscriber`` the logged events after ``last`` (a gap event first if
+    some were lost); return the number it then has everything up to."""
+    if status.lost_through > last:
+        subscriber.deliver(gap_event(status, last).frame, None)
+    for seq, frame, level in entries:
+        if seq > last:
+            subscriber.deliver(frame, level)
+            last = seq
+    return max(last, status.lost_through)
+
+
+class Subscriptions:
+    """This process's streams of jobs and channels, and its awaited cancellations.
+
+    The reader calls the ``on_*`` methods, :meth:`wanted_channels` and
+    :meth:`resync`; the broker calls the rest, on the worker's hub.
+
+    :param store: the store the logs are read from.
+    :param changed: tells the reader the wanted channels changed (starting
+        it if need be).
+    :param wake: wakes the reader, if there is one.
+    """
+
+    def __init__(self, store: Store, changed: Callable[[], None], wake: Callable[[], None]) -> None:
+        self.store = store
+        self._changed = changed
+        self._wake = wake
+        # No I/O under this lock or a Local's: under gevent they are native
+        # locks, and a greenlet that yielded while holding one would freeze the hub.
+        self.lock = new_lock()
+        self.jobs: dict[str, Local] = {}
+        self.channels: dict[str, Local] = {}  # by name
+        self.cancel_callbacks: dict[str, list[Callable[[], Any]]] = {}
+
+    # -- jobs ----------------------------------------------------------------------
+
+    def subscribe(self, job_id: str, subscriber: Subscriber, after: int) -> bool:
+        """Replay a job's log after ``after`` to ``subscriber``, then every new event."""
+        status, entries = self.store.read_log(job_id, after)
+        if status is None:
+            return False
+        # A number ahead of the log (the service refuses those) means "from now on".
+        last = min(after, status.last_seq)
+        counted = gone = False
+        try:
+            while True:
+                last = replay(subscriber, status, entries, last)
+                if status.final_seq is not None:
+                    break  # the replay held the terminal event
+                if not counted:
+                    self.store.count_subscribers(job_id, +1)
+                    counted = True
+                if self._join(job_id, subscriber, last):
+                    return True
+                # The reader delivered events past our replay meanwhile: read on.
+                status, entries = self.store.read_log(job_id, last)
+                if status is None:
+                    break
+        except StreamClosed:
+            gone = True
+        if counted:
+            self.store.count_subscribers(job_id, -1)
+        if not gone:
+            close_subscriber(subscriber)
+        return True
+
+    def _join(self, job_id: str, subscriber: Subscriber, last: int) -> bool:
+        """Attach a stream that has the job's events up to ``last``, if the reader allows.
+
+        ``False`` when the reader has delivered past ``last`` already: the
+        caller replays the difference and asks again.
+        """
+        with self.lock:  # so the job's local entry cannot be dropped meanwhile
+            local = self.jobs.get(job_id)
+            new = local is None
+            if local is None:
+                channel = self.store.job_channel(job_id)
+                local = self.jobs[job_id] = Local(job_id, channel, new_lock())
+            with local.lock:
+                joined = not local.synced or local.seq <= last
+                if joined:
+                    # The reader catches this stream up from `last`, or has
+                    # not passed it yet: every later event reaches it.
+                    local.joining[subscriber] = last
+        if new:
+            self._changed()
+        return joined
+
+    def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
+        """Detach ``subscriber``; the job's streams on every worker left."""
+        attached = emptied = False
+        with self.lock:
+            local = self.jobs.get(job_id)
+            if local is not None:
+                with local.lock:
+                    attached = subscriber in local.members or subscriber in local.joining
+                    local.drop(subscriber)
+                    if not local.count():
+                        del self.jobs[job_id]
+                        emptied = True
+        if emptied:
+            self._changed()
+        try:
+            if not attached:
+                return self.store.subscribers(job_id)
+            return self.store.count_subscribers(job_id, -1)
+        except BrokerUnavailable:
+            return 1  # unknown while Redis is away: never count a job as abandoned
+
+    def _on_job_message(self, channel: bytes, data: bytes) -> None:
+        job_id = self.store.job_of(channel)
+        local = self.jobs.get(job_id)
+        if local is None:
+            return
+        seq_text, final_text, level_text, frame = data.split(b"\n", 3)
+        seq, final = int(seq_text), final_text == b"1"
+        with local.lock:
+            if not local.synced or seq <= local.seq:
+                return  # a catch-up delivered it already
+            if seq > local.seq + 1:
+                gap = True
+            else:
+                gap = False
+                local.seq = seq
+                members = list(local.members)
+                joining = [s for s, last in local.joining.items() if last < seq]
+                local.promote()
+        if gap:
+            # Only after a reconnect or a lost store: the log has what we missed.
+            self.catch_up(local)
+            return
+        level = level_text.decode("utf-8") or None
+        gone = fan_out(job_id, [*members, *joining], frame, level)
+        if final:
+            self._ended(local)
+        elif gone:
+            for subscriber in gone:
+                self.unsubscribe(job_id, subscriber)
+
+    def catch_up(self, local: Local) -> None:
+        """Bring a job's (or channel's) local streams up to date from its log; mark it synced."""
+        if local.name is not None:
+            self._channel_catch_up(local)
+            return
+        while True:
+            with local.lock:
+                marks = list(local.joining.values())
+                if local.members or local.synced:
+                    marks.append(local.seq)
+                start = min(marks, default=local.seq)
+            status, entries = self.store.read_log(local.job_id, start)
+            if status is None:
+                # Lost by the store: its publisher starts the log again, and
+                # the next event brings a catch-up that reports the gap.
+                with local.lock:
+                    local.synced = True
+                return
+            with local.lock:
+                targets: list[tuple[Subscriber, int]] = [
+                    *((s, local.seq) for s in local.members),
+                    *local.joining.items(),
+                ]
+                if all(last >= start for _, last in targets):
+                    # Everyone is covered by this read: from here on, live.
+                    local.seq = max(local.seq, status.last_seq)
+                    local.synced = True
+                    for subscriber, last in targets:
+                        if subscriber in local.joining:
+                            local.joining[subscriber] = max(last, local.seq)
+                    local.promote()
+                    break
+            # A stream joined behind our read meanwhile: read from its place.
+        gone: list[Subscriber] = []
+        for subscriber, last in targets:
+            try:
+                replay(subscriber, status, entries, last)
+            except StreamClosed:
+                gone.append(subscriber)
+            except Exception:
+                log.exception("subscriber %r of job %s failed", subscriber, local.job_id)
+                gone.append(subscriber)
+        if status.final_seq is not None:
+            self._ended(local)
+        else:
+            for subscriber in gone:
+                self.unsubscribe(local.job_id, subscriber)
+
+    def _ended(self, local: Local) -> None:
+        with self.lock:
+            if self.jobs.get(local.job_id) is local:
+                del self.jobs[local.job_id]
+        for subscriber in local.take_all():
+            close_subscriber(subscriber)
+        self._wake()
+
+    # -- channels ------------------------------------------------------------------
+
+    def follow(self, name: str, subscriber: Subscriber, after: Position) -> None:
+        """Replay a channel's log after ``after`` to ``subscriber``, then every new event."""
+        epoch, last, entries = self.store.read_channel(name, after.seq)
+        if epoch is None:
+            # No log (expired since the stream asked for its place): start one.
+            self.store.position(name)
+            epoch, last, entries = self.store.read_channel(name, after.seq)
+            assert epoch is not None
+        same = epoch == after.epoch
+        if same and after.seq > last:
+            raise ValueError(f"the cursor is ahead of channel {name!r}")
+        if not same and after.seq:
+            epoch, last, entries = self.store.read_channel(name, 0)
+            assert epoch is not None
+        start = after.seq if same else 0
+        try:
+            first = entries[0][0] if entries else last + 1
+            if not same or (first > start + 1 and start < last):
+                gap = channel_gap_event(name, after, Position(epoch, first - 1))
+                subscriber.deliver(gap.frame, None)
+            while True:
+                for seq, frame, level in entries:
+                    if seq > start:
+                        subscriber.deliver(frame, level)
+                        start = seq
+                start = max(start, last)
+                if self._join_channel(name, subscriber, epoch, start):
+                    return
+                # The reader delivered past our replay meanwhile: read on.
+                now_epoch, last, entries = self.store.read_channel(name, start)
+                if now_epoch != epoch:
+                    return  # the log started again: the reader catches us up
+        except StreamClosed:
+            return
+
+    def _join_channel(self, name: str, subscriber: Subscriber, epoch: str, last: int) -> bool:
+        with self.lock:
+            local = self.channels.get(name)
+            new = local is None
+            if local is None:
+                pubsub = self.store.channel_prefix + name.encode()
+                local = self.channels[name] = Local(name, pubsub, new_lock(), name=name)
+            with local.lock:
+                joined = not local.synced or (local.epoch == epoch and local.seq <= last)
+                if joined:
+                    local.joining[subscriber] = last
+        if new:
+            self._changed()
+        return joined
+
+    def unfollow(self, name: str, subscriber: Subscriber) -> None:
+        emptied = False
+        with self.lock:
+            local = self.channels.get(name)
+            if local is not None:
+                with local.lock:
+                    local.drop(subscriber)
+                    if not local.count():
+                        del self.channels[name]
+                        emptied = True
+        if emptied:
+            self._changed()
+
+    def _on_channel_message(self, local: Local, data: bytes) -> None:
+        seq_text, epoch_text, level_text, frame = data.split(b"\n", 3)
+        seq = int(seq_text)
+        with local.lock:
+            if not local.synced:
+                return  # its catch-up, to come, reads the log
+            gap = epoch_text.decode() != local.epoch or seq > local.seq + 1
+            if not gap:
+                if seq <= local.seq:
+                    return  # a catch-up delivered it already
+                local.seq = seq
+                members = list(local.members)
+                joining = [s for s, last in local.joining.items() if last < seq]
+                local.promote()
+        if gap:
+            # After a reconnect, or a log that started again: read what we missed.
+            self._channel_catch_up(local)
+            return
+        assert local.name is not None
+        level = level_text.decode() or None
+        for subscriber in fan_out(local.name, [*members, *joining], frame, level):
+            self.unfollow(local.name, subscriber)
+
+    def _channel_catch_up(self, local: Local) -> None:
+        """Bring a channel's local followers up to date from its log; mark it synced."""
+        name = local.name
+        assert name is not None
+        while True:
+            with local.lock:
+                marks = list(local.joining.values())
+                if local.members or local.synced:
+                    marks.append(local.seq)
+                start = min(marks, default=local.seq)
+            epoch, last, entries = self.store.read_channel(name, start)
+            with local.lock:
+                if local.epoch is not None and epoch != local.epoch:
+                    # A new log: every follower's place is before its first event.
+                    local.epoch, local.seq, local.synced = epoch, 0, False
+                    for subscriber in list(local.joining):
+                        local.joining[subscriber] = 0
+                    for subscriber in list(local.members):
+                        local.joining[subscriber] = 0
+                    local.members.clear()
+                    continue
+                local.epoch = epoch
+                targets: list[tuple[Subscriber, int]] = [
+                    *((s, local.seq) for s in local.members),
+                    *local.joining.items(),
+                ]
+                if all(mark >= start for _, mark in targets):
+                    local.seq = max(local.seq, last)
+                    local.synced = True
+                    for subscriber, mark in targets:
+                        if subscriber in local.joining:
+                            local.joining[subscriber] = max(mark, local.seq)
+                    local.promote()
+                    break
+        gone: list[Subscriber] = []
+        for subscriber, mark in targets:
+            try:
+                for seq, frame, level in entries:
+                    if seq > mark:
+                        subscriber.deliver(frame, level)
+            except StreamClosed:
+                gone.append(subscriber)
+            except Exception:
+                log.exception("follower %r of channel %s failed", subscriber, name)
+                gone.append(subscriber)
+        for subscriber in gone:
+            self.unfollow(name, subscriber)
+
+    # -- cancellation --------------------------------------------------------------
+
+    def on_cancel(self, job_id: str, callback: Callable[[], Any]) -> None:
+        """Call ``callback`` once the job is cancelled, from any worker."""
+        with self.lock:
+            self.cancel_callbacks.setdefault(job_id, []).append(callback)
+        self._changed()
+        exists, cancelled = self.store.cancel_state(job_id)
+        if not exists:
+            with self.lock:
+                self.cancel_callbacks.pop(job_id, None)
+            raise UnknownJob(job_id)
+        if cancelled:
+            self.cancelled(job_id)  # cancelled before we listened
+
+    def forget_cancel(self, job_id: str, callback: Callable[[], Any]) -> bool:
+        """Stop calling ``callback``; ``True`` if no callback waits on the job any more."""
+        with self.lock:
+            callbacks = self.cancel_callbacks.get(job_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self.cancel_callbacks.pop(job_id, None)
+                return True
+        return False
+
+    def drop_cancel(self, job_id: str) -> None:
+        """Forget every callback of a job (it has ended)."""
+        with self.lock:
+            self.cancel_callbacks.pop(job_id, None)
+
+    def cancelled(self, job_id: str) -> None:
+        """Call the job's cancel callbacks of this process, once."""
+        with self.lock:
+            callbacks = self.cancel_callbacks.pop(job_id, [])
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("cancel callback of job %s failed", job_id)
+
+    # -- for the reader ------------------------------------------------------------
+
+    def wanted_channels(self) -> set[bytes]:
+        """The pub/sub channels the reader should be subscribed to now."""
+        with self.lock:
+            wanted = {local.channel for local in self.jobs.values()}
+            wanted.update(local.channel for local in self.channels.values())
+            if self.cancel_callbacks:
+                wanted.add(self.store.cancel_channel)
+        return wanted
+
+    def on_connect(self) -> None:
+        """The reader (re)connected: every entry catches up again, cancels are re-read."""
+        with self.lock:
+            locals_ = [*self.jobs.values(), *self.channels.values()]
+            jobs = list(self.cancel_callbacks)
+        for local in locals_:
+            with local.lock:
+                local.synced = False
+        # Cancels published while we were away reached no one.
+        for job_id in jobs:
+            if self.store.cancelled(job_id):
+                self.cancelled(job_id)
+
+    def on_subscribe(self, channel: bytes) -> None:
+        """Redis confirmed a subscription: catch its streams up from the log."""
+        if channel == self.store.cancel_channel:
+            return
+        prefix = self.store.channel_prefix
+        if channel.startswith(prefix):
+            local = self.channels.get(channel[len(prefix) :].decode())
+        else:
+            local = self.jobs.get(self.store.job_of(channel))
+        if local is not None:
+            self.catch_up(local)
+
+    def resync(self, subscribed: set[bytes], new: set[bytes]) -> None:
+        """Catch up the unsynced entries whose channel stays subscribed.
+
+        A job whose last stream left and whose next one came before the
+        reader looked keeps its channel, so no new confirmation will catch
+        its new streams up (a second catch-up, on a confirmation still to
+        come, repeats nothing).
+        """
+        with self.lock:
+            locals_ = [*self.jobs.values(), *self.channels.values()]
+        for local in [local for local in locals_ if not local.synced]:
+            if local.channel in subscribed and local.channel not in new:
+                self.catch_up(local)
+
+    def on_message(self, channel: bytes, data: bytes) -> None:
+        """An event (or a cancellation) arrived on ``channel``."""
+        if channel == self.store.cancel_channel:
+            self.cancelled(data.decode("utf-8", "replace"))
+            return
+        prefix = self.store.channel_prefix
+        if channel.startswith(prefix):
+            followed = self.channels.get(channel[len(prefix) :].decode())
+            if followed is not None:
+                self._on_channel_message(followed, data)
+            return
+        self._on_job_message(channel, data)
+
+    def on_outage(self) -> None:
+        """Redis stayed away past ``outage_timeout``: end every local stream with an error."""
+        with self.lock:
+            locals_ = [*self.jobs.values(), *self.channels.values()]
+            self.jobs, self.channels = {}, {}
+        if not locals_:
+            return
+        # Not the job's end: no id (the browser resumes from its last event)
+        # and "reconnect": true, so a client can tell it from a job's error.
+        frame = Event(
+            {"message": f"{UNAVAILABLE}; reconnect to resume", "reconnect": True}, event="error"
+        ).frame
+        log.error(
+            "Redis unreachable for %.0f s: ending %d jobs' streams",
+            self.store.outage_timeout,
+            len(locals_),
+        )
+        for local in locals_:
+            for subscriber in local.take_all():
+                with contextlib.suppress(Exception):
+                    subscriber.deliver(frame, None)
+                close_subscriber(subscriber)
+
+    def close_all(self) -> None:
+        """End every stream of this process (the broker is closing)."""
+        with self.lock:
+            locals_ = [*self.jobs.values(), *self.channels.values()]
+            self.jobs, self.channels = {}, {}
+        for local in locals_:
+            for subscriber in local.take_all():
+                close_subscriber(subscriber)
