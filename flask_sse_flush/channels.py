@@ -21,6 +21,8 @@ by commas (``news-1a2b3c4d.17,alerts-9e8f7a6b.3``), so whichever event a
 browser saw last, its ``Last-Event-ID`` resumes every channel exactly. A
 cursor holds at most :data:`MAX_CHANNELS` channels and :data:`MAX_CURSOR`
 bytes.
+
+.. versionadded:: 1.0
 """
 
 from __future__ import annotations
