@@ -324,7 +324,6 @@ class SSEFlush:
             return setup_sse_headers(Response(status=200))
         settings = self._settings()
         broker = self.broker
-        shared = bool(getattr(broker, "shared", False))
         try:
             positions: dict[str, Position] = {
                 name: given[name] if name in given else broker.position(name) for name in names
@@ -334,8 +333,9 @@ class SSEFlush:
                 503, "the event store is unavailable; try again later", **{"Retry-After": "1"}
             )
         opening = format_cursor(positions)
-        if lifecycle().stopping and shared:
-            # Any other worker serves these channels: go there.
+        if lifecycle().stopping:
+            # A channel has no end to wait for here: go to another worker
+            # (with Redis it resumes exactly; in memory, with a gap).
             stream = EventStream(keepalive=None, retry=lifecycle().hint(), last_event_id=opening)
             stream.close()
             return stream.response()
@@ -372,7 +372,9 @@ class SSEFlush:
             return json_error(400, f"bad Last-Event-ID: {exc}")
         for name, follower in followed:
             stream.on_close(lambda name=name, follower=follower: broker.unfollow(name, follower))
-        lifecycle().track(stream, shared)
+        # A graceful stop ends the stream at once with a retry hint, whatever
+        # the broker: a channel stream never ends by itself.
+        lifecycle().track(stream, True)
         return stream.response()
 
     def _settings(self) -> Settings:

@@ -531,3 +531,27 @@ def test_a_render_sends_events_of_its_own_on_its_job_stream() -> None:
     assert [e.event for e in events] == ["progress", "log", "progress", "complete"]
     assert events[1].json() == {"line": "bundled 3 files"}
     assert [e.id.rsplit("-", 1)[1] for e in events if e.id] == ["1", "2", "3", "4"]
+
+
+def test_a_graceful_stop_sends_channel_streams_elsewhere_at_once() -> None:
+    from flask_sse_flush.frames import EventDecoder
+    from flask_sse_flush.testing import fresh_lifecycle, iter_chunks
+
+    with fresh_lifecycle() as life:
+        app, sse = make_app()  # the memory broker: nothing to wait for here either
+        client = app.test_client()
+        chunks = iter_chunks(client.get("/stream?c=news", buffered=False))
+        next(chunks)  # the opening frame
+        sse.publish("news", "before the stop")
+        started = time.monotonic()
+        life.stop(grace=10.0)
+        decoder = EventDecoder()
+        events = [e for chunk in chunks for e in decoder.feed(chunk)]
+        assert time.monotonic() - started < 1.0, "the stream waited for the deadline"
+        assert [e.data for e in events] == ["before the stop"]
+        assert decoder.retry is not None and 1000 <= decoder.retry < 2000
+        # A stream asked of the stopping worker is sent on at once, with its cursor.
+        decoder = EventDecoder()
+        again = client.get("/stream?c=news", headers={"Last-Event-ID": events[0].id})
+        assert [e for chunk in iter_chunks(again) for e in decoder.feed(chunk)] == []
+        assert decoder.retry is not None and decoder.last_event_id == events[0].id
