@@ -62,6 +62,32 @@ class Local:
                 del self.joining[subscriber]
                 self.members[subscriber] = None
 
+    def behind(self) -> int:
+        """The number the furthest-behind stream has everything up to; lock held."""
+        marks = list(self.joining.values())
+        if self.members or self.synced:
+            marks.append(self.seq)
+        return min(marks, default=self.seq)
+
+    def settle(self, start: int, last: int) -> list[tuple[Subscriber, int]] | None:
+        """After a read of the log from ``start`` up to ``last``: whom to send what.
+
+        Every stream and the number it has everything up to, once this read
+        covers them all (each is at or past ``start``): the local is then
+        synced at ``last``, and live from there. ``None`` when a stream joined
+        behind the read meanwhile (read again from its place). Lock held.
+        """
+        targets = [*((s, self.seq) for s in self.members), *self.joining.items()]
+        if not all(mark >= start for _, mark in targets):
+            return None
+        self.seq = max(self.seq, last)
+        self.synced = True
+        for subscriber, mark in targets:
+            if subscriber in self.joining:
+                self.joining[subscriber] = max(mark, self.seq)
+        self.promote()
+        return targets
+
     def drop(self, subscriber: Subscriber) -> None:
         self.members.pop(subscriber, None)
         self.joining.pop(subscriber, None)
@@ -222,10 +248,7 @@ class Subscriptions:
             return
         while True:
             with local.lock:
-                marks = list(local.joining.values())
-                if local.members or local.synced:
-                    marks.append(local.seq)
-                start = min(marks, default=local.seq)
+                start = local.behind()
             status, entries = self.store.read_log(local.job_id, start)
             if status is None:
                 # Lost by the store: its publisher starts the log again, and
@@ -234,19 +257,9 @@ class Subscriptions:
                     local.synced = True
                 return
             with local.lock:
-                targets: list[tuple[Subscriber, int]] = [
-                    *((s, local.seq) for s in local.members),
-                    *local.joining.items(),
-                ]
-                if all(last >= start for _, last in targets):
-                    # Everyone is covered by this read: from here on, live.
-                    local.seq = max(local.seq, status.last_seq)
-                    local.synced = True
-                    for subscriber, last in targets:
-                        if subscriber in local.joining:
-                            local.joining[subscriber] = max(last, local.seq)
-                    local.promote()
-                    break
+                targets = local.settle(start, status.last_seq)
+            if targets is not None:
+                break  # everyone is covered by this read: from here on, live
             # A stream joined behind our read meanwhile: read from its place.
         gone: list[Subscriber] = []
         for subscriber, last in targets:
@@ -365,10 +378,7 @@ class Subscriptions:
         assert name is not None
         while True:
             with local.lock:
-                marks = list(local.joining.values())
-                if local.members or local.synced:
-                    marks.append(local.seq)
-                start = min(marks, default=local.seq)
+                start = local.behind()
             epoch, last, entries = self.store.read_channel(name, start)
             with local.lock:
                 if local.epoch is not None and epoch != local.epoch:
@@ -381,18 +391,9 @@ class Subscriptions:
                     local.members.clear()
                     continue
                 local.epoch = epoch
-                targets: list[tuple[Subscriber, int]] = [
-                    *((s, local.seq) for s in local.members),
-                    *local.joining.items(),
-                ]
-                if all(mark >= start for _, mark in targets):
-                    local.seq = max(local.seq, last)
-                    local.synced = True
-                    for subscriber, mark in targets:
-                        if subscriber in local.joining:
-                            local.joining[subscriber] = max(mark, local.seq)
-                    local.promote()
-                    break
+                targets = local.settle(start, last)
+            if targets is not None:
+                break
         gone: list[Subscriber] = []
         for subscriber, mark in targets:
             try:
