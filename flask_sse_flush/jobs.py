@@ -114,8 +114,9 @@ class Progress:
         """Send an event of the render's own on its job's stream, between its progress events.
 
         It is numbered, logged and resumed like every event of the job (a
-        log line, a preview's URL, a partial result). Names the job's own
-        lifecycle uses are refused.
+        log line, a preview's URL, a partial result), from a render in any
+        executor (``"process"`` relays it from the child). Names the job's
+        own lifecycle uses are refused.
 
         :param name: the event type; not ``progress``, ``complete``,
             ``error``, ``gap`` or ``keepalive``.

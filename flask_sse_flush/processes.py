@@ -18,7 +18,9 @@ by reference). The wire between them is JSON lines:
   :class:`~flask_sse_flush.Cancelled`; a child that does not end within
   :attr:`ProcessRender.cancel_grace` seconds, because it never reports
   again, is terminated, then killed);
-* child to parent: ``{"p": [percent, phase]}`` per report, then one of
+* child to parent: ``{"p": [percent, phase]}`` per report and
+  ``{"e": [name, data]}`` per :meth:`Progress.event
+  <flask_sse_flush.Progress.event>`, then one of
   ``{"result": {...}}``, ``{"cancelled": message}`` or ``{"error": message,
   "type": class name, "user": is it a RenderError}``.
 
@@ -158,6 +160,10 @@ def _relay(lines: IO[str], progress: Progress) -> dict[str, Any] | None:
             percent, phase = message["p"]
             if not progress.cancelled:
                 progress(percent, phase)
+        elif "e" in message:
+            name, data = message["e"]
+            if not progress.cancelled:
+                progress.event(name, data)  # checked in the child already
         else:
             return dict(message)
     return None
@@ -183,7 +189,10 @@ def main() -> int:
 
     spec = json.loads(sys.stdin.readline())
     sys.path[:0] = [entry for entry in spec["path"] if entry not in sys.path]
-    progress = Progress(lambda percent, phase: send({"p": [percent, phase]}))
+    progress = Progress(
+        lambda percent, phase: send({"p": [percent, phase]}),
+        lambda name, data: send({"e": [name, data]}),
+    )
 
     def listen() -> None:
         for line in sys.stdin:

@@ -38,6 +38,8 @@ def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 time.sleep(0.01)
         except Cancelled:
             raise
+    if payload.get("own"):
+        progress.event("log", {"line": "from the child", "pid": os.getpid()})
     for percent in (10, 50, 100):
         progress(percent, "rendering")
     print("a render may print; it goes to the log")
@@ -67,6 +69,14 @@ def test_the_render_runs_in_another_process_and_streams_its_progress() -> None:
     ]
     assert events[-1].event == "complete"
     assert events[-1].json()["pid"] != os.getpid()
+
+
+def test_a_child_sends_events_of_its_own_on_the_job_stream() -> None:
+    events = parse_events(client().get(stream({"own": True}), buffered=False))
+    assert [e.event for e in events] == ["log", "progress", "progress", "progress", "complete"]
+    assert events[0].json()["line"] == "from the child"
+    assert events[0].json()["pid"] == events[-1].json()["pid"] != os.getpid()
+    assert [e.id.rsplit("-", 1)[1] for e in events if e.id] == ["1", "2", "3", "4", "5"]
 
 
 @pytest.mark.parametrize(
