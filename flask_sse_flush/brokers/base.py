@@ -300,11 +300,16 @@ class Broker(Protocol):
 
         :returns: the event's id.
         :raises ValueError: a bad channel name, or an event with an id or retry.
+
+        .. versionadded:: 1.0
         """
         ...
 
     def position(self, channel: str) -> Position:
-        """Where ``channel``'s log is now (its epoch and last number); starts it if need be."""
+        """Where ``channel``'s log is now (its epoch and last number); starts it if need be.
+
+        .. versionadded:: 1.0
+        """
         ...
 
     def follow(self, channel: str, subscriber: Subscriber, after: Position) -> None:
@@ -314,11 +319,16 @@ class Broker(Protocol):
         (:func:`~flask_sse_flush.channels.channel_gap_event`).
 
         :raises ValueError: ``after`` is ahead of the channel's log.
+
+        .. versionadded:: 1.0
         """
         ...
 
     def unfollow(self, channel: str, subscriber: Subscriber) -> None:
-        """Stop sending ``channel``'s events to ``subscriber``."""
+        """Stop sending ``channel``'s events to ``subscriber``.
+
+        .. versionadded:: 1.0
+        """
         ...
 
 

@@ -402,6 +402,8 @@ class MemoryBroker:
         :returns: the event's id (:func:`~flask_sse_flush.channels.channel_event_id`).
         :raises ValueError: ``channel`` is not a valid name, or ``event``
             carries an id or retry field of its own.
+
+        .. versionadded:: 1.0
         """
         head, tail = split_at_id(event)
         level = self.coalescing.level(event.event)
@@ -424,7 +426,10 @@ class MemoryBroker:
         return event_id
 
     def position(self, channel: str) -> Position:
-        """Where ``channel``'s log is now: its epoch and its last event's number."""
+        """Where ``channel``'s log is now: its epoch and its last event's number.
+
+        .. versionadded:: 1.0
+        """
         ch = self._channel(channel)
         with ch.lock:
             return Position(ch.epoch, ch.last)
@@ -439,6 +444,8 @@ class MemoryBroker:
         :func:`~flask_sse_flush.channels.channel_gap_event`.
 
         :raises ValueError: ``after`` is ahead of the channel's log.
+
+        .. versionadded:: 1.0
         """
         ch = self._channel(channel)
         with ch.lock:
@@ -461,7 +468,10 @@ class MemoryBroker:
             ch.snapshot = None
 
     def unfollow(self, channel: str, subscriber: Subscriber) -> None:
-        """Stop sending ``channel``'s events to ``subscriber``."""
+        """Stop sending ``channel``'s events to ``subscriber``.
+
+        .. versionadded:: 1.0
+        """
         ch = self._channels.get(channel)
         if ch is None:
             return

@@ -299,6 +299,8 @@ class RedisBroker:
             carries an id or retry field of its own.
         :raises BrokerUnavailable: Redis stayed unreachable past
             ``outage_timeout``.
+
+        .. versionadded:: 1.0
         """
         check_channel(channel)
         head, tail = split_at_id(event)
@@ -307,7 +309,10 @@ class RedisBroker:
         return f"{channel}-{epoch}.{seq}"
 
     def position(self, channel: str) -> Position:
-        """Where ``channel``'s log is now: its epoch and its last event's number."""
+        """Where ``channel``'s log is now: its epoch and its last event's number.
+
+        .. versionadded:: 1.0
+        """
         check_channel(channel)
         return self._call(lambda: self._store.position(channel))
 
@@ -320,12 +325,17 @@ class RedisBroker:
         this process's one pub/sub connection.
 
         :raises ValueError: ``after`` is ahead of the channel's log.
+
+        .. versionadded:: 1.0
         """
         check_channel(channel)
         self._call(lambda: self._subscriptions.follow(channel, subscriber, after))
 
     def unfollow(self, channel: str, subscriber: Subscriber) -> None:
-        """Stop sending ``channel``'s events to ``subscriber``."""
+        """Stop sending ``channel``'s events to ``subscriber``.
+
+        .. versionadded:: 1.0
+        """
         self._call(lambda: self._subscriptions.unfollow(channel, subscriber))
 
     # -- lifecycle -----------------------------------------------------------------
