@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "new_epoch",
     "parse_channel_event_id",
     "parse_cursor",
+    "replay_channel",
 ]
 
 #: What a channel name may hold: 1 to 128 letters, digits and ``_.:@/~+-``
@@ -174,6 +175,39 @@ def channel_gap_event(channel: str, after: Position, resumed: Position) -> Event
         },
         event=GAP_EVENT,
     )
+
+
+def replay_channel(
+    name: str,
+    subscriber: Any,
+    after: Position,
+    epoch: str,
+    last: int,
+    entries: Sequence[tuple[Any, ...]],
+) -> int:
+    """Send ``subscriber`` a channel's logged events after ``after``; return its new place.
+
+    ``entries`` are ``(n, frame, level, ...)`` of the log of ``epoch`` whose
+    last event is ``last``, read from ``after`` on (from the log's start when
+    ``after`` names another epoch). A ``gap`` event comes first when the log
+    cannot replay exactly: events after ``after`` were dropped, the log
+    started again under another epoch, or ``after`` is ahead of it (the store
+    went back in time); the replay then goes on from what the log has.
+
+    :returns: the number the subscriber has everything up to, in ``epoch``.
+    :raises StreamClosed: the subscriber has gone.
+    """
+    same = after.epoch == epoch
+    start = after.seq if same else 0
+    first = entries[0][0] if entries else last + 1
+    if not same or start > last or (first > start + 1 and start < last):
+        start = min(start, last)
+        gap = channel_gap_event(name, after, Position(epoch, max(first - 1, start)))
+        subscriber.deliver(gap.frame, None)
+    for seq, frame, level, *_ in entries:
+        if seq > start:
+            subscriber.deliver(frame, level)
+    return max(start, last)
 
 
 class _Follower:

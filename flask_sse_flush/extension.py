@@ -303,9 +303,11 @@ class SSEFlush:
 
         Call it inside the request. Bad input answers JSON
         ``{"error": ...}``: ``400`` for a bad channel name, more than
-        :data:`~flask_sse_flush.channels.MAX_CHANNELS` channels or a bad
-        cursor; ``503`` (with ``Retry-After``) over ``SSE_FLUSH_MAX_STREAMS``
-        or when the store cannot be reached.
+        :data:`~flask_sse_flush.channels.MAX_CHANNELS` channels or a
+        malformed cursor (a cursor ahead of a channel's log, as after a
+        failover that lost its last events, gets a ``gap`` instead);
+        ``503`` (with ``Retry-After``) over ``SSE_FLUSH_MAX_STREAMS`` or
+        when the store cannot be reached.
         """
         try:
             names = list(dict.fromkeys(check_channel(name) for name in channels))
@@ -362,14 +364,15 @@ class SSEFlush:
             for name, follower in followers:
                 broker.follow(name, follower, positions[name])
                 followed.append((name, follower))
-        except (ValueError, BrokerUnavailable) as exc:
+        except BaseException as exc:
+            # No stream will carry these followers: let them go, whatever failed.
             for name, follower in followed:
                 broker.unfollow(name, follower)
             if isinstance(exc, BrokerUnavailable):
                 return json_error(
                     503, "the event store is unavailable; try again later", **{"Retry-After": "1"}
                 )
-            return json_error(400, f"bad Last-Event-ID: {exc}")
+            raise
         for name, follower in followed:
             stream.on_close(lambda name=name, follower=follower: broker.unfollow(name, follower))
         # A graceful stop ends the stream at once with a retry hint, whatever
@@ -387,6 +390,8 @@ class SSEFlush:
         names = request.args.getlist("channel")
         if not names:
             return json_error(400, "name at least one channel: /sse?channel=<name>")
+        if len(set(names)) > MAX_CHANNELS:  # before asking authorize about each
+            return json_error(400, f"a stream may follow at most {MAX_CHANNELS} channels")
         for name in names:
             try:
                 check_channel(name)

@@ -315,10 +315,10 @@ class Broker(Protocol):
     def follow(self, channel: str, subscriber: Subscriber, after: Position) -> None:
         """Replay ``channel``'s events after ``after``, then send every new one.
 
-        A replay that cannot be exact starts with a ``gap`` event
-        (:func:`~flask_sse_flush.channels.channel_gap_event`).
-
-        :raises ValueError: ``after`` is ahead of the channel's log.
+        A replay that cannot be exact (events dropped, a log started again,
+        a place ahead of the log after the store went back in time) starts
+        with a ``gap`` event (:func:`~flask_sse_flush.channels.channel_gap_event`)
+        and goes on from what the log has.
 
         .. versionadded:: 1.0
         """

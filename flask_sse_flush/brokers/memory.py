@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..channels import Position, channel_event_id, channel_gap_event, check_channel, new_epoch
+from ..channels import Position, channel_event_id, check_channel, new_epoch, replay_channel
 from ..exceptions import JobEnded, StreamClosed, TooManyJobs, UnknownJob
 from ..frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..runtime import new_lock
@@ -72,18 +72,26 @@ class _Job:
 
 @dataclass(eq=False)
 class _Channel:
-    """One channel's log and followers; ``lock`` guards both, ``order`` the sends."""
+    """One channel's log and followers, guarded by ``lock``."""
 
     epoch: str
     lock: Any
-    # Held from numbering an event to the end of its fan-out, so that events
-    # published at once from several threads reach every follower in order.
-    order: Any
     log: collections.deque[tuple[int, bytes, str | None, float]]
     last: int = 0
     touched: float = 0.0
     followers: dict[Subscriber, None] = field(default_factory=dict)
     snapshot: tuple[Subscriber, ...] | None = ()
+    # Events logged and still to be sent, each with the followers it goes to
+    # (those at its append: a later follower replayed it from the log). One
+    # publisher at a time sends them, in order, outside the lock, so events
+    # published at once from several threads reach every follower in order
+    # and no publisher (a greenlet on the hub) waits behind another's fan-out.
+    pending: collections.deque[tuple[bytes, str | None, tuple[Subscriber, ...]]] = field(
+        default_factory=collections.deque
+    )
+    sending: bool = False
+    #: Purged: whoever still holds it must look the channel up again.
+    dead: bool = False
 
     def members(self) -> tuple[Subscriber, ...]:
         if self.snapshot is None:
@@ -168,12 +176,13 @@ class MemoryBroker:
             ]
             for job_id in expired:
                 del self._jobs[job_id]
-            idle = [
-                name
-                for name, channel in self._channels.items()
-                if not channel.followers and now - channel.touched >= self.retention
-            ]
-            for name in idle:
+            for name, channel in list(self._channels.items()):
+                if channel.followers or now - channel.touched < self.retention:
+                    continue
+                with channel.lock:  # nobody follows or sends it in between
+                    if channel.followers or channel.sending:
+                        continue
+                    channel.dead = True
                 del self._channels[name]
         if expired:
             log.debug("purged %d ended jobs", len(expired))
@@ -380,20 +389,18 @@ class MemoryBroker:
     # -- channels --------------------------------------------------------------
 
     def _channel(self, name: str) -> _Channel:
+        """The channel (made if need be), its retention renewed; lock it and check ``dead``."""
         check_channel(name)
         self._purge()
-        channel = self._channels.get(name)
-        if channel is None:
-            with self._lock:
-                channel = self._channels.get(name)
-                if channel is None:
-                    channel = self._channels[name] = _Channel(
-                        epoch=new_epoch(),
-                        lock=new_lock(),
-                        order=new_lock(),
-                        log=collections.deque(maxlen=self.max_events),
-                        touched=self._clock(),
-                    )
+        with self._lock:
+            channel = self._channels.get(name)
+            if channel is None:
+                channel = self._channels[name] = _Channel(
+                    epoch=new_epoch(),
+                    lock=new_lock(),
+                    log=collections.deque(maxlen=self.max_events),
+                )
+            channel.touched = self._clock()
         return channel
 
     def append(self, channel: str, event: Event) -> str:
@@ -407,23 +414,43 @@ class MemoryBroker:
         """
         head, tail = split_at_id(event)
         level = self.coalescing.level(event.event)
-        ch = self._channel(channel)
-        with ch.order:
+        while True:
+            ch = self._channel(channel)
             with ch.lock:
+                if ch.dead:
+                    continue  # purged just now: a new log
                 now = self._clock()
                 seq = ch.last = ch.last + 1
                 event_id = channel_event_id(channel, Position(ch.epoch, seq))
                 frame = b"%sid: %s\n%s" % (head, event_id.encode(), tail)
                 ch.log.append((seq, frame, level, now))
                 ch.touched = now
-                members = ch.members()
-            gone = fan_out(channel, members, frame, level) if members else []
-        if gone:
-            with ch.lock:
-                for subscriber in gone:
-                    if ch.followers.pop(subscriber, False) is None:
-                        ch.snapshot = None
+                ch.pending.append((frame, level, ch.members()))
+                if ch.sending:
+                    return event_id  # the publisher sending now sends it too, in order
+                ch.sending = True
+            break
+        self._send_pending(channel, ch)
         return event_id
+
+    def _send_pending(self, name: str, ch: _Channel) -> None:
+        try:
+            while True:
+                with ch.lock:
+                    if not ch.pending:
+                        ch.sending = False
+                        return
+                    frame, level, members = ch.pending.popleft()
+                gone = fan_out(name, members, frame, level) if members else []
+                if gone:
+                    with ch.lock:
+                        for subscriber in gone:
+                            if ch.followers.pop(subscriber, False) is None:
+                                ch.snapshot = None
+        except BaseException:
+            with ch.lock:  # the next publisher sends what is left
+                ch.sending = False
+            raise
 
     def position(self, channel: str) -> Position:
         """Where ``channel``'s log is now: its epoch and its last event's number.
@@ -439,33 +466,25 @@ class MemoryBroker:
 
         Replay and attachment are one step: each event reaches the
         subscriber once, in order. When the log no longer reaches back to
-        ``after`` (events dropped by its bound or retention, or ``after``
-        names an epoch the log no longer has), the replay starts with a
-        :func:`~flask_sse_flush.channels.channel_gap_event`.
-
-        :raises ValueError: ``after`` is ahead of the channel's log.
+        ``after`` (events dropped by its bound or retention, ``after``
+        names an epoch the log no longer has, or a place ahead of it), the
+        replay starts with a :func:`~flask_sse_flush.channels.channel_gap_event`.
 
         .. versionadded:: 1.0
         """
-        ch = self._channel(channel)
-        with ch.lock:
-            ch.expire(self._clock() - self.retention)
-            same = after.epoch == ch.epoch
-            if same and after.seq > ch.last:
-                raise ValueError(f"the cursor is ahead of channel {channel!r}")
-            start = after.seq if same else 0
-            first = ch.log[0][0] if ch.log else ch.last + 1
-            try:
-                if not same or first > start + 1 < ch.last + 1:
-                    gap = channel_gap_event(channel, after, Position(ch.epoch, first - 1))
-                    subscriber.deliver(gap.frame, None)
-                for seq, frame, level, _ in ch.log:
-                    if seq > start:
-                        subscriber.deliver(frame, level)
-            except StreamClosed:
+        while True:
+            ch = self._channel(channel)
+            with ch.lock:
+                if ch.dead:
+                    continue  # purged just now: follow the new log
+                ch.expire(self._clock() - self.retention)
+                try:
+                    replay_channel(channel, subscriber, after, ch.epoch, ch.last, list(ch.log))
+                except StreamClosed:
+                    return
+                ch.followers[subscriber] = None
+                ch.snapshot = None
                 return
-            ch.followers[subscriber] = None
-            ch.snapshot = None
 
     def unfollow(self, channel: str, subscriber: Subscriber) -> None:
         """Stop sending ``channel``'s events to ``subscriber``.

@@ -20,6 +20,7 @@ import importlib.resources
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -375,7 +376,8 @@ class Store:
 
     def append(self, channel: str, head: bytes, tail: bytes, level: str) -> tuple[str, int]:
         """Number, log and send a channel's next event; its epoch and number."""
-        keys = self.channel_keys(channel)
+        # One token for all the retries of this append (see append.lua).
+        keys = [*self.channel_keys(channel), f"{self.prefix}ctok:{channel}:{secrets.token_hex(16)}"]
         args: list[Any] = [
             new_epoch(),
             channel,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...channels import Position, channel_gap_event
+from ...channels import Position, replay_channel
 from ...exceptions import BrokerUnavailable, StreamClosed, UnknownJob
 from ...frames import Event
 from ...runtime import new_lock
@@ -45,6 +45,9 @@ class Local:
     # Streams that replayed up to their own number, which may be behind or
     # ahead of `seq`; they join `members` once `seq` has passed it.
     joining: dict[Subscriber, int] = field(default_factory=dict)
+    # A channel's joiners: the epoch their number counts in (it may not be
+    # the local's, when the log started again around their join).
+    joining_epoch: dict[Subscriber, str] = field(default_factory=dict)
     seq: int = 0
     synced: bool = False
     #: A channel's name and the epoch of its log that ``seq`` counts in
@@ -60,6 +63,7 @@ class Local:
         for subscriber, last in list(self.joining.items()):
             if last <= self.seq:
                 del self.joining[subscriber]
+                self.joining_epoch.pop(subscriber, None)
                 self.members[subscriber] = None
 
     def behind(self) -> int:
@@ -91,6 +95,7 @@ class Local:
     def drop(self, subscriber: Subscriber) -> None:
         self.members.pop(subscriber, None)
         self.joining.pop(subscriber, None)
+        self.joining_epoch.pop(subscriber, None)
 
     def take_all(self) -> list[Subscriber]:
         """Detach and return every stream of the job here; takes the lock."""
@@ -98,6 +103,7 @@ class Local:
             subscribers = [*self.members, *self.joining]
             self.members.clear()
             self.joining.clear()
+            self.joining_epoch.clear()
         return subscribers
 
 
@@ -288,40 +294,43 @@ class Subscriptions:
 
     def follow(self, name: str, subscriber: Subscriber, after: Position) -> None:
         """Replay a channel's log after ``after`` to ``subscriber``, then every new event."""
-        epoch, last, entries = self.store.read_channel(name, after.seq)
-        if epoch is None:
-            # No log (expired since the stream asked for its place): start one.
-            self.store.position(name)
-            epoch, last, entries = self.store.read_channel(name, after.seq)
-            assert epoch is not None
-        same = epoch == after.epoch
-        if same and after.seq > last:
-            raise ValueError(f"the cursor is ahead of channel {name!r}")
-        if not same and after.seq:
-            epoch, last, entries = self.store.read_channel(name, 0)
-            assert epoch is not None
-        start = after.seq if same else 0
+        epoch, last, entries = self._read_channel(name, after.seq)
+        if epoch != after.epoch and after.seq:
+            epoch, last, entries = self._read_channel(name, 0)  # another log: from its start
         try:
-            first = entries[0][0] if entries else last + 1
-            if not same or (first > start + 1 and start < last):
-                gap = channel_gap_event(name, after, Position(epoch, first - 1))
-                subscriber.deliver(gap.frame, None)
-            while True:
-                for seq, frame, level in entries:
-                    if seq > start:
-                        subscriber.deliver(frame, level)
-                        start = seq
-                start = max(start, last)
-                if self._join_channel(name, subscriber, epoch, start):
-                    return
+            mark = replay_channel(name, subscriber, after, epoch, last, entries)
+            while not self._join_channel(name, subscriber, epoch, mark):
                 # The reader delivered past our replay meanwhile: read on.
-                now_epoch, last, entries = self.store.read_channel(name, start)
-                if now_epoch != epoch:
-                    return  # the log started again: the reader catches us up
+                now, last, entries = self._read_channel(name, mark)
+                if now != epoch:
+                    # The log started again since: the reader's catch-up
+                    # sends the gap and the new log from our place.
+                    self._join_channel(name, subscriber, epoch, mark, force=True)
+                    return
+                mark = replay_channel(name, subscriber, Position(epoch, mark), epoch, last, entries)
         except StreamClosed:
             return
 
-    def _join_channel(self, name: str, subscriber: Subscriber, epoch: str, last: int) -> bool:
+    def _read_channel(self, name: str, after: int) -> tuple[str, int, list[Entry]]:
+        """A channel's epoch, last number and events after ``after``; starts a log if none."""
+        epoch, last, entries = self.store.read_channel(name, after)
+        if epoch is None:
+            # No log (expired, or lost): start one, so every place has an epoch.
+            self.store.position(name)
+            epoch, last, entries = self.store.read_channel(name, after)
+        assert epoch is not None
+        return epoch, last, entries
+
+    def _join_channel(
+        self, name: str, subscriber: Subscriber, epoch: str, mark: int, *, force: bool = False
+    ) -> bool:
+        """Attach a follower that has the log of ``epoch`` up to ``mark``, if the reader allows.
+
+        ``False`` when the reader has delivered that log past ``mark`` already
+        (the caller replays the difference and asks again). A follower whose
+        epoch is not the local's joins at once and sends the local to a
+        catch-up, which gives it the gap and the log it does not have.
+        """
         with self.lock:
             local = self.channels.get(name)
             new = local is None
@@ -329,12 +338,16 @@ class Subscriptions:
                 pubsub = self.store.channel_prefix + name.encode()
                 local = self.channels[name] = Local(name, pubsub, new_lock(), name=name)
             with local.lock:
-                joined = not local.synced or (local.epoch == epoch and local.seq <= last)
-                if joined:
-                    local.joining[subscriber] = last
-        if new:
+                if local.synced and local.epoch == epoch and local.seq > mark and not force:
+                    return False
+                local.joining[subscriber] = mark
+                local.joining_epoch[subscriber] = epoch
+                resync = local.synced and local.epoch != epoch
+                if resync:
+                    local.synced = False
+        if new or resync:
             self._changed()
-        return joined
+        return True
 
     def unfollow(self, name: str, subscriber: Subscriber) -> None:
         emptied = False
@@ -373,33 +386,48 @@ class Subscriptions:
             self.unfollow(local.name, subscriber)
 
     def _channel_catch_up(self, local: Local) -> None:
-        """Bring a channel's local followers up to date from its log; mark it synced."""
+        """Bring a channel's local followers up to date from its log; mark it synced.
+
+        Each follower gets what it lacks from its own place: a follower on
+        another epoch than the log's (the log started again) or behind what
+        the log still holds gets a ``gap`` event first, never a silent hole.
+        """
         name = local.name
         assert name is not None
         while True:
             with local.lock:
                 start = local.behind()
-            epoch, last, entries = self.store.read_channel(name, start)
+            epoch, last, entries = self._read_channel(name, start)
             with local.lock:
-                if local.epoch is not None and epoch != local.epoch:
-                    # A new log: every follower's place is before its first event.
-                    local.epoch, local.seq, local.synced = epoch, 0, False
-                    for subscriber in list(local.joining):
-                        local.joining[subscriber] = 0
-                    for subscriber in list(local.members):
-                        local.joining[subscriber] = 0
-                    local.members.clear()
-                    continue
-                local.epoch = epoch
-                targets = local.settle(start, last)
-            if targets is not None:
+                targets = self._channel_targets(local)
+            if start and any(at.epoch != epoch for _, at in targets):
+                start = 0  # someone counts in another log: read this one from its start
+                epoch, last, entries = self._read_channel(name, 0)
+            with local.lock:
+                targets = self._channel_targets(local)
+                if any(
+                    (at.epoch != epoch and start) or (at.epoch == epoch and at.seq < start)
+                    for _, at in targets
+                ):
+                    continue  # a follower joined behind our read meanwhile
+                local.epoch, local.seq, local.synced = epoch, last, True
+                local.members.clear()
+                local.joining.clear()
+                local.joining_epoch.clear()
+                for subscriber, at in targets:
+                    ahead = at.epoch == epoch and at.seq > last
+                    if ahead:  # it read the log further than we did: live from its place
+                        local.joining[subscriber] = at.seq
+                        local.joining_epoch[subscriber] = epoch
+                    else:
+                        local.members[subscriber] = None
                 break
         gone: list[Subscriber] = []
-        for subscriber, mark in targets:
+        for subscriber, at in targets:
+            if at.epoch == epoch and at.seq >= last:
+                continue  # it has all this read holds (or more: it read later)
             try:
-                for seq, frame, level in entries:
-                    if seq > mark:
-                        subscriber.deliver(frame, level)
+                replay_channel(name, subscriber, at, epoch, last, entries)
             except StreamClosed:
                 gone.append(subscriber)
             except Exception:
@@ -407,6 +435,15 @@ class Subscriptions:
                 gone.append(subscriber)
         for subscriber in gone:
             self.unfollow(name, subscriber)
+
+    @staticmethod
+    def _channel_targets(local: Local) -> list[tuple[Subscriber, Position]]:
+        """Every follower of a channel here and its place; lock held."""
+        here = [(s, Position(local.epoch, local.seq)) for s in local.members if local.epoch]
+        return here + [
+            (s, Position(local.joining_epoch.get(s, local.epoch or ""), mark))
+            for s, mark in local.joining.items()
+        ]
 
     # -- cancellation --------------------------------------------------------------
 

@@ -1,12 +1,19 @@
 -- Number an event as a channel's next, log it and publish it, in one step.
 -- A channel is a hash (its epoch and last number) and a Redis Stream (its
 -- log, entry ids 0-<n>, trimmed to max events by XADD itself: O(1) a publish).
--- KEYS: [1] meta hash, [2] log stream.
+-- KEYS: [1] meta hash, [2] log stream, [3] this append's token (a retry
+--   after a lost reply finds it and answers as the first run did, so an
+--   event is never logged or sent twice).
 -- ARGV: [1] new epoch, [2] channel name, [3] frame head, [4] frame tail,
 --   [5] max events, [6] retention (ms), [7] pub/sub channel, [8] level
 --   ('' for none).
 -- Publishes 'seq\nepoch\nlevel\nframe'. Returns {epoch, seq}.
 local meta, log = KEYS[1], KEYS[2]
+local done = redis.call('GET', KEYS[3])
+if done then
+  local first, number = string.match(done, '^(%S+) (%d+)$')
+  return {first, tonumber(number)}
+end
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   -- A new log, or one the store lost: a new epoch, so resumes can tell.
@@ -25,5 +32,6 @@ else
   redis.call('DEL', log)
   redis.call('PEXPIRE', meta, 60000)
 end
+redis.call('SET', KEYS[3], epoch .. ' ' .. seq, 'PX', 60000)
 redis.call('PUBLISH', ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[8] .. '\n' .. frame)
 return {epoch, seq}
