@@ -423,3 +423,25 @@ def test_the_native_job_threads_end_and_are_joined_at_shutdown() -> None:
         """
     )
     assert out.strip().endswith("ok")
+
+
+def test_a_keepalive_counts_from_now_after_the_hub_was_busy() -> None:
+    # libev's timers count from the loop's cached time, which lags after the
+    # hub's thread was busy (or lost the CPU to other processes): a stream's
+    # wait must still last its whole keepalive period, not come early.
+    out = run_under_gevent(
+        """
+        import time
+        from gevent.monkey import get_original
+        from flask_sse_flush import EventStream
+
+        stream = EventStream(keepalive=0.3)  # makes the hub: its loop caches the time
+        body = iter(stream)
+        next(body)
+        get_original("time", "sleep")(0.2)  # busy: the cached time is now stale
+        started = time.monotonic()
+        assert next(body) == b": keepalive\\n\\n"
+        print(round(time.monotonic() - started, 3))
+        """
+    )
+    assert 0.28 < float(out) < 2.0, out

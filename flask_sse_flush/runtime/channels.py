@@ -299,7 +299,10 @@ class _HubChannel(_Queue[T]):
             timer = None
             if timeout is not None:
                 timer = self._hub.loop.timer(timeout)
-                timer.start(waiter.switch, False)
+                # From now, not from the loop's cached time: after a busy
+                # stretch (or CPU taken by other processes) that time lags,
+                # and the keepalive came up to 40 % early.
+                timer.start(waiter.switch, False, update=True)
             try:
                 woken = waiter.get()
             finally:
