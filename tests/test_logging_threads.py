@@ -346,20 +346,25 @@ def test_concurrent_installs_install_once() -> None:
         init = locks.HybridLock.__init__
         def counting_init(self, hub_thread):
             made.append(1)
-            time.sleep(0)  # widen any window between the check and the act
+            get_original("time", "sleep")(0)  # widen any window between check and act
             init(self, hub_thread)
         locks.HybridLock.__init__ = counting_init
         hook = create_lock()
 
-        start = get_original("threading", "Event")()
+        # A native lock as the starting gate: threading.Event, even gevent's
+        # "original" one, waits on a patched (gevent) lock inside, which never
+        # wakes a waiter in another OS thread.
+        start = get_original("_thread", "allocate_lock")()
+        start.acquire()
         results, finished = [], []
         def install():
-            start.wait()
+            start.acquire()
+            start.release()
             results.append(install_logging_locks())
             finished.append(1)
         for _ in range(8):
             get_original("_thread", "start_new_thread")(install, ())
-        start.set()
+        start.release()
         while len(finished) < 8:
             get_original("time", "sleep")(0.001)
         blocks = lock_blocks()

@@ -79,9 +79,9 @@ def create_app(log_dir: str | None = None) -> Flask:
             from gevent.monkey import get_original
 
             start_new_thread = get_original("_thread", "start_new_thread")
-            done = get_original("threading", "Event")()
-            start_new_thread(lambda: (send(), done.set()), ())
-            while not done.is_set():
+            done: list[bool] = []  # a flag: any Event's lock is a gevent lock here
+            start_new_thread(lambda: (send(), done.append(True)), ())
+            while not done:
                 time.sleep(0.001)  # gevent's sleep: the hub runs the publish
         return {"id": ids[0]}
 
