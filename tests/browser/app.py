@@ -52,7 +52,10 @@ def create_app(log_dir: str, output_dir: str | None = None) -> Flask:
 
     @app.get("/__ping")
     def ping() -> Response:
-        return Response(status=204)
+        # The server's clock (ms), so the page can tell how far its own
+        # wall clock is from it: a browser keeps its own wall-clock baseline,
+        # which drifts from this machine's clock when the clock is adjusted.
+        return Response(json.dumps({"now": time.time() * 1000}), content_type="application/json")
 
     @app.get("/__library/stream")
     def library() -> Response:

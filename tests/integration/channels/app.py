@@ -31,10 +31,25 @@ source.addEventListener("headline", (e) => {
   report.events.push({id: e.lastEventId, data, at: performance.timeOrigin + performance.now()});
   if (data.last) {
     source.close();
-    fetch("/__report/%(run)s/done", {method: "POST", body: JSON.stringify(report)});
+    clockOffset().then((offset) => {
+      report.clockOffset = offset;
+      fetch("/__report/%(run)s/done", {method: "POST", body: JSON.stringify(report)});
+    });
   }
 });
 source.onerror = () => { report.errors += 1; };
+// How far this page's clock is ahead of the server's: a browser's wall clock
+// drifts from the machine's while that is adjusted. The median of five.
+async function clockOffset() {
+  const offsets = [];
+  for (let i = 0; i < 5; i++) {
+    const sent = performance.now();
+    const ping = await (await fetch("/__ping", {cache: "no-store"})).json();
+    const back = performance.now();
+    offsets.push(performance.timeOrigin + (sent + back) / 2 - ping.now);
+  }
+  return offsets.sort((a, b) => a - b)[2];
+}
 </script>
 """
 
@@ -84,6 +99,10 @@ def create_app(log_dir: str | None = None) -> Flask:
             while not done:
                 time.sleep(0.001)  # gevent's sleep: the hub runs the publish
         return {"id": ids[0]}
+
+    @app.get("/__ping")
+    def ping() -> Any:
+        return {"now": time.time() * 1000}
 
     @app.get("/__page")
     def page() -> Response:
