@@ -66,6 +66,17 @@ class Local:
                 self.joining_epoch.pop(subscriber, None)
                 self.members[subscriber] = None
 
+    def advance(self, seq: int) -> list[Subscriber]:
+        """Take live event ``seq`` (the next): who gets it; lock held.
+
+        The members, and the joiners whose replay stopped before it; then
+        the joiners it caught up with become members.
+        """
+        self.seq = seq
+        recipients = [*self.members, *(s for s, last in self.joining.items() if last < seq)]
+        self.promote()
+        return recipients
+
     def behind(self) -> int:
         """The number the furthest-behind stream has everything up to; lock held."""
         marks = list(self.joining.values())
@@ -231,16 +242,13 @@ class Subscriptions:
                 gap = True
             else:
                 gap = False
-                local.seq = seq
-                members = list(local.members)
-                joining = [s for s, last in local.joining.items() if last < seq]
-                local.promote()
+                recipients = local.advance(seq)
         if gap:
             # Only after a reconnect or a lost store: the log has what we missed.
             self.catch_up(local)
             return
         level = level_text.decode("utf-8") or None
-        gone = fan_out(job_id, [*members, *joining], frame, level)
+        gone = fan_out(job_id, recipients, frame, level)
         if final:
             self._ended(local)
         elif gone:
@@ -372,17 +380,14 @@ class Subscriptions:
             if not gap:
                 if seq <= local.seq:
                     return  # a catch-up delivered it already
-                local.seq = seq
-                members = list(local.members)
-                joining = [s for s, last in local.joining.items() if last < seq]
-                local.promote()
+                recipients = local.advance(seq)
         if gap:
             # After a reconnect, or a log that started again: read what we missed.
             self._channel_catch_up(local)
             return
         assert local.name is not None
         level = level_text.decode() or None
-        for subscriber in fan_out(local.name, [*members, *joining], frame, level):
+        for subscriber in fan_out(local.name, recipients, frame, level):
             self.unfollow(local.name, subscriber)
 
     def _channel_catch_up(self, local: Local) -> None:
