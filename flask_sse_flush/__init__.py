@@ -7,9 +7,10 @@ that switch proxy buffering off, and ``TCP_NODELAY`` on the client socket.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
-from .blueprint import create_render_blueprint
+from ._legacy import MOVED_MODULES
 from .exceptions import (
     BrokerUnavailable,
     Cancelled,
@@ -24,11 +25,8 @@ from .exceptions import (
     TooManyStreams,
     UnknownJob,
 )
-from .extension import SSEFlush
-from .frames import Event, comment
-from .headers import SSE_HEADERS, setup_sse_headers
-from .jobs import Progress, RenderFunction, run_job
-from .lifecycle import shutdown
+from .jobs.job import Progress, RenderFunction, run_job
+from .jobs.service import QueuedJob
 from .mirror import (
     map_bundle_progress,
     map_render_progress,
@@ -38,9 +36,13 @@ from .mirror import (
     send_keepalive,
     send_progress_event,
 )
-from .service import QueuedJob
-from .stream import EventStream, sse_response
-from .transport import set_tcp_nodelay
+from .ops.lifecycle import shutdown
+from .web.blueprint import create_render_blueprint
+from .web.extension import SSEFlush
+from .wire.frames import Event, comment
+from .wsgi.headers import SSE_HEADERS, setup_sse_headers
+from .wsgi.stream import EventStream, sse_response
+from .wsgi.transport import set_tcp_nodelay
 
 __version__ = "0.2.0"
 
@@ -48,16 +50,23 @@ __version__ = "0.2.0"
 # runtime's hub plumbing, the resolved settings, the service behind a
 # blueprint): still importable from here, for code written against 0.2.
 _MOVED = {
-    "Coalescing": "frames",
-    "JobService": "service",
-    "RenderJob": "jobs",
-    "Settings": "settings",
+    "Coalescing": "wire.frames",
+    "JobService": "jobs.service",
+    "RenderJob": "jobs.job",
+    "Settings": "web.settings",
     "call_on_hub": "runtime",
     "set_job_switch_interval": "runtime",
 }
 
+# The flat module paths of 0.2 (``flask_sse_flush.frames``, ...) are files
+# in ``_legacy/`` that alias the module of the new path: the package looks
+# there too, after its own folder.
+__path__.append(os.path.join(os.path.dirname(__file__), "_legacy"))
+
 
 def __getattr__(name: str) -> Any:
+    if name in MOVED_MODULES:
+        return importlib.import_module(f"flask_sse_flush.{name}")
     module = _MOVED.get(name)
     if module is None:
         raise AttributeError(f"module 'flask_sse_flush' has no attribute {name!r}")

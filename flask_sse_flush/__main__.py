@@ -1,10 +1,10 @@
-"""``python -m flask_sse_flush doctor URL``: see :mod:`flask_sse_flush.doctor`."""
+"""``python -m flask_sse_flush doctor URL``: see :mod:`flask_sse_flush.tools.doctor`."""
 
 from __future__ import annotations
 
 import sys
 
-from .doctor import main
+from .tools.doctor import main
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import StreamClosed
-from .frames import Event, frame_id, replace_id
 from .runtime import new_lock
+from .wire.frames import Event, frame_id, replace_id
 
 __all__ = [
     "CHANNEL_NAME",

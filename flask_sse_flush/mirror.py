@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .frames import Event
-from .headers import setup_sse_headers
-from .jobs import CompleteData, ErrorData, ProgressData
-from .stream import KEEPALIVE, EventStream
+from .jobs.job import CompleteData, ErrorData, ProgressData
+from .wire.frames import Event
+from .wsgi.headers import setup_sse_headers
+from .wsgi.stream import KEEPALIVE, EventStream
 
 __all__ = [
     "map_bundle_progress",

@@ -8,7 +8,7 @@ read while the job is still running::
         ...
 
 These read what a browser would: they parse with the WHATWG rules
-(:class:`~flask_sse_flush.frames.EventDecoder`).
+(:class:`~flask_sse_flush.wire.frames.EventDecoder`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 from werkzeug.wrappers import Response as BaseResponse
 
-from .frames import Event, decode_events
-from .lifecycle import Lifecycle, replace_lifecycle
+from .ops.lifecycle import Lifecycle, replace_lifecycle
+from .wire.frames import Event, decode_events
 
 __all__ = [
     "RedisServer",
@@ -89,9 +89,9 @@ def parse_events(source: StreamSource) -> list[Event]:
 
 @contextlib.contextmanager
 def fresh_lifecycle() -> Iterator[Lifecycle]:
-    """A new :class:`~flask_sse_flush.lifecycle.Lifecycle` for this process, for one test.
+    """A new :class:`~flask_sse_flush.ops.lifecycle.Lifecycle` for this process, for one test.
 
-    Its stream count starts at zero, and a :meth:`~flask_sse_flush.lifecycle.Lifecycle.stop`
+    Its stream count starts at zero, and a :meth:`~flask_sse_flush.ops.lifecycle.Lifecycle.stop`
     inside the block (a graceful stop is for good) ends with the block.
     """
     new = Lifecycle()

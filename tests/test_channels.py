@@ -593,8 +593,8 @@ def test_a_render_sends_events_of_its_own_on_its_job_stream() -> None:
 
 
 def test_a_graceful_stop_sends_channel_streams_elsewhere_at_once() -> None:
-    from flask_sse_flush.frames import EventDecoder
     from flask_sse_flush.testing import fresh_lifecycle, iter_chunks
+    from flask_sse_flush.wire.frames import EventDecoder
 
     with fresh_lifecycle() as life:
         app, sse = make_app()  # the memory broker: nothing to wait for here either

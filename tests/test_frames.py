@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from sseclient import SSEClient
 
 from flask_sse_flush import Event, comment
-from flask_sse_flush.frames import EventDecoder, decode_events
+from flask_sse_flush.wire.frames import EventDecoder, decode_events
 
 # No example database: the tests leave no files behind.
 SETTINGS = settings(database=None, deadline=None)

@@ -560,7 +560,7 @@ import gevent
 from gevent.monkey import get_original
 from flask_sse_flush.jobs import RenderJob
 from flask_sse_flush.brokers import MemoryBroker
-from flask_sse_flush.lifecycle import SHUTDOWN_MESSAGE
+from flask_sse_flush.ops.lifecycle import SHUTDOWN_MESSAGE
 from flask_sse_flush.runtime import run_in_hub, start_greenlet, start_native_thread
 
 EXECUTOR = sys.argv[1]

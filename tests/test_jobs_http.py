@@ -14,8 +14,8 @@ from flask.testing import FlaskClient
 
 from flask_sse_flush import Cancelled, Event, Progress, create_render_blueprint, run_job
 from flask_sse_flush.brokers import RedisBroker
-from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.testing import RedisServer, iter_events, parse_events
+from flask_sse_flush.wire.frames import EventDecoder
 
 
 class Gated:
@@ -364,7 +364,7 @@ def test_the_service_waits_for_its_running_jobs_with_a_deadline() -> None:
 
 def test_the_extension_form() -> None:
     from flask_sse_flush import SSEFlush
-    from flask_sse_flush.service import JobService
+    from flask_sse_flush.jobs.service import JobService
 
     render = Gated(reports=1)
     with pytest.warns(DeprecationWarning, match="render_blueprint"):

@@ -1,12 +1,15 @@
-"""Imports flow one way, only some modules may know about Flask, and no
-code outside the package reaches into its private parts.
+"""Each concern has its room, imports flow one way, only the web side knows Flask,
+and no code outside the package reaches into its private parts.
 
-Bottom up: exceptions, frames, settings <- runtime (detect <- channels, hub
-<- executors), transport, headers, brokers <- stream, jobs <- service <-
-lifecycle <- blueprint, mirror <- testing, __init__. The demo is an example
-outside the package (``examples/demo``) that uses only the public names. ``frames``, ``jobs``, the
-brokers, ``settings``, ``service`` and the runtime stay framework-free so a
-job worker without an app can use them.
+The rooms, bottom up (``docs/path.rst`` draws them): ``exceptions`` and
+``wire/`` (the format, pure); ``runtime/`` (gevent or threads); ``channels``
+and ``brokers/``; ``jobs/``; ``wsgi/`` (the response, headers, the socket);
+``ops/`` (metrics, the graceful stop); ``web/`` (settings, the extension,
+the render routes); ``tools/`` (the doctor); ``mirror`` and ``testing`` on
+top. ``_legacy/`` holds the 0.2 module paths. Everything below ``web/``
+(and ``web/settings``) is framework-free, so a job worker without an app
+can use it. The demo is an example outside the package (``examples/demo``)
+that uses only the public names.
 """
 
 from __future__ import annotations
@@ -25,60 +28,162 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "flask_sse_flush"
 
-# module -> the package modules it may import
+# module -> the package modules it may import (a package's ``__init__`` is
+# named by its folder: "runtime", "brokers/redis").
 ALLOWED: dict[str, set[str]] = {
     "exceptions": set(),
-    "frames": set(),
-    "settings": set(),
+    "wire/__init__": set(),
+    "wire/frames": set(),
     "runtime/detect": set(),
-    "runtime/channels": {"detect", "frames"},
-    "runtime/hub": {"detect"},
-    "runtime/locks": {"detect"},
-    "runtime/executors": {"detect", "hub", "locks"},
-    "runtime/watch": {"detect"},
-    "runtime/__init__": {"channels", "detect", "executors", "hub", "locks", "watch"},
-    "transport": set(),
-    "headers": {"transport"},
-    "stream": {"exceptions", "frames", "headers", "metrics", "runtime", "servers", "transport"},
-    "jobs": {"brokers", "exceptions", "frames", "runtime"},
-    "channels": {"exceptions", "frames", "runtime"},
-    "brokers/base": {"channels", "exceptions", "frames"},
-    "brokers/memory": {"base", "channels", "exceptions", "frames", "runtime"},
-    # The Redis broker's parts, bottom up: the store knows neither the
-    # streams nor the reader; the reader knows only the store (its listener
-    # is a protocol); the broker ties the three together.
-    "brokers/redis/store": {"base", "channels", "exceptions"},
-    "brokers/redis/subscriptions": {"base", "channels", "exceptions", "frames", "runtime", "store"},
-    "brokers/redis/reader": {"exceptions", "runtime", "store"},
+    "runtime/channels": {"runtime/detect", "wire/frames"},
+    "runtime/hub": {"runtime/detect"},
+    "runtime/locks": {"runtime/detect"},
+    "runtime/executors": {"runtime/detect", "runtime/hub", "runtime/locks"},
+    "runtime/watch": {"runtime/detect"},
+    "runtime/__init__": {
+        "runtime/channels",
+        "runtime/detect",
+        "runtime/executors",
+        "runtime/hub",
+        "runtime/locks",
+        "runtime/watch",
+    },
+    "channels": {"exceptions", "runtime", "wire/frames"},
+    "brokers/base": {"channels", "exceptions", "wire/frames"},
+    "brokers/memory": {"brokers/base", "channels", "exceptions", "runtime", "wire/frames"},
+    "brokers/redis/store": {"brokers/base", "channels", "exceptions"},
+    "brokers/redis/subscriptions": {
+        "brokers/base",
+        "brokers/redis/store",
+        "channels",
+        "exceptions",
+        "runtime",
+        "wire/frames",
+    },
+    "brokers/redis/reader": {"brokers/redis/store", "exceptions", "runtime"},
     "brokers/redis/broker": {
-        "base", "channels", "exceptions", "frames", "runtime", "reader", "store", "subscriptions",
+        "brokers/base",
+        "brokers/redis/reader",
+        "brokers/redis/store",
+        "brokers/redis/subscriptions",
+        "channels",
+        "exceptions",
+        "runtime",
+        "wire/frames",
     },
-    "brokers/redis/__init__": {"broker"},
-    "brokers/__init__": {"base", "memory", "redis"},
-    "service": {"brokers", "exceptions", "jobs", "metrics", "runtime", "settings"},
-    "processes": {"exceptions", "jobs", "runtime"},
-    "servers": {"runtime"},
-    "doctor": {"frames"},
-    "__main__": {"doctor"},
-    "cli": {"doctor"},
-    "metrics": {"runtime"},
-    "lifecycle": {"runtime", "servers", "service", "stream"},
-    "blueprint": {
-        "brokers", "exceptions", "frames", "headers", "jobs", "lifecycle", "metrics", "processes",
-        "runtime", "service", "settings", "stream", "extension",
+    "brokers/redis/__init__": {"brokers/redis/broker"},
+    "brokers/__init__": {"brokers/base", "brokers/memory", "brokers/redis"},
+    "jobs/job": {"brokers/base", "exceptions", "runtime", "wire/frames"},
+    "jobs/service": {
+        "brokers/base",
+        "exceptions",
+        "jobs/job",
+        "ops/metrics",
+        "runtime",
+        "web/settings",
     },
-    "extension": {
-        "blueprint", "brokers", "channels", "exceptions", "frames", "headers", "jobs", "lifecycle",
-        "metrics", "service", "settings", "stream",
+    "jobs/processes": {"exceptions", "jobs/job", "runtime"},
+    "jobs/__init__": {"jobs/job"},
+    "wsgi/transport": set(),
+    "wsgi/headers": {"wsgi/transport"},
+    "wsgi/servers": {"runtime"},
+    "wsgi/stream": {
+        "exceptions",
+        "ops/metrics",
+        "runtime",
+        "wire/frames",
+        "wsgi/headers",
+        "wsgi/servers",
+        "wsgi/transport",
     },
-    "mirror": {"frames", "headers", "jobs", "stream"},
-    "testing": {"frames", "lifecycle"},
+    "wsgi/__init__": set(),
+    "ops/metrics": {"runtime"},
+    "ops/lifecycle": {"jobs/service", "runtime", "wsgi/servers", "wsgi/stream"},
+    "ops/__init__": set(),
+    "web/settings": set(),
+    "web/state": {
+        "brokers/base",
+        "brokers/memory",
+        "brokers/redis",
+        "jobs/service",
+        "runtime",
+        "web/settings",
+        "wire/frames",
+    },
+    "web/responses": {"exceptions", "ops/lifecycle", "web/settings", "wsgi/headers", "wsgi/stream"},
+    "web/cors": set(),
+    "web/diagnose": {"exceptions", "runtime", "web/responses", "wire/frames", "wsgi/stream"},
+    "web/views": {
+        "brokers/base",
+        "exceptions",
+        "jobs/service",
+        "ops/lifecycle",
+        "ops/metrics",
+        "web/diagnose",
+        "web/responses",
+    },
+    "web/blueprint": {
+        "brokers/base",
+        "exceptions",
+        "jobs/job",
+        "jobs/processes",
+        "jobs/service",
+        "ops/lifecycle",
+        "web/cors",
+        "web/settings",
+        "web/state",
+        "web/views",
+        "wire/frames",
+    },
+    "web/extension": {
+        "brokers/base",
+        "brokers/redis",
+        "channels",
+        "exceptions",
+        "jobs/job",
+        "jobs/service",
+        "ops/lifecycle",
+        "ops/metrics",
+        "web/blueprint",
+        "web/responses",
+        "web/settings",
+        "web/state",
+        "wire/frames",
+    },
+    "web/__init__": set(),
+    "tools/doctor": {"wire/frames"},
+    "tools/cli": {"tools/doctor"},
+    "tools/__init__": set(),
+    "mirror": {"jobs/job", "wire/frames", "wsgi/headers", "wsgi/stream"},
+    "testing": {"ops/lifecycle", "wire/frames"},
+    "_legacy/__init__": set(),
+    "__main__": {"tools/doctor"},
+    "__init__": {
+        "_legacy/__init__",
+        "exceptions",
+        "jobs/job",
+        "jobs/service",
+        "mirror",
+        "ops/lifecycle",
+        "web/blueprint",
+        "web/extension",
+        "wire/frames",
+        "wsgi/headers",
+        "wsgi/stream",
+        "wsgi/transport",
+    },
+}
+ROOMS = {"wire", "runtime", "brokers", "jobs", "wsgi", "ops", "web", "tools", "_legacy"}
+#: The modules that may import Flask or Werkzeug: the web side.
+MAY_IMPORT_FLASK = {
+    "wsgi/headers", "wsgi/stream", "web/state", "web/responses", "web/cors", "web/diagnose",
+    "web/views", "web/blueprint", "web/extension", "testing", "mirror", "__init__",
 }  # fmt: skip
-MAY_IMPORT_FLASK = {"headers", "stream", "blueprint", "extension", "testing", "mirror"}
 FRAMEWORK_FREE = {
-    "frames", "channels", "jobs", "exceptions", "transport", "settings", "service", "processes",
-    "lifecycle", "servers", "metrics", "runtime", "runtime/detect", "runtime/channels",
-    "runtime/hub", "runtime/executors", "runtime/watch", "runtime/locks",
+    "wire", "channels", "jobs", "exceptions", "wsgi/transport", "wsgi/servers", "web/settings",
+    "jobs/service", "jobs/processes", "ops/lifecycle", "ops/metrics", "runtime", "tools/doctor",
+    "runtime/detect", "runtime/channels", "runtime/hub", "runtime/executors", "runtime/watch",
+    "runtime/locks",
 }  # fmt: skip
 FRAMEWORKS = {"flask", "werkzeug"}
 #: Code outside the package, which may use only its public names.
@@ -86,25 +191,34 @@ OUTSIDE = [ROOT / "tests", ROOT / "benchmarks", ROOT / "examples"]
 DEMO = ROOT / "examples" / "demo"
 
 
+def module_key(path: Path) -> str:
+    """``flask_sse_flush/jobs/service.py`` -> ``"jobs/service"``."""
+    return "/".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def _target(base: list[str], name: str) -> str:
+    """The key of ``base/name``: a module, or a package by its ``__init__``."""
+    parts = [*base, *name.split(".")] if name else base
+    return "/".join(parts) or "__init__"
+
+
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
     """Return (package modules, third-party top-level names) that ``path`` imports."""
     own: set[str] = set()
     other: set[str] = set()
+    folder = list(path.relative_to(PACKAGE).parent.parts) if PACKAGE in path.parents else []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                module = (node.module or "").split(".")[0]
-                if module:
-                    own.add(module)
-                elif node.level >= 2:
-                    own.add("__init__")  # `from .. import X`: the public face
+                base = folder[: len(folder) - node.level + 1]
+                if node.module:
+                    own.add(_target(base, node.module))
                 else:
-                    own.update(alias.name for alias in node.names)
+                    own.update(_target(base, alias.name) for alias in node.names)
             elif node.module:
                 top = node.module.split(".")[0]
                 if top == "flask_sse_flush":
-                    parts = node.module.split(".")
-                    own.add(parts[1] if len(parts) > 1 else "__init__")
+                    own.add(_target([], ".".join(node.module.split(".")[1:])))
                 else:
                     other.add(top)
         elif isinstance(node, ast.Import):
@@ -113,10 +227,21 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
 
 
 def test_every_module_is_classified() -> None:
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    for folder in ("brokers", "brokers/redis", "runtime"):
-        modules |= {f"{folder}/{p.stem}" for p in (PACKAGE / folder).glob("*.py")}
-    assert modules == set(ALLOWED), "add new modules to ALLOWED with their layer"
+    modules = {
+        module_key(p).removesuffix("/__init__")
+        for p in PACKAGE.rglob("*.py")
+        if p.parent.name != "_legacy" or p.name == "__init__.py"
+    }
+    allowed = {key.removesuffix("/__init__") for key in ALLOWED}
+    assert modules == allowed, "add new modules to ALLOWED with their room"
+
+
+def test_no_module_is_left_flat() -> None:
+    """The top level holds the public face, the cross-room pieces and the rooms."""
+    flat = {p.stem for p in PACKAGE.glob("*.py")}
+    assert flat == {"__init__", "__main__", "exceptions", "channels", "mirror", "testing"}
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert rooms == ROOMS
 
 
 def private_uses(path: Path) -> list[str]:
@@ -197,8 +322,8 @@ def test_the_demo_extra_brings_everything_the_demo_imports() -> None:
 @pytest.mark.parametrize("module", sorted(ALLOWED))
 def test_imports_flow_one_way(module: str) -> None:
     own, other = imports_of(PACKAGE / f"{module}.py")
-    own.discard(module.rpartition("/")[2])
-    assert own <= ALLOWED[module], f"{module} imports {sorted(own - ALLOWED[module])}"
+    allowed = {key.removesuffix("/__init__") for key in ALLOWED[module]}
+    assert own <= allowed, f"{module} imports {sorted(own - allowed)}"
     if module not in MAY_IMPORT_FLASK:
         assert not other & FRAMEWORKS, f"{module} must stay framework-free"
 

@@ -19,9 +19,9 @@ from flask.testing import FlaskClient
 
 from flask_sse_flush import EventStream, Progress, TooManyJobs, create_render_blueprint
 from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker
-from flask_sse_flush.frames import EventDecoder
-from flask_sse_flush.lifecycle import SHUTDOWN_MESSAGE, Lifecycle
+from flask_sse_flush.ops.lifecycle import SHUTDOWN_MESSAGE, Lifecycle
 from flask_sse_flush.testing import RedisServer, fresh_lifecycle, iter_chunks, parse_events
+from flask_sse_flush.wire.frames import EventDecoder
 
 GATE = threading.Event()
 

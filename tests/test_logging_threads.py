@@ -262,7 +262,7 @@ def test_the_switch_turns_the_fix_off() -> None:
         assert same(before, lock_blocks()), "logging's locks changed with the switch off"
         assert create_lock() is hook
         assert not hybrid(logging.StreamHandler().lock._block)
-        from flask_sse_flush.blueprint import gevent_integration
+        from flask_sse_flush.web.state import gevent_integration
         from flask_sse_flush.runtime import logging_locks_installed
 
         assert gevent_integration(app) is False
@@ -287,7 +287,7 @@ def test_uninstall_restores_the_original_locks_and_create_lock() -> None:
         from gevent import monkey; monkey.patch_all()
         from flask import Flask
         from flask_sse_flush import create_render_blueprint
-        from flask_sse_flush.blueprint import gevent_integration
+        from flask_sse_flush.web.state import gevent_integration
         from flask_sse_flush.runtime import (
             install_logging_locks, logging_locks_installed, uninstall_logging_locks,
         )

@@ -25,7 +25,7 @@ from flask_sse_flush import (
     send_keepalive,
     send_progress_event,
 )
-from flask_sse_flush.frames import EventDecoder
+from flask_sse_flush.wire.frames import EventDecoder
 
 # -- the mappings ----------------------------------------------------------
 

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 
 from flask_sse_flush import Cancelled, Progress, RenderError, create_render_blueprint
-from flask_sse_flush.processes import ProcessRender
+from flask_sse_flush.jobs.processes import ProcessRender
 from flask_sse_flush.testing import parse_events
 from tests.timing import assert_under
 
@@ -153,7 +153,7 @@ import gevent
 from gevent.monkey import get_original
 from flask_sse_flush.jobs import RenderJob
 from flask_sse_flush.brokers import MemoryBroker
-from flask_sse_flush.processes import ProcessRender
+from flask_sse_flush.jobs.processes import ProcessRender
 from flask_sse_flush.runtime import start_greenlet
 from tests.test_processes import render
 

@@ -14,9 +14,9 @@ import pytest
 
 from flask_sse_flush import Event, EventStream, StreamClosed
 from flask_sse_flush.brokers import MemoryBroker
-from flask_sse_flush.frames import decode_events
 from flask_sse_flush.runtime import Empty, new_channel
-from flask_sse_flush.stream import KEEPALIVE
+from flask_sse_flush.wire.frames import decode_events
+from flask_sse_flush.wsgi.stream import KEEPALIVE
 
 TIMEOUT = 5.0
 

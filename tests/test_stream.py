@@ -9,9 +9,9 @@ import pytest
 from flask import Flask
 
 from flask_sse_flush import Event, EventStream, StreamClosed, sse_response
-from flask_sse_flush.frames import EventDecoder
-from flask_sse_flush.stream import KEEPALIVE, opening_frame
 from flask_sse_flush.testing import parse_events
+from flask_sse_flush.wire.frames import EventDecoder
+from flask_sse_flush.wsgi.stream import KEEPALIVE, opening_frame
 from tests.timing import assert_under
 
 

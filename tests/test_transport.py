@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from flask_sse_flush import set_tcp_nodelay
-from flask_sse_flush.transport import client_socket
+from flask_sse_flush.wsgi.transport import client_socket
 
 
 @pytest.fixture

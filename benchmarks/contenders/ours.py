@@ -20,10 +20,10 @@ from flask import Flask, Response, jsonify, request
 
 from flask_sse_flush import Event, EventStream
 from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker, event_id
-from flask_sse_flush.processes import ProcessRender
+from flask_sse_flush.jobs.processes import ProcessRender
+from flask_sse_flush.jobs.service import JobService, spawner
 from flask_sse_flush.runtime import new_lock, start_greenlet, start_native_thread
-from flask_sse_flush.service import JobService, spawner
-from flask_sse_flush.settings import Settings
+from flask_sse_flush.web.settings import Settings
 
 from . import REDIS_URL_ENV, Contender, gunicorn, werkzeug
 from .common import KEEPALIVE, burn_render, pause, schedule, tick

@@ -8,7 +8,7 @@ serves many workers and hosts with the same promises, checked by the same
 test suite.
 
 A broker hands its subscribers *frames*: the encoded bytes of each event
-and its coalescing level (:class:`~flask_sse_flush.frames.Coalescing`),
+and its coalescing level (:class:`~flask_sse_flush.wire.frames.Coalescing`),
 which is what a remote store can hand over without rebuilding events.
 
 Event ids are ``"<job id>-<n>"``: ``n`` counts the job's events from 1, so
@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol, TypedDict
 
 from ..channels import Position
 from ..exceptions import StreamClosed
-from ..frames import Event
+from ..wire.frames import Event
 
 __all__ = [
     "GAP_EVENT",

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..channels import Position, channel_event_id, check_channel, new_epoch, replay_channel
 from ..exceptions import JobEnded, StreamClosed, TooManyJobs, UnknownJob
-from ..frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..runtime import new_lock
+from ..wire.frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from .base import (
     JobStatus,
     StatusChange,
@@ -127,7 +127,7 @@ class MemoryBroker:
         other event, so a job that reports 100,000 times does not hold
         100,000 events.
     :param coalesce: which event types are levels
-        (:class:`~flask_sse_flush.frames.Coalescing`, or the types
+        (:class:`~flask_sse_flush.wire.frames.Coalescing`, or the types
         themselves); progress by default. Streams receive each frame with
         its level, so they coalesce by this same policy.
     :param clock: the time source, in seconds (tests may pass their own).

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..frames import newest_of_each_level
+from ..wire.frames import newest_of_each_level
 from .detect import gevent_is_active, native_thread_ident, new_lock
 
 __all__ = ["Channel", "Empty", "Overflow", "new_channel"]

@@ -291,7 +291,7 @@ def install_logging_locks() -> bool:
     Converts the lock of every handler that exists (and logging's module
     lock) to a :class:`HybridLock`, and hooks :meth:`logging.Handler.createLock`
     so that handlers made later get one too. Call it in the hub's thread,
-    where the app is initialised: :func:`flask_sse_flush.blueprint.gevent_integration`
+    where the app is initialised: :func:`flask_sse_flush.web.state.gevent_integration`
     calls it for each app unless ``SSE_FLUSH_GEVENT_LOGGING_LOCKS`` is false.
 
     Each call counts as one holder, and only the first converts anything;

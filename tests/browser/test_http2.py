@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
-from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.testing import free_port
+from flask_sse_flush.wire.frames import EventDecoder
 from tests.integration.support import (
     HOST,
     Server,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import zlib
 
-from flask_sse_flush.frames import EventDecoder
+from flask_sse_flush.wire.frames import EventDecoder
 from tests.integration.support import Server, raw_get
 from tests.timing import assert_p95_under
 

@@ -20,7 +20,7 @@ from flask import Flask, Response, request
 from flask_sse_flush import Cancelled, EventStream, Progress, create_render_blueprint, send_event
 from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.runtime import gevent_is_active
-from flask_sse_flush.transport import client_socket
+from flask_sse_flush.wsgi.transport import client_socket
 
 
 def _log(path: str | None, record: dict[str, Any]) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import quote
 
 from flask_sse_flush import Event
-from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.testing import free_port, gunicorn_command, server_process
+from flask_sse_flush.wire.frames import EventDecoder
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"

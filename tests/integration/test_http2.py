@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import httpx
 
-from flask_sse_flush.servers import GUNICORN_HTTP2
 from flask_sse_flush.testing import parse_events
+from flask_sse_flush.wsgi.servers import GUNICORN_HTTP2
 
 from .support import HOST, running_server, self_signed_cert
 

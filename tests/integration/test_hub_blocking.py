@@ -186,7 +186,7 @@ def test_only_a_wait_on_a_library_lock_counts() -> None:
 
     gunicorn = ("/venv/gunicorn/workers/base_async.py", "resp.write(item)")
     on_lock = report(gunicorn, ("/src/flask_sse_flush/brokers/memory.py", "with job.lock:"))
-    in_send = report(("/src/flask_sse_flush/stream.py", "yield item"), gunicorn)
+    in_send = report(("/src/flask_sse_flush/wsgi/stream.py", "yield item"), gunicorn)
     elsewhere = on_lock.replace("0xabc", "0xdef")
     output = on_lock + in_send + elsewhere
     assert hub_blocks(output, "0xabc") == [on_lock.split("=" * 80)[1]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_sse_flush.servers import GUNICORN_SYNC, UWSGI_GEVENT
+from flask_sse_flush.wsgi.servers import GUNICORN_SYNC, UWSGI_GEVENT
 
 from .support import raw_get, running_server, stream_path
 

@@ -24,8 +24,8 @@ from typing import Any
 from redis import Redis
 
 from flask_sse_flush.brokers import parse_event_id
-from flask_sse_flush.frames import EventDecoder
 from flask_sse_flush.testing import RedisServer
+from flask_sse_flush.wire.frames import EventDecoder
 from tests.timing import assert_under
 
 from .support import Server, raw_get, running_server, stream_path, worker_pids

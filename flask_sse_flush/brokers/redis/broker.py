@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from ...channels import Position, check_channel
 from ...exceptions import BrokerUnavailable
-from ...frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ...runtime import gevent_is_active, home_hub, new_lock, run_in_hub
+from ...wire.frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..base import JobStatus, StatusChange, Subscriber, valid_job_id
 from .reader import Reader
 from .store import Store

@@ -23,8 +23,8 @@ from typing import Any
 
 from ...channels import Position, replay_channel
 from ...exceptions import BrokerUnavailable, StreamClosed, UnknownJob
-from ...frames import Event
 from ...runtime import new_lock
+from ...wire.frames import Event
 from ..base import JobStatus, Subscriber, close_subscriber, fan_out, gap_event
 from .store import UNAVAILABLE, Entry, Store
 

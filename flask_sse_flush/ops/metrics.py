@@ -33,7 +33,7 @@ name                                        type       what
 Under gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` as
 prometheus-client's multiprocess mode asks; the gauges then add up over
 live workers (``livesum``). Without prometheus-client, each of these
-becomes a ``DEBUG`` record of the ``flask_sse_flush.metrics`` logger, made
+becomes a ``DEBUG`` record of the ``flask_sse_flush.ops.metrics`` logger, made
 only when that level is enabled. Set ``SSE_FLUSH_METRICS=off`` in the
 environment to turn both off: nothing is then measured at all.
 
@@ -41,7 +41,7 @@ Importing the package registers nothing. The metrics are chosen and
 registered once per process, by :func:`install`, when the library first
 needs them: when an app is initialised (registering the render blueprint,
 or ``SSEFlush(app)`` / ``init_app``, makes its
-:class:`~flask_sse_flush.service.JobService`), or when the first
+:class:`~flask_sse_flush.jobs.service.JobService`), or when the first
 :class:`~flask_sse_flush.EventStream` is made, whichever comes first. So
 ``sse_flush_open_streams`` is at ``/metrics`` (at 0) from app start-up on,
 ``SSE_FLUSH_METRICS`` may be set any time before that, and creating several
@@ -58,7 +58,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .runtime import new_lock
+from ..runtime import new_lock
 
 __all__ = ["METRICS", "Metrics", "enabled", "install"]
 
@@ -240,7 +240,7 @@ def install() -> Metrics:
     """Choose this process's metrics and register them, once; return them.
 
     The library calls it when an app is initialised (a
-    :class:`~flask_sse_flush.service.JobService` is made, which registering the render
+    :class:`~flask_sse_flush.jobs.service.JobService` is made, which registering the render
     blueprint or :class:`~flask_sse_flush.SSEFlush` does) and when an
     :class:`~flask_sse_flush.EventStream` is made; importing the package does
     not. ``SSE_FLUSH_METRICS`` and ``PROMETHEUS_MULTIPROC_DIR`` are read then.

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .runtime import gevent_is_active
+from ..runtime import gevent_is_active
 
 __all__ = ["check_server", "gunicorn_worker", "warned"]
 

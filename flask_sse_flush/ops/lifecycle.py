@@ -39,12 +39,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .runtime import new_lock, start_greenlet
-from .servers import gunicorn_worker
+from ..runtime import new_lock, start_greenlet
+from ..wsgi.servers import gunicorn_worker
 
 if TYPE_CHECKING:
-    from .service import JobService
-    from .stream import EventStream
+    from ..jobs.service import JobService
+    from ..wsgi.stream import EventStream
 
 __all__ = [
     "SHUTDOWN_MESSAGE",

@@ -25,12 +25,11 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, has_app_context, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, has_app_context, request
 
-from .brokers.base import Broker
-from .brokers.memory import MemoryBroker
-from .brokers.redis import RedisBroker
-from .channels import (
+from ..brokers.base import Broker
+from ..brokers.redis import RedisBroker
+from ..channels import (
     MAX_CHANNELS,
     ChannelMux,
     Position,
@@ -38,15 +37,16 @@ from .channels import (
     format_cursor,
     parse_cursor,
 )
-from .exceptions import BrokerUnavailable
-from .frames import Event
-from .headers import setup_sse_headers
-from .jobs import RenderFunction
-from .lifecycle import lifecycle
-from .metrics import install as install_metrics
-from .service import JobService
+from ..exceptions import BrokerUnavailable, TooManyStreams
+from ..jobs.job import RenderFunction
+from ..jobs.service import JobService
+from ..ops.lifecycle import lifecycle
+from ..ops.metrics import install as install_metrics
+from ..wire.frames import Event
+from .blueprint import create_render_blueprint
+from .responses import admit_stream, come_back, json_error, open_stream, stream_headers
 from .settings import Settings
-from .stream import EventStream
+from .state import EXTENSION_KEY, SSEFlushState, app_broker, app_state, gevent_integration
 
 __all__ = ["Authorize", "SSEFlush", "SSEFlushState"]
 
@@ -55,55 +55,6 @@ log = logging.getLogger(__name__)
 #: ``authorize(channel) -> bool``, called inside the request for each
 #: channel a client asks ``GET /sse`` for; a false result refuses it (403).
 Authorize = Callable[[str], object]
-
-EXTENSION_KEY = "sse_flush"
-
-
-class SSEFlushState(dict[str, JobService]):
-    """What :class:`SSEFlush` keeps on an app: ``app.extensions["sse_flush"]``.
-
-    A mapping of each render blueprint's name to its
-    :class:`~flask_sse_flush.service.JobService` (as before there was an
-    extension), with the app's broker and settings as attributes.
-    """
-
-    broker: Broker | None = None
-    settings: Settings | None = None
-
-
-def json_error(status: int, message: str, **headers: str) -> Response:
-    """The JSON answer ``{"error": message}`` every route of the library refuses with."""
-    response = jsonify(error=message)
-    response.status_code = status
-    response.headers.update(headers)
-    return response
-
-
-def app_state(app: Flask) -> SSEFlushState:
-    """The extension state of ``app``, made (keeping what blueprints stored) if need be."""
-    found = app.extensions.get(EXTENSION_KEY)
-    if isinstance(found, SSEFlushState):
-        return found
-    state = SSEFlushState(found or {})
-    app.extensions[EXTENSION_KEY] = state
-    return state
-
-
-def default_broker(app: Flask, settings: Settings) -> Broker:
-    """The app's broker: a RedisBroker on ``SSE_FLUSH_REDIS_URL``, else a MemoryBroker.
-
-    One per app (and one per Redis URL and prefix for the whole process is
-    up to the app: pass ``broker=`` to share one).
-    """
-    state = app_state(app)
-    if state.broker is None:
-        url = app.config.get("SSE_FLUSH_REDIS_URL")
-        options: dict[str, Any] = {
-            "retention": settings.retention,
-            "max_events": settings.max_events,
-        }
-        state.broker = RedisBroker(str(url), **options) if url else MemoryBroker(**options)
-    return state.broker
 
 
 class SSEFlush:
@@ -153,8 +104,6 @@ class SSEFlush:
                 DeprecationWarning,
                 stacklevel=2,
             )
-            from .blueprint import create_render_blueprint
-
             given = legacy_args[0] if legacy_args else legacy_options.pop("app", None)
             if url_prefix is not None:  # the blueprint's, in that form
                 legacy_options["url_prefix"], url_prefix = url_prefix, None
@@ -185,8 +134,6 @@ class SSEFlush:
 
         :raises ValueError: a ``SSE_FLUSH_*`` setting is out of range.
         """
-        from .blueprint import gevent_integration
-
         settings = Settings.resolve(app.config)
         install_metrics()  # registered when an app is initialised, never at import
         gevent_integration(app)  # logging's locks, unless SSE_FLUSH_GEVENT_LOGGING_LOCKS is off
@@ -194,7 +141,8 @@ class SSEFlush:
         state.settings = settings
         if self._broker is not None:
             state.broker = self._broker
-        default_broker(app, settings)
+        if state.broker is None:
+            state.broker = app_broker(app, settings)
         if self.authorize is not None:
             app.add_url_rule(
                 f"{(self.url_prefix or '').rstrip('/')}/sse",
@@ -212,8 +160,6 @@ class SSEFlush:
         The same as :func:`~flask_sse_flush.create_render_blueprint`; its
         jobs use this extension's broker unless ``broker=`` is given.
         """
-        from .blueprint import create_render_blueprint
-
         return create_render_blueprint(render, **options)
 
     # -- the 0.2 form --------------------------------------------------------------
@@ -231,7 +177,7 @@ class SSEFlush:
         return self.blueprint.name
 
     def service(self, app: Flask | None = None) -> JobService:
-        """The 0.2 form's :class:`~flask_sse_flush.service.JobService` on ``app``.
+        """The 0.2 form's :class:`~flask_sse_flush.jobs.service.JobService` on ``app``.
 
         :raises LookupError: no app given, none current, or not initialised.
         """
@@ -323,7 +269,7 @@ class SSEFlush:
         except ValueError as exc:
             return json_error(400, f"bad Last-Event-ID: {exc}")
         if request.method == "HEAD":
-            return setup_sse_headers(Response(status=200))
+            return stream_headers()
         settings = self._settings()
         broker = self.broker
         try:
@@ -338,23 +284,12 @@ class SSEFlush:
         if lifecycle().stopping:
             # A channel has no end to wait for here: go to another worker
             # (with Redis it resumes exactly; in memory, with a gap).
-            stream = EventStream(keepalive=None, retry=lifecycle().hint(), last_event_id=opening)
-            stream.close()
-            return stream.response()
-        limit = settings.max_streams or lifecycle().max_streams
-        if limit is not None and lifecycle().open_streams >= limit:
-            return json_error(
-                503,
-                f"this server holds its most streams ({limit}); try again later",
-                **{"Retry-After": "1"},
-            )
-        stream = EventStream(
-            keepalive=settings.keepalive,
-            keepalive_event=settings.keepalive_event,
-            retry=settings.retry,
-            last_event_id=opening,
-            buffer=settings.buffer,
-        )
+            return come_back(opening)
+        try:
+            admit_stream(settings)
+        except TooManyStreams as exc:
+            return json_error(503, str(exc), **{"Retry-After": "1"})
+        stream = open_stream(settings, opening)
         if len(names) == 1:
             followers: list[tuple[str, Any]] = [(names[0], stream)]
         else:

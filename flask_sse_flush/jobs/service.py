@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeAlias, Union
 
-from .brokers.base import Broker, JobStatus, Subscriber
-from .exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
-from .jobs import ErrorMessage, RenderFunction, RenderJob, error_message
-from .metrics import METRICS, install
-from .runtime import home_hub, new_lock, post_to_hub, start_greenlet, start_native_thread
-from .settings import DisconnectPolicy, Settings
+from ..brokers.base import Broker, JobStatus, Subscriber
+from ..exceptions import RETRY_AFTER_SECONDS, JobEnded, JobNotStarted, UnknownJob
+from ..ops.metrics import METRICS, install
+from ..runtime import home_hub, new_lock, post_to_hub, start_greenlet, start_native_thread
+from ..web.settings import DisconnectPolicy, Settings
+from .job import ErrorMessage, RenderFunction, RenderJob, error_message
 
 __all__ = [
     "ANYONE",

@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from .frames import EventDecoder
+from ..wire.frames import EventDecoder
 
 __all__ = ["CULPRITS", "Diagnosis", "diagnose", "main"]
 

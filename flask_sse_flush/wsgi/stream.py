@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 from flask import Response, has_request_context, request
 
-from .exceptions import StreamClosed
-from .frames import PROGRESS_COALESCING, Coalescing, Event, comment
+from ..exceptions import StreamClosed
+from ..ops.metrics import METRICS, enabled
+from ..runtime import Empty, Overflow, new_channel, new_lock, watch_for_hangup
+from ..wire.frames import PROGRESS_COALESCING, Coalescing, Event, comment
 from .headers import setup_sse_headers
-from .metrics import METRICS, enabled
-from .runtime import Empty, Overflow, new_channel, new_lock, watch_for_hangup
 from .servers import check_server
 from .transport import client_socket, end_connection, uwsgi_socket
 
@@ -127,7 +127,7 @@ class EventStream:
         coalescing starts; four times as many that cannot be coalesced end
         the stream as too slow. ``None`` for no bound at all.
     :param coalesce: which event types only matter as their latest value
-        (a :class:`~flask_sse_flush.frames.Coalescing`, or the types).
+        (a :class:`~flask_sse_flush.wire.frames.Coalescing`, or the types).
     :param keepalive_event: send keepalives as an ``event: keepalive`` (with
         ``data: {}`` and no id, so it moves no ``Last-Event-ID``) instead of
         a comment: some CDNs and proxies ignore comment lines and cut a

@@ -12,10 +12,10 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
-from .brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
-from .exceptions import BrokerUnavailable, Cancelled, JobEnded, RenderError, UnknownJob
-from .frames import Event
-from .runtime import home_hub, hub_safe_lock
+from ..brokers.base import Broker, JobState, JobStatus, StatusChange, event_id
+from ..exceptions import BrokerUnavailable, Cancelled, JobEnded, RenderError, UnknownJob
+from ..runtime import home_hub, hub_safe_lock
+from ..wire.frames import Event
 
 __all__ = [
     "CompleteData",

@@ -39,14 +39,14 @@ import threading
 from collections.abc import Mapping
 from typing import IO, Any
 
-from .exceptions import Cancelled, RenderError, SSEFlushError
-from .jobs import Progress, RenderFunction
-from .runtime import Channel, new_channel
+from ..exceptions import Cancelled, RenderError, SSEFlushError
+from ..runtime import Channel, new_channel
+from .job import Progress, RenderFunction
 
 __all__ = ["ProcessRender", "RenderProcessError", "main"]
 
 
-_CHILD = "import sys; from flask_sse_flush.processes import main; sys.exit(main())"
+_CHILD = "import sys; from flask_sse_flush.jobs.processes import main; sys.exit(main())"
 
 
 class RenderProcessError(SSEFlushError):
@@ -90,7 +90,7 @@ class ProcessRender:
         import subprocess  # gevent's, under gevent: this greenlet waits cooperatively
 
         spec = {"render": self._pickled, "payload": payload, "path": sys.path}
-        # Not `-m flask_sse_flush.processes`: the package's __init__ imports
+        # Not `-m flask_sse_flush.jobs.processes`: the package's __init__ imports
         # this module first, and runpy would warn about running it twice.
         command = [sys.executable, "-c", _CHILD]
         with subprocess.Popen(
