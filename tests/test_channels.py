@@ -503,7 +503,7 @@ def test_a_failed_follow_leaves_no_channel_followed() -> None:
     client = app.test_client()
     with pytest.raises(RuntimeError, match="the store broke"):
         client.get("/stream?c=news&c=other")
-    assert broker._channels["news"].followers == {}  # followed first, let go again
+    assert broker._channels["news"].subscribers == {}  # followed first, let go again
 
 
 def test_a_closed_stream_unfollows_its_channels() -> None:
@@ -511,9 +511,9 @@ def test_a_closed_stream_unfollows_its_channels() -> None:
     app, _ = make_app(broker=broker)
     response = app.test_client().get("/stream?c=a&c=b", buffered=False)
     next(iter(response.response))
-    assert all(len(ch.followers) == 1 for ch in broker._channels.values())
+    assert all(len(ch.subscribers) == 1 for ch in broker._channels.values())
     response.close()
-    assert all(not ch.followers for ch in broker._channels.values())
+    assert all(not ch.subscribers for ch in broker._channels.values())
 
 
 def test_authorize_serves_sse_and_refuses_with_403() -> None:

@@ -31,8 +31,39 @@ log = logging.getLogger(__name__)
 _Entry = tuple[int, bytes, "str | None"]
 
 
-@dataclass(eq=False)
-class _Job:
+@dataclass(eq=False, kw_only=True)
+class _Live:
+    """Who gets a log's live events: a job's streams, or a channel's followers.
+
+    Insertion-ordered, O(1) to leave; a fan-out iterates a snapshot taken
+    under the log's lock, rebuilt only after the membership changed. Call
+    every method with that lock held.
+    """
+
+    subscribers: dict[Subscriber, None] = field(default_factory=dict)
+    snapshot: tuple[Subscriber, ...] | None = ()
+
+    def members(self) -> tuple[Subscriber, ...]:
+        """The subscribers now."""
+        if self.snapshot is None:
+            self.snapshot = tuple(self.subscribers)
+        return self.snapshot
+
+    def join(self, subscriber: Subscriber) -> None:
+        """Add a subscriber."""
+        self.subscribers[subscriber] = None
+        self.snapshot = None
+
+    def leave(self, subscriber: Subscriber) -> None:
+        """Remove a subscriber if it is one."""
+        if self.subscribers.pop(subscriber, False) is None:
+            self.snapshot = None
+
+
+@dataclass(eq=False, kw_only=True)
+class _Job(_Live):
+    """One job's status, log and streams, guarded by ``lock``."""
+
     status: JobStatus
     lock: Any
     # By number while the job runs (so the bound can drop any entry in O(1));
@@ -45,42 +76,20 @@ class _Job:
     # log drops the next time it passes its bound.
     newest: dict[str, int] | None = None
     stale: list[int] | None = None
-    # Insertion-ordered, O(1) to leave; fan-out iterates a snapshot taken
-    # under the lock, rebuilt only after the membership changed.
-    subscribers: dict[Subscriber, None] = field(default_factory=dict)
-    snapshot: tuple[Subscriber, ...] | None = ()
     on_cancel: list[Callable[[], Any]] = field(default_factory=list)
     cancelled: bool = False
     ended_at: float | None = None
 
-    def members(self) -> tuple[Subscriber, ...]:
-        """The subscribers now; call with the lock held."""
-        if self.snapshot is None:
-            self.snapshot = tuple(self.subscribers)
-        return self.snapshot
 
-    def join(self, subscriber: Subscriber) -> None:
-        """Add a subscriber; call with the lock held."""
-        self.subscribers[subscriber] = None
-        self.snapshot = None
-
-    def leave(self, subscriber: Subscriber) -> None:
-        """Remove a subscriber if it is one; call with the lock held."""
-        if self.subscribers.pop(subscriber, False) is None:
-            self.snapshot = None
-
-
-@dataclass(eq=False)
-class _Channel:
-    """One channel's log and followers, guarded by ``lock``."""
+@dataclass(eq=False, kw_only=True)
+class _Channel(_Live):
+    """One channel's log and followers (its subscribers), guarded by ``lock``."""
 
     epoch: str
     lock: Any
     log: collections.deque[tuple[int, bytes, str | None, float]]
     last: int = 0
     touched: float = 0.0
-    followers: dict[Subscriber, None] = field(default_factory=dict)
-    snapshot: tuple[Subscriber, ...] | None = ()
     # Events logged and still to be sent, each with the followers it goes to
     # (those at its append: a later follower replayed it from the log). One
     # publisher at a time sends them, in order, outside the lock, so events
@@ -92,11 +101,6 @@ class _Channel:
     sending: bool = False
     #: Purged: whoever still holds it must look the channel up again.
     dead: bool = False
-
-    def members(self) -> tuple[Subscriber, ...]:
-        if self.snapshot is None:
-            self.snapshot = tuple(self.followers)
-        return self.snapshot
 
     def expire(self, before: float) -> None:
         """Drop the events published before ``before``; call with the lock held."""
@@ -177,10 +181,10 @@ class MemoryBroker:
             for job_id in expired:
                 del self._jobs[job_id]
             for name, channel in list(self._channels.items()):
-                if channel.followers or now - channel.touched < self.retention:
+                if channel.subscribers or now - channel.touched < self.retention:
                     continue
                 with channel.lock:  # nobody follows or sends it in between
-                    if channel.followers or channel.sending:
+                    if channel.subscribers or channel.sending:
                         continue
                     channel.dead = True
                 del self._channels[name]
@@ -445,8 +449,7 @@ class MemoryBroker:
                 if gone:
                     with ch.lock:
                         for subscriber in gone:
-                            if ch.followers.pop(subscriber, False) is None:
-                                ch.snapshot = None
+                            ch.leave(subscriber)
         except BaseException:
             with ch.lock:  # the next publisher sends what is left
                 ch.sending = False
@@ -482,8 +485,7 @@ class MemoryBroker:
                     replay_channel(channel, subscriber, after, ch.epoch, ch.last, list(ch.log))
                 except StreamClosed:
                     return
-                ch.followers[subscriber] = None
-                ch.snapshot = None
+                ch.join(subscriber)
                 return
 
     def unfollow(self, channel: str, subscriber: Subscriber) -> None:
@@ -495,5 +497,4 @@ class MemoryBroker:
         if ch is None:
             return
         with ch.lock:
-            if ch.followers.pop(subscriber, False) is None:
-                ch.snapshot = None
+            ch.leave(subscriber)
