@@ -83,3 +83,18 @@ def test_an_unknown_name_is_still_an_attribute_error() -> None:
         _ = flask_sse_flush.nothing_here  # type: ignore[attr-defined]
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("flask_sse_flush.nothing_here")
+
+
+def test_the_process_child_still_runs_from_its_old_path() -> None:
+    """``python -m flask_sse_flush.processes`` ran the child's ``main()`` in 0.2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "flask_sse_flush.processes"],
+        input="{not json\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "in main" in result.stderr and "JSONDecodeError" in result.stderr, result.stderr
+    assert "KeyError" not in result.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 
 #: Each 0.2 module, and where it lives now.
@@ -32,9 +33,19 @@ MOVED_MODULES = {
 }
 
 
-def alias(old_name: str) -> ModuleType:
-    """Make ``old_name`` (``flask_sse_flush.frames``) the module of its new path."""
-    short = old_name.rpartition(".")[2]
-    module = importlib.import_module(f"flask_sse_flush.{MOVED_MODULES[short]}")
-    sys.modules[old_name] = module
+def alias(name: str, spec: ModuleSpec | None = None) -> ModuleType | None:
+    """Make the 0.2 module ``name`` (``flask_sse_flush.frames``) the module of its new path.
+
+    Run as a script (``python -m flask_sse_flush.processes``: ``name`` is
+    ``"__main__"``), do what the 0.2 module did as a script: the process
+    executor's child runs ``main()``; the others did nothing.
+    """
+    full = spec.name if spec is not None else name
+    target = f"flask_sse_flush.{MOVED_MODULES[full.rpartition('.')[2]]}"
+    module = importlib.import_module(target)
+    if name == "__main__":
+        if full.endswith(".processes"):
+            sys.exit(module.main())
+        return None
+    sys.modules[name] = module
     return module

@@ -2,4 +2,4 @@
 
 from flask_sse_flush._legacy import alias
 
-alias(__name__)
+alias(__name__, __spec__)

@@ -100,7 +100,7 @@ def gevent_integration(app: Flask) -> bool:
     :returns: whether the app asked for the logging fix.
     :raises ValueError: the config value is not ``True`` or ``False``.
 
-    .. versionadded:: 1.0.0
+    .. versionadded:: 0.2.0
     """
     key = CONFIG_KEYS["gevent_logging_locks"]
     wanted = Settings(gevent_logging_locks=app.config.get(key, True)).gevent_logging_locks
