@@ -61,8 +61,10 @@ ALLOWED: dict[str, set[str]] = {
         "wire/frames",
     },
     "brokers/redis/reader": {"brokers/redis/store", "exceptions", "runtime"},
+    "brokers/redis/leases": {"brokers/base", "brokers/redis/store", "runtime", "wire/frames"},
     "brokers/redis/broker": {
         "brokers/base",
+        "brokers/redis/leases",
         "brokers/redis/reader",
         "brokers/redis/store",
         "brokers/redis/subscriptions",

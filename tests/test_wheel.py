@@ -58,7 +58,7 @@ def test_the_wheel_holds_the_lua_scripts(wheel_files: list[str]) -> None:
     """The Redis broker reads them at run time: a wheel without them cannot start a job."""
     scripts = ROOT / "flask_sse_flush" / "brokers" / "redis" / "scripts"
     expected = {f"flask_sse_flush/brokers/redis/scripts/{p.name}" for p in scripts.glob("*.lua")}
-    assert len(expected) == 7
+    assert len(expected) == 9
     assert expected <= set(wheel_files)
 
 

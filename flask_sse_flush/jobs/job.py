@@ -420,6 +420,12 @@ class RenderJob:
             raise
         else:
             self._end("complete", complete, {"state": "complete", "result": complete})
+        finally:
+            # Whether or not its terminal event could be stored: this process
+            # runs the job no more (a broker with leases stops renewing it).
+            release = getattr(self.broker, "release", None)
+            if release is not None:
+                release(self.id)
 
 
 def run_job(

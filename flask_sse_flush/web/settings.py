@@ -42,6 +42,7 @@ CONFIG_KEYS = {
     "keepalive_event": "SSE_FLUSH_KEEPALIVE_EVENT",
     "max_events": "SSE_FLUSH_MAX_EVENTS",
     "retention": "SSE_FLUSH_RETENTION",
+    "lease": "SSE_FLUSH_LEASE",
     "gevent_logging_locks": "SSE_FLUSH_GEVENT_LOGGING_LOCKS",
 }
 
@@ -87,6 +88,9 @@ class Settings:
     :param retention: seconds a channel's history is kept after its last
         publish, and a job's after its end, by the broker the app makes
         (``SSE_FLUSH_RETENTION``).
+    :param lease: with Redis, seconds a job's runner may go without renewing
+        its lease before another worker ends the job (``SSE_FLUSH_LEASE``;
+        :ref:`scaling-leases`).
     :param gevent_logging_locks: under gevent, make :mod:`logging`'s locks safe
         for native job threads when the app is initialised (a process-wide
         change, see :ref:`servers-gevent-logging`); ``False`` leaves logging
@@ -107,6 +111,7 @@ class Settings:
     keepalive_event: bool = False
     max_events: int = 1000
     retention: float = 600.0
+    lease: float = 10.0
     gevent_logging_locks: bool = True
 
     @property
@@ -145,6 +150,9 @@ class Settings:
         retention = self.retention
         if isinstance(retention, bool) or not isinstance(retention, (int, float)) or retention < 0:
             raise ValueError(f"retention must be a number of seconds >= 0, not {retention!r}")
+        lease = self.lease
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
         if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
             raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
         if not isinstance(self.gevent_logging_locks, bool):

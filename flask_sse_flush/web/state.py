@@ -83,7 +83,7 @@ def app_broker(app: Flask, settings: Settings, coalescing: Coalescing | None = N
     )
     key = (str(url), coalescing)
     if key not in shared:
-        shared[key] = RedisBroker(str(url), **options)
+        shared[key] = RedisBroker(str(url), lease=settings.lease, **options)
     return shared[key]
 
 

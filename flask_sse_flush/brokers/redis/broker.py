@@ -22,6 +22,7 @@ from ...exceptions import BrokerUnavailable
 from ...runtime import gevent_is_active, home_hub, new_lock, run_in_hub
 from ...wire.frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..base import JobStatus, StatusChange, Subscriber, valid_job_id
+from .leases import Leases
 from .reader import Reader
 from .store import Store
 from .subscriptions import Subscriptions
@@ -60,6 +61,11 @@ class RedisBroker:
     :param prefix: the start of every key and channel name.
     :param retention: seconds a job's keys are kept after it ends.
     :param max_events: the most events kept per job (see ``MemoryBroker``).
+    :param lease: seconds a job's runner may go without renewing its lease
+        (this process renews it every third of that) before any other
+        worker ends the job with an ``error`` event (:mod:`.leases`).
+    :param queue_timeout: seconds a job handed to a queue (an executor
+        callable) may wait for a job worker before it ends the same way.
     :param coalesce: which event types are levels; progress by default.
     :param outage_timeout: seconds Redis may be unreachable before jobs'
         publishes fail and open streams end with an ``error`` event.
@@ -85,6 +91,8 @@ class RedisBroker:
         prefix: str = "sse_flush:",
         retention: float = 600.0,
         max_events: int = 1000,
+        lease: float = 10.0,
+        queue_timeout: float = 600.0,
         coalesce: Coalescing | Collection[str] = PROGRESS_COALESCING,
         outage_timeout: float = 30.0,
         request_timeout: float = 5.0,
@@ -102,6 +110,8 @@ class RedisBroker:
         if max_events < 2:
             raise ValueError(f"max_events must be at least 2, not {max_events!r}")
         for name, value in (
+            ("lease", lease),
+            ("queue_timeout", queue_timeout),
             ("outage_timeout", outage_timeout),
             ("request_timeout", request_timeout),
             ("socket_timeout", socket_timeout),
@@ -115,6 +125,8 @@ class RedisBroker:
         self.prefix = prefix
         self.retention = retention
         self.max_events = max_events
+        self.lease = lease
+        self.queue_timeout = queue_timeout
         self.coalescing = Coalescing.of(coalesce)
         self.outage_timeout = outage_timeout
         self.request_timeout = request_timeout
@@ -134,6 +146,8 @@ class RedisBroker:
             prefix=self.prefix,
             retention=self.retention,
             max_events=self.max_events,
+            lease=self.lease,
+            queue_timeout=self.queue_timeout,
             outage_timeout=self.outage_timeout,
             request_timeout=self.request_timeout,
             max_connections=self.max_connections,
@@ -146,7 +160,10 @@ class RedisBroker:
         # The jobs this process publishes, and their owners: if the store
         # loses one, its next publish rebuilds it, owner included.
         self._publishing: dict[str, str | None] = {}
+        # Jobs handed to a queue since the keeper's last round.
+        self._handed: set[str] = set()
         self._reader: Reader | None = None
+        self._leases: Leases | None = None
 
     def __repr__(self) -> str:
         return f"<RedisBroker {self.url!r} prefix={self.prefix!r}>"
@@ -197,6 +214,7 @@ class RedisBroker:
         self._store.create(job_id, limit, owner, owner_limit)
         with self._lock:
             self._publishing[job_id] = owner
+        self._keep_leases()
         return JobStatus(id=job_id, owner=owner)
 
     def publish(
@@ -241,6 +259,8 @@ class RedisBroker:
             if not status.ended:
                 with self._lock:
                     self._publishing[job_id] = status.owner  # e.g. run_job in a job worker
+                    self._handed.discard(job_id)
+                self._keep_leases()
             return status
 
         return self._call(update)
@@ -253,7 +273,12 @@ class RedisBroker:
     def subscribe(self, job_id: str, subscriber: Subscriber, after: int = 0) -> bool:
         if not valid_job_id(job_id):
             return False
-        return self._call(lambda: self._subscriptions.subscribe(job_id, subscriber, after))
+
+        def subscribe() -> bool:
+            self._keep_leases()  # a worker with streams ends the jobs whose runner stopped
+            return self._subscriptions.subscribe(job_id, subscriber, after)
+
+        return self._call(subscribe)
 
     def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
         return self._call(lambda: self._subscriptions.unsubscribe(job_id, subscriber))
@@ -284,6 +309,23 @@ class RedisBroker:
             # worker's run_job, in this process too, would still be there).
             with self._lock:
                 self._publishing.pop(job_id, None)
+                self._handed.add(job_id)  # its lease becomes the queue's
+
+    def release(self, job_id: str) -> None:
+        """This process runs ``job_id`` no more: its render has returned.
+
+        Its lease is no longer renewed. Had its terminal event been stored,
+        nothing changes; if not (Redis stayed away past ``outage_timeout``),
+        the lease lapses and a worker ends the job with its ``error`` event
+        once Redis answers again, rather than the job staying ``running``.
+        Bookkeeping only, from any thread.
+
+        .. versionadded:: 1.0.0
+        """
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            self._publishing.pop(job_id, None)
 
     # -- channels ------------------------------------------------------------------
 
@@ -352,13 +394,18 @@ class RedisBroker:
         def close() -> None:
             self._store.closed = True
             reader, self._reader = self._reader, None
+            leases, self._leases = self._leases, None
             if reader is not None:
                 reader.stop()
+            if leases is not None:
+                leases.stop()
             self._subscriptions.close_all()
             self._store.disconnect()
             if reader is not None:
                 # The reader is ours to end: nothing of this broker outlives close().
                 reader.join(self.socket_timeout + 1.0)
+            if leases is not None:
+                leases.join(self.socket_timeout + 1.0)
 
         self._call_even_closed(close)
 
@@ -367,6 +414,23 @@ class RedisBroker:
             run_in_hub(self._hub, function)
         else:
             function()
+
+    # -- leases --------------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        """Start this process's lease keeper, once (call where the sockets live)."""
+        if self._leases is None and not self._store.closed:
+            self._leases = Leases(self._store, running=self._running, handed=self._take_handed)
+            self._leases.start()
+
+    def _running(self) -> set[str]:
+        with self._lock:
+            return set(self._publishing)
+
+    def _take_handed(self) -> set[str]:
+        with self._lock:
+            handed, self._handed = self._handed, set()
+        return handed
 
     # -- the reader ----------------------------------------------------------------
 

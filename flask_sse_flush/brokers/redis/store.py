@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,6 +59,8 @@ class _Scripts:
     count_subscribers: Any
     append: Any
     position: Any
+    renew: Any
+    lapsed: Any
 
     @classmethod
     def register(cls, client: Any) -> _Scripts:
@@ -70,6 +72,8 @@ class _Scripts:
             count_subscribers=client.register_script(_lua("count_subscribers")),
             append=client.register_script(_lua("append")),
             position=client.register_script(_lua("position")),
+            renew=client.register_script(_lua("renew")),
+            lapsed=client.register_script(_lua("lapsed")),
         )
 
 
@@ -133,6 +137,8 @@ class Store:
         prefix: str,
         retention: float,
         max_events: int,
+        lease: float,
+        queue_timeout: float,
         outage_timeout: float,
         request_timeout: float,
         max_connections: int,
@@ -145,6 +151,11 @@ class Store:
         self.prefix = prefix
         self.retention = retention
         self.max_events = max_events
+        self.lease_ms = round(lease * 1000)
+        self.queue_timeout_ms = round(queue_timeout * 1000)
+        #: How long a live job's keys last without a renewal: several leases,
+        #: so only a job nobody renews or ends (every process gone) expires.
+        self.alive_ms = max(6 * self.lease_ms, 60_000)
         self.outage_timeout = outage_timeout
         self.request_timeout = request_timeout
         self.max_connections = max_connections
@@ -267,6 +278,7 @@ class Store:
         args = [job_id, "" if limit is None else str(limit), epoch, f"{self.prefix}job:"]
         args += ["" if owner is None else owner]
         args += ["" if owner is None or owner_limit is None else str(owner_limit)]
+        args += [str(self.lease_ms), str(self.alive_ms)]
         answer = self.run(lambda client: self.scripts.create(keys=keys, args=args))
         if answer == b"taken":
             raise ValueError(f"job {job_id!r} exists already")
@@ -288,8 +300,14 @@ class Store:
         *,
         recreate: bool,
         owner: str | None,
-    ) -> None:
-        """Log and send one event; ``recreate`` a job the store lost, for ``owner``."""
+        if_lapsed: bool = False,
+    ) -> bool:
+        """Log and send one event; ``recreate`` a job the store lost, for ``owner``.
+
+        With ``if_lapsed``, only if the job's lease has lapsed (its runner
+        stopped) and ``seq`` is still the next number: returns whether it
+        was published.
+        """
         keys = [self.key("job", job_id), self.key("log", job_id), f"{self.prefix}active"]
         keys.append(self.key("old", job_id))
         args: list[Any] = [
@@ -304,15 +322,48 @@ class Store:
             "1" if recreate else "0",
             os.urandom(8).hex(),
             owner or "",
+            self.lease_ms,
+            self.alive_ms,
+            "1" if if_lapsed else "0",
             *_change_args(change),
         ]
         answer = self.run(
             lambda client: self.scripts.publish(keys=keys, args=args), persistent=True
         )
+        if if_lapsed:
+            return bool(answer == b"ok")
         if answer == b"unknown":
             raise UnknownJob(job_id)
         if answer == b"ended":
             raise JobEnded(f"job {job_id!r} has ended; it takes no more events")
+        return True
+
+    def renew(self, job_ids: Collection[str], *, queued: bool = False) -> dict[str, str]:
+        """Renew the leases of the jobs this process runs (or has queued), in one round trip.
+
+        :returns: each job's answer: ``"ok"``, ``"ended"`` or ``"unknown"``.
+        """
+        lease = self.queue_timeout_ms if queued else self.lease_ms
+        ids = list(job_ids)
+
+        def renew(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                keys = [self.key("job", job_id), self.key("log", job_id)]
+                keys += [self.key("old", job_id), f"{self.prefix}active"]
+                args = [lease, self.alive_ms, "1" if queued else "0"]
+                self.scripts.renew(keys=keys, args=args, client=pipe)
+            return list(pipe.execute())
+
+        answers = self.run(renew) if ids else []
+        return {job_id: _text(answer) or "" for job_id, answer in zip(ids, answers, strict=True)}
+
+    def lapsed(self) -> list[tuple[str, int]]:
+        """The running jobs whose lease has lapsed: ``(job id, last seq)``, on Redis' clock."""
+        keys = [f"{self.prefix}active"]
+        args = [f"{self.prefix}job:", self.alive_ms]
+        found = self.run(lambda client: self.scripts.lapsed(keys=keys, args=args))
+        return [(_text(found[i]) or "", int(found[i + 1] or 0)) for i in range(0, len(found), 2)]
 
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
         key = self.key("job", job_id)

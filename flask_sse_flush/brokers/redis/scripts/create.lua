@@ -3,7 +3,9 @@
 -- KEYS: [1] job hash, [2] active set.
 -- ARGV: [1] job id, [2] most active jobs ('' for no limit), [3] epoch,
 --   [4] job hash prefix ('<prefix>job:'), [5] owner ('' for none),
---   [6] most active jobs of the owner ('' for no limit).
+--   [6] most active jobs of the owner ('' for no limit), [7] the lease (ms):
+--   the job's runner must renew it before then, [8] the lifetime (ms) of
+--   the job's keys while it lives (renewed with the lease).
 -- Returns 'ok' (also for a retry of this very create: same epoch),
 -- 'taken', 'full' or 'owner full'.
 local job, active = KEYS[1], KEYS[2]
@@ -27,8 +29,12 @@ if limit or owner_limit then
   if limit and redis.call('SCARD', active) >= limit then return 'full' end
   if owner_limit and owned >= owner_limit then return 'owner full' end
 end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('HSET', job, 'state', 'queued', 'last_seq', 0, 'epoch', ARGV[3],
-  'lost_through', 0, 'subs', 0)
+  'lost_through', 0, 'subs', 0, 'lease', now + tonumber(ARGV[7]))
+redis.call('PEXPIRE', job, ARGV[8])
 if owner ~= '' then redis.call('HSET', job, 'owner', owner) end
 redis.call('SADD', active, ARGV[1])
+redis.call('PEXPIRE', active, ARGV[8])
 return 'ok'

@@ -5,13 +5,19 @@
 -- ARGV: [1] job id, [2] seq, [3] frame, [4] level ('' for none),
 --   [5] final (1/0), [6] max events, [7] retention (ms), [8] pub/sub channel,
 --   [9] may recreate (1/0), [10] new epoch, [11] owner ('' for none),
---   [12...] the status change as field, value pairs.
+--   [12] the lease (ms) a publish renews, [13] the lifetime (ms) of the
+--   job's keys while it lives, [14] only if the lease has lapsed (1/0: the
+--   terminal event of a job whose runner stopped),
+--   [15...] the status change as field, value pairs.
 -- Publishes 'seq\nfinal\nlevel\nframe'. Returns 'ok', 'dup' (logged
--- already: a retry after a lost reply), 'ended' or 'unknown'.
+-- already: a retry after a lost reply), 'ended', 'unknown' or 'alive' (the
+-- lease had not lapsed).
 local job, stream, active, replaced = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seq = tonumber(ARGV[2])
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if redis.call('EXISTS', job) == 0 then
-  if ARGV[9] ~= '1' then return 'unknown' end
+  if ARGV[9] ~= '1' or ARGV[14] == '1' then return 'unknown' end
   -- The store lost this job while it ran (a restart without persistence,
   -- an eviction): start its log again and say what was lost.
   redis.call('DEL', stream, replaced)
@@ -20,19 +26,20 @@ if redis.call('EXISTS', job) == 0 then
   if ARGV[11] ~= '' then redis.call('HSET', job, 'owner', ARGV[11]) end
   redis.call('SADD', active, ARGV[1])
 end
-local st = redis.call('HMGET', job, 'last_seq', 'final_seq', 'lost_through')
+local st = redis.call('HMGET', job, 'last_seq', 'final_seq', 'lost_through', 'lease')
 local last = tonumber(st[1])
 if st[2] then
   if seq <= tonumber(st[2]) then return 'dup' end
   return 'ended'
 end
+if ARGV[14] == '1' and ((not st[4]) or tonumber(st[4]) >= now) then return 'alive' end
 if seq <= last then return 'dup' end
 if seq > last + 1 then
   -- Events between were lost (the store came back from an older state).
   redis.call('HSET', job, 'lost_through', seq - 1, 'epoch', ARGV[10])
 end
 redis.call('XADD', stream, '0-' .. seq, 'f', ARGV[3], 'l', ARGV[4])
-for i = 12, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+for i = 15, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', job, 'last_seq', seq)
 -- Each level's newest entry is named in the hash ('lv:<level>'); the entry
 -- it replaced waits in a list until the log next passes its bound. So a
@@ -79,6 +86,12 @@ if ARGV[5] == '1' then
   else
     redis.call('DEL', job, stream)
   end
+else
+  -- A publish is a sign of life: the runner's lease, and the keys' lifetime.
+  if ARGV[14] ~= '1' then redis.call('HSET', job, 'lease', now + tonumber(ARGV[12])) end
+  redis.call('PEXPIRE', job, ARGV[13])
+  redis.call('PEXPIRE', stream, ARGV[13])
+  if redis.call('EXISTS', replaced) == 1 then redis.call('PEXPIRE', replaced, ARGV[13]) end
 end
 redis.call('PUBLISH', ARGV[8], ARGV[2] .. '\n' .. ARGV[5] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
 return 'ok'

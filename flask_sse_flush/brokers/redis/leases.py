@@ -1,0 +1,121 @@
+"""Leases: no job outlives the process running it.
+
+The process that runs a job (a web worker's thread, greenlet or child
+process; ``run_job`` in a job worker) holds a **lease** on it in Redis: a
+time, on Redis' own clock, before which it must renew it. This process's
+keeper (a greenlet under gevent, a thread otherwise) renews every lease it
+holds each third of the lease, in one round trip, and with it the lifetime
+of the job's keys. A publish renews it too.
+
+When a process dies without a graceful stop (``SIGKILL``, the OOM killer,
+a lost host), its leases lapse. The keeper of every other process with a
+job or a stream looks for lapsed leases in the same round and ends each
+such job with its terminal ``error`` event ``{"message": ..., "retry":
+true}``, numbered after its last event: one Lua step that only succeeds
+while the lease is still lapsed and the number still the next, so the job
+ends exactly once, whichever worker gets there first, and frees its
+``max_jobs`` and per-identity slots. Every stream attached to it, on every
+worker, gets that event as it gets any other.
+
+A job handed to a queue (an executor callable) has no runner until a job
+worker takes it: its lease is the broker's ``queue_timeout`` instead, and
+a job nobody runs by then ends the same way.
+
+Clock skew between hosts cannot end a healthy job: every comparison is made
+inside Redis, against ``TIME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+
+from ...runtime import start_greenlet
+from ...wire.frames import Event
+from ..base import StatusChange, event_id
+from .store import Store
+
+__all__ = ["LAPSED_MESSAGE", "Leases"]
+
+log = logging.getLogger(__name__)
+
+#: What the ``error`` event of a job whose runner stopped says.
+LAPSED_MESSAGE = "the worker running this job stopped; start it again"
+
+
+class Leases:
+    """This process's keeper: renews the leases it holds, ends jobs whose runner stopped.
+
+    :param store: the broker's store.
+    :param running: the ids of the jobs this process runs now.
+    :param handed: takes the ids of the jobs this process handed to a queue
+        since the last round (their lease becomes the queue's).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        running: Callable[[], set[str]],
+        handed: Callable[[], set[str]],
+    ) -> None:
+        self.store = store
+        self._running = running
+        self._handed = handed
+        self.interval = store.lease_ms / 3000.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = start_greenlet(self.run, name="flask-sse-flush redis leases")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float) -> None:
+        """Wait until the keeper has ended (after :meth:`stop`)."""
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("the Redis lease keeper did not end within %s s", timeout)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.round()
+            except Exception as exc:  # Redis away: the next round tries again
+                log.debug("lease round failed: %s", exc)
+            # Jittered, so the workers of one deployment do not all sweep at once.
+            self._stop.wait(self.interval * random.uniform(0.8, 1.0))
+
+    def round(self) -> list[str]:
+        """Renew, then end the lapsed jobs; return the ids of the jobs this round ended."""
+        handed = self._handed()
+        if handed:
+            self.store.renew(handed, queued=True)
+        running = self._running()
+        if running:
+            self.store.renew(running)
+        ended = []
+        for job_id, last in self.store.lapsed():
+            if job_id not in running and self.end(job_id, last):
+                ended.append(job_id)
+        return ended
+
+    def end(self, job_id: str, last: int) -> bool:
+        """End ``job_id`` with its terminal ``error`` event, if its lease has still lapsed."""
+        seq = last + 1
+        event = Event(
+            {"message": LAPSED_MESSAGE, "retry": True}, event="error", id=event_id(job_id, seq)
+        )
+        change: StatusChange = {"state": "error", "error": LAPSED_MESSAGE}
+        done = self.store.publish(
+            job_id, seq, event.frame, None, change, True, recreate=False, owner=None,
+            if_lapsed=True,
+        )  # fmt: skip
+        if done:
+            log.warning("render job %s ended: the worker running it stopped", job_id)
+        return done

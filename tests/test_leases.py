@@ -1,0 +1,290 @@
+"""Leases: a job whose runner dies ends, once, on every worker; nothing lives for ever.
+
+Real parts: the run's ``redis-server``, and runners in child processes that
+the tests kill with ``SIGKILL`` (no graceful stop, no ``atexit``, nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_sse_flush import Event
+from flask_sse_flush.brokers import RedisBroker
+from flask_sse_flush.brokers.base import event_id, parse_event_id
+from flask_sse_flush.testing import parse_events
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE = 1.0
+#: What a lapsed lease may take to end its job: the lease, a keeper's round
+#: (a third of it), and room for a busy 2-core machine.
+DEADLINE = LEASE + 5.0
+MESSAGE = "the worker running this job stopped; start it again"
+
+
+class Collector:
+    """A stream stand-in: the events it is sent, and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.closed = threading.Event()
+
+    def deliver(self, frame: bytes, level: str | None) -> None:
+        self.events.extend(parse_events(frame))
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def of(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.event == name]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def brokers(redis_server: Any, redis_prefix: str) -> Iterator[Callable[..., RedisBroker]]:
+    made: list[RedisBroker] = []
+
+    def make(**options: Any) -> RedisBroker:
+        options.setdefault("lease", LEASE)
+        broker = RedisBroker(redis_server.url, prefix=redis_prefix, **options)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+def hand_off(broker: RedisBroker, job_id: str) -> None:
+    """What a render blueprint does with a job its executor callable queued."""
+
+    def cancel() -> None:
+        pass
+
+    broker.on_cancel(job_id, cancel)
+    broker.forget(job_id, cancel)
+
+
+RUNNER = """
+import sys, time
+from flask_sse_flush.brokers import RedisBroker
+from flask_sse_flush.jobs import RenderJob, run_job
+
+url, prefix, lease, mode, job_id = sys.argv[1:6]
+broker = RedisBroker(url, prefix=prefix, lease=float(lease))
+
+def render(payload, progress):
+    progress(10, "bundling")
+    progress(30, "rendering")
+    print("running", flush=True)
+    time.sleep(600)  # killed long before
+
+if mode == "web":
+    RenderJob(render, {}, broker, job_id=job_id).run()
+else:
+    run_job(render, job_id, {}, broker)
+"""
+
+
+def start_runner(redis_server: Any, prefix: str, mode: str, job_id: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, redis_server.url, prefix, str(LEASE), mode, job_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if line.strip() != "running":
+        kill(child)
+        raise AssertionError(f"the runner did not start: {line!r} {child.stderr.read()!r}")
+    return child
+
+
+def kill(child: subprocess.Popen[str]) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    for pipe in (child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()
+    assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("mode", ["web", "job-worker"])
+def test_a_killed_runner_s_job_ends_once_on_every_worker(
+    redis_server: Any, redis_prefix: str, brokers: Callable[..., RedisBroker], mode: str
+) -> None:
+    job_id = f"lease_{mode.replace('-', '_')}"
+    web = brokers()
+    if mode == "job-worker":
+        # A web worker created it and handed it to a queue.
+        web.create(job_id, limit=1)
+        hand_off(web, job_id)
+    child = start_runner(redis_server, redis_prefix, mode, job_id)
+    try:
+        others = [brokers(), brokers()]  # two other workers, a stream each
+        streams = [Collector(), Collector()]
+        for broker, stream in zip(others, streams, strict=True):
+            assert broker.subscribe(job_id, stream)
+        wait_for(lambda: all(len(s.of("progress")) == 2 for s in streams), 10, "progress")
+    finally:
+        kill(child)
+    killed = time.monotonic()
+    took = wait_for(lambda: all(s.of("error") for s in streams), DEADLINE, "the error event")
+    assert took >= LEASE * 0.5, "ended before the lease could lapse"
+    time.sleep(LEASE)  # every keeper has had another round: still one error
+    for stream in streams:
+        (error,) = stream.of("error")
+        assert error.json() == {"message": MESSAGE, "retry": True}
+        assert error.id == event_id(job_id, 3)  # numbered after the job's last event
+        assert [parse_event_id(e.id or "")[1] for e in stream.events] == [1, 2, 3]
+        assert stream.closed.is_set()
+    assert streams[0].events == streams[1].events  # the same event on every worker
+    status = web.status(job_id)
+    assert status is not None and status.state == "error" and status.error == MESSAGE
+    # Its max_jobs slot is free again.
+    web.create(f"{job_id}_next", limit=1)
+    assert time.monotonic() - killed < DEADLINE + LEASE + 5
+
+
+def test_a_live_runner_keeps_its_job_however_long_it_is_quiet(
+    brokers: Callable[..., RedisBroker],
+) -> None:
+    runner, other = brokers(), brokers()
+    runner.create("quiet")
+    runner.publish("quiet", 1, Event({"progress": 1}, event="progress", id="quiet-1"))
+    stream = Collector()
+    assert other.subscribe("quiet", stream)
+    time.sleep(LEASE * 4)  # no event for four leases: the runner's keeper renews it
+    assert stream.of("error") == []
+    status = other.status("quiet")
+    assert status is not None and not status.ended
+    runner.publish(
+        "quiet",
+        2,
+        Event({"filename": "a.mp4", "url": "/a.mp4"}, event="complete", id="quiet-2"),
+        change={"state": "complete", "result": {"filename": "a.mp4", "url": "/a.mp4"}},
+        final=True,
+    )
+    wait_for(lambda: bool(stream.of("complete")), 10, "the complete event")
+    assert stream.of("error") == []
+
+
+def test_a_queued_job_waits_its_queue_timeout_then_ends(
+    brokers: Callable[..., RedisBroker],
+) -> None:
+    web = brokers(queue_timeout=3.0)
+    web.create("queued", limit=1)
+    hand_off(web, "queued")  # to a queue that nobody reads
+    stream = Collector()
+    watcher = brokers()
+    assert watcher.subscribe("queued", stream)
+    time.sleep(LEASE * 2)  # past the lease: a queued job has the queue's
+    assert stream.events == []
+    wait_for(lambda: bool(stream.of("error")), 3.0 + DEADLINE, "the queued job's end")
+    assert stream.of("error")[0].json()["retry"] is True
+
+
+def test_a_closed_broker_s_keeper_has_ended(brokers: Callable[..., RedisBroker]) -> None:
+    broker = brokers()
+    broker.create("keeper")
+    before = {t.name for t in threading.enumerate()}
+    assert "flask-sse-flush redis leases" in before
+    broker.close()
+    after = {t.name for t in threading.enumerate()}
+    assert "flask-sse-flush redis leases" not in after
+
+
+def pttls(redis_server: Any, prefix: str) -> dict[str, int]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        return {key.decode(): client.pttl(key) for key in keys}
+    finally:
+        client.close()
+
+
+def test_no_key_is_ever_without_a_lifetime(
+    redis_server: Any, redis_prefix: str, brokers: Callable[..., RedisBroker]
+) -> None:
+    def check(stage: str) -> None:
+        found = pttls(redis_server, redis_prefix)
+        assert found, stage
+        forever = {key: ttl for key, ttl in found.items() if ttl < 0}
+        assert forever == {}, f"{stage}: keys without a TTL: {json.dumps(forever)}"
+
+    runner = brokers(retention=30.0)
+    runner.create("ttl", limit=5, owner="ann", owner_limit=2)
+    check("queued")
+    stream = Collector()
+    runner.subscribe("ttl", stream)
+    runner.update("ttl", {"state": "running"})
+    for n in range(1, 8):
+        runner.publish("ttl", n, Event({"progress": n}, event="progress", id=f"ttl-{n}"))
+    check("running and streaming")
+    runner.cancel("ttl")
+    check("cancelled")
+    runner.publish(
+        "ttl", 8, Event({"message": "x"}, event="error", id="ttl-8"), change={"state": "error"},
+        final=True,
+    )  # fmt: skip
+    check("ended")
+    runner.append("news", Event({"n": 1}))
+    check("a channel")
+
+
+def test_lease_options_are_checked(redis_server: Any) -> None:
+    for bad in ({"lease": 0}, {"lease": -1.0}, {"queue_timeout": 0}):
+        with pytest.raises(ValueError, match="must be a positive number of seconds"):
+            RedisBroker(redis_server.url, **bad)
+
+
+def test_a_job_whose_end_could_not_be_stored_ends_once_redis_answers(
+    brokers: Callable[..., RedisBroker],
+) -> None:
+    """The render returned but its terminal event was refused (Redis away past
+    ``outage_timeout``): the process runs the job no more, so its lease lapses
+    and a worker ends it, instead of it staying ``running`` for ever."""
+    from flask_sse_flush import BrokerUnavailable
+    from flask_sse_flush.jobs import RenderJob
+
+    class RefusesTheEnd(RedisBroker):
+        def publish(self, job_id: str, seq: int, event: Event, **options: Any) -> None:
+            if options.get("final"):
+                raise BrokerUnavailable("Redis is away")
+            super().publish(job_id, seq, event, **options)
+
+    runner = RefusesTheEnd(brokers().url, prefix=brokers().prefix, lease=LEASE)
+    try:
+        job = RenderJob(lambda payload, progress: {"filename": "a", "url": "/a"}, {}, runner)
+        job.run()
+        watcher = brokers()
+        stream = Collector()
+        assert watcher.subscribe(job.id, stream)
+        wait_for(lambda: bool(stream.of("error")), DEADLINE, "the lapsed job's end")
+        status = watcher.status(job.id)
+        assert status is not None and status.state == "error"
+    finally:
+        runner.close()
