@@ -28,6 +28,11 @@ def create_app(log_dir: str | None = None) -> Any:
             broker=store,
         )
     )
+    app.register_blueprint(
+        create_render_blueprint(
+            render, name="single", url_prefix="/single", broker=store, max_jobs=1, keepalive=1.0
+        )
+    )
     queue = Queue(
         os.environ.get("SCALED_QUEUE", "renders"),
         connection=Redis.from_url(os.environ["SCALED_REDIS_URL"]),
@@ -38,7 +43,12 @@ def create_app(log_dir: str | None = None) -> Any:
 
     app.register_blueprint(
         create_render_blueprint(
-            render, name="queued", url_prefix="/queued", executor=enqueue, broker=store
+            render,
+            name="queued",
+            url_prefix="/queued",
+            executor=enqueue,
+            broker=store,
+            keepalive=1.0,
         )
     )
 

@@ -57,6 +57,7 @@ def broker() -> RedisBroker:
         prefix=os.environ.get("SCALED_REDIS_PREFIX", "sse_flush:"),
         outage_timeout=float(os.environ.get("SCALED_OUTAGE_TIMEOUT", "30")),
         request_timeout=float(os.environ.get("SCALED_REQUEST_TIMEOUT", "5")),
+        lease=float(os.environ.get("SCALED_LEASE", "10")),
     )
 
 
