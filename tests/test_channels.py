@@ -349,6 +349,27 @@ class TestRedisChannels(ChannelContract):
         until(lambda: follower.data == ["once", "next"])
         assert follower.seqs == [1, 2]
 
+    def test_a_log_that_lost_its_last_events_starts_a_new_epoch(self) -> None:
+        # A failover to a replica that lagged: the log ends before events the
+        # old master acknowledged. The publisher that appended them starts a
+        # new epoch at its next append, so no other event takes their numbers,
+        # and a client that saw them resumes with a gap, never a silent hole.
+        broker = self.make_broker()
+        ids = [broker.append("news", Event(f"e{i}")) for i in range(1, 6)]
+        client = broker._connect()  # the replica had only the first three
+        client.hset(f"{self.prefix}chan:news", "last", 3)
+        client.xdel(f"{self.prefix}clog:news", "0-4", "0-5")
+        after = broker.append("news", Event("after the failover"))
+        epoch, at = parse_channel_event_id(ids[-1])[1], parse_channel_event_id(after)[1]
+        assert at.epoch != epoch.epoch and at.seq == 1
+        resumed = Follower()
+        broker.follow("news", resumed, epoch)  # the client had seen e5
+        # The gap, then the new epoch's log from its start.
+        assert [e.event for e in resumed.events] == ["gap", None]
+        assert resumed.data == ["after the failover"]
+        broker.append("news", Event("next"))
+        until(lambda: resumed.data == ["after the failover", "next"])
+
     def test_a_log_lost_by_the_store_starts_again_under_a_new_epoch(self) -> None:
         broker = self.make_broker()
         follower = Follower()

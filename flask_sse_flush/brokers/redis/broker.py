@@ -24,7 +24,7 @@ from ...wire.frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..base import JobStatus, StatusChange, Subscriber, valid_job_id
 from .leases import Leases
 from .reader import Reader
-from .store import Store
+from .store import Store, is_sentinel_url, parse_sentinel_url
 from .subscriptions import Subscriptions
 
 __all__ = ["RedisBroker"]
@@ -57,7 +57,12 @@ class RedisBroker:
     the hub that made it. Make the broker in the worker (an app factory
     does), not before gunicorn forks.
 
-    :param url: the Redis URL, e.g. ``redis://127.0.0.1:6379/0``.
+    :param url: the Redis URL, e.g. ``redis://127.0.0.1:6379/0``, or a
+        master behind Sentinel,
+        ``redis+sentinel://host:port[,host:port...]/<master-name>[/<db>]``
+        (a user and password before the hosts are the master's): the
+        broker follows the master through a failover, and its publishes
+        and reader retry across it (:ref:`scaling-sentinel`).
     :param prefix: the start of every key and channel name.
     :param retention: seconds a job's keys are kept after it ends.
     :param max_events: the most events kept per job (see ``MemoryBroker``).
@@ -132,7 +137,10 @@ class RedisBroker:
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.socket_timeout = socket_timeout
-        redis.ConnectionPool.from_url(url)  # a malformed URL fails here
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)  # a malformed URL fails here
+        else:
+            redis.ConnectionPool.from_url(url)  # a malformed URL fails here
         self._reset()
 
     def _reset(self) -> None:

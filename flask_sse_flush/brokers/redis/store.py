@@ -22,9 +22,10 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from ...channels import Position, new_epoch
 from ...exceptions import BrokerUnavailable, JobEnded, TooManyJobs, UnknownJob
@@ -75,6 +76,119 @@ class _Scripts:
             renew=client.register_script(_lua("renew")),
             lapsed=client.register_script(_lua("lapsed")),
         )
+
+
+#: Channels whose last append a process remembers (see :meth:`Store.append`).
+MAX_REMEMBERED_CHANNELS = 10_000
+
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names a master behind Sentinel."""
+    return url.startswith(SENTINEL_SCHEME)
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/<master>[/<db>]``."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Read a ``redis+sentinel://`` URL.
+
+    The user and password, if any, are the master's (and its replicas');
+    the sentinels are asked without.
+
+    :raises ValueError: not such a URL, or a part of it is missing or wrong.
+    """
+    form = "redis+sentinel://host:port[,host:port...]/<master-name>[/<db>]"
+    if not is_sentinel_url(url):
+        raise ValueError(f"a Sentinel URL is {form}, not {url[:200]!r}")
+    rest = url[len(SENTINEL_SCHEME) :]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts, userinfo = netloc, ""
+    username, _, password = userinfo.partition(":")
+    sentinels = []
+    for part in hosts.split(","):
+        host, colon, port = part.strip().rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a Sentinel URL names each sentinel as host:port ({form})")
+        sentinels.append((host, int(port)))
+    names = [name for name in path.split("/") if name] if path else []
+    if not names or len(names) > 2:
+        raise ValueError(f"a Sentinel URL names its master after the hosts ({form})")
+    if len(names) == 2 and not names[1].isdigit():
+        raise ValueError(f"the database of a Sentinel URL is a number, not {names[1]!r}")
+    return SentinelURL(
+        tuple(sentinels),
+        unquote(names[0]),
+        int(names[1]) if len(names) == 2 else 0,
+        unquote(username) or None,
+        unquote(password) or None,
+    )
+
+
+class _SentinelMaster:
+    """Where the master is now: what redis-py's ``SentinelManagedConnection`` asks its pool.
+
+    Each new connection (the pool's, and the reader's) asks the sentinels;
+    when the answer changes (a failover), the pool's idle connections to the
+    old master are closed, so none of them writes there again.
+    """
+
+    is_master = True
+    check_connection = False
+
+    def __init__(self, sentinel: Any, service_name: str, pool: Any) -> None:
+        self.sentinel = sentinel
+        self.service_name = service_name
+        self._pool = pool
+        self.address: tuple[str, int] | None = None
+
+    def get_master_address(self) -> tuple[str, int]:
+        address: tuple[str, int] = self.sentinel.discover_master(self.service_name)
+        if address != self.address:
+            if self.address is not None:
+                log.warning("Redis master %r is now at %s:%s", self.service_name, *address)
+            self.address = address
+            self._pool.disconnect(inuse_connections=False)
+        return address
+
+    def rotate_slaves(self) -> Iterator[tuple[str, int]]:
+        yield self.get_master_address()  # the broker only ever talks to the master
+
+
+def sentinel_pool(redis: Any, url: SentinelURL, options: dict[str, Any]) -> Any:
+    """A blocking pool of connections to the master that ``url``'s sentinels name."""
+    from redis.sentinel import Sentinel, SentinelManagedConnection
+
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(url.sentinels),
+        sentinel_kwargs={
+            "socket_timeout": options["socket_connect_timeout"],
+            "socket_connect_timeout": options["socket_connect_timeout"],
+            "protocol": 2,
+        },
+    )
+    pool = redis.BlockingConnectionPool(
+        connection_class=SentinelManagedConnection,
+        db=url.db,
+        username=url.username,
+        password=url.password,
+        **options,
+    )
+    pool.connection_kwargs["connection_pool"] = _SentinelMaster(sentinel, url.master, pool)
+    return pool
 
 
 def _text(value: bytes | None) -> str | None:
@@ -172,6 +286,8 @@ class Store:
         self.closed = False
         self._client: Any = None
         self._scripts: _Scripts | None = None
+        #: Each channel's last append of this process: (epoch, seq), oldest first.
+        self._appended: dict[str, tuple[str, int]] = {}
 
     # -- connections ---------------------------------------------------------------
 
@@ -179,16 +295,19 @@ class Store:
         """The redis-py client over this process's pool, made at first use."""
         if self._client is None:
             redis = self.redis
-            pool = redis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=self.max_connections,
-                timeout=self.request_timeout,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=min(2.0, self.socket_timeout),
-                protocol=2,
-                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-                client_name=self.client_name,
-            )
+            options: dict[str, Any] = {
+                "max_connections": self.max_connections,
+                "timeout": self.request_timeout,
+                "socket_timeout": self.socket_timeout,
+                "socket_connect_timeout": min(2.0, self.socket_timeout),
+                "protocol": 2,
+                "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+                "client_name": self.client_name,
+            }
+            if is_sentinel_url(self.url):
+                pool = sentinel_pool(redis, parse_sentinel_url(self.url), options)
+            else:
+                pool = redis.BlockingConnectionPool.from_url(self.url, **options)
             client = redis.Redis(connection_pool=pool)
             self._scripts = _Scripts.register(client)
             self._client = client
@@ -438,10 +557,19 @@ class Store:
             round(self.retention * 1000),
             self.channel_prefix + channel.encode(),
             level,
+            *self._appended.get(channel, ("", 0)),
         ]
         epoch, seq = self.run(
             lambda client: self.scripts.append(keys=keys, args=args), persistent=True
         )
+        # What this process last appended, so that a log that lost it (a
+        # failover to a replica that lagged, a restart without persistence)
+        # starts a new epoch rather than number other events the same.
+        appended = self._appended
+        appended.pop(channel, None)
+        appended[channel] = (epoch.decode(), int(seq))
+        if len(appended) > MAX_REMEMBERED_CHANNELS:
+            del appended[next(iter(appended))]
         return epoch.decode(), int(seq)
 
     def position(self, channel: str) -> Position:

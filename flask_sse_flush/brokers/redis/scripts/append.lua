@@ -6,7 +6,11 @@
 --   event is never logged or sent twice).
 -- ARGV: [1] new epoch, [2] channel name, [3] frame head, [4] frame tail,
 --   [5] max events, [6] retention (ms), [7] pub/sub channel, [8] level
---   ('' for none).
+--   ('' for none), [9] and [10] the epoch and number of this process's last
+--   append to the channel ('' and 0 for none). A log of that epoch that
+--   ends before that number has lost events (a failover to a replica that
+--   lagged): it starts a new epoch rather than give their numbers to other
+--   events, so a client that saw them gets a gap, never a silent hole.
 -- Publishes 'seq\nepoch\nlevel\nframe'. Returns {epoch, seq}.
 local meta, log = KEYS[1], KEYS[2]
 local done = redis.call('GET', KEYS[3])
@@ -15,6 +19,9 @@ if done then
   return {first, tonumber(number)}
 end
 local epoch = redis.call('HGET', meta, 'epoch')
+if epoch and epoch == ARGV[9] and tonumber(redis.call('HGET', meta, 'last')) < tonumber(ARGV[10]) then
+  epoch = nil
+end
 if not epoch then
   -- A new log, or one the store lost: a new epoch, so resumes can tell.
   epoch = ARGV[1]
