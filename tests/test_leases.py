@@ -288,3 +288,52 @@ def test_a_job_whose_end_could_not_be_stored_ends_once_redis_answers(
         assert status is not None and status.state == "error"
     finally:
         runner.close()
+
+
+WATCHER = """
+import sys, time
+from flask_sse_flush.brokers import RedisBroker
+
+url, prefix, lease, job_id = sys.argv[1:5]
+broker = RedisBroker(url, prefix=prefix, lease=float(lease))
+
+class Stream:
+    def deliver(self, frame, level):
+        pass
+
+    def close(self):
+        pass
+
+assert broker.subscribe(job_id, Stream())
+print("attached", flush=True)
+time.sleep(600)  # killed long before
+"""
+
+
+def test_a_dead_worker_s_streams_stop_counting(
+    redis_server: Any, redis_prefix: str, brokers: Callable[..., RedisBroker]
+) -> None:
+    """What ``on_disconnect="cancel"`` decides with: the job's live clients."""
+    runner = brokers()
+    runner.create("watched")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, redis_server.url, redis_prefix, str(LEASE), "watched"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "attached", child.stderr.read()
+        here = brokers()
+        stream = Collector()
+        assert here.subscribe("watched", stream)
+        assert here.subscribers("watched") == 2
+        time.sleep(LEASE * 2)  # a live process keeps its streams counted
+        assert here.subscribers("watched") == 2
+    finally:
+        kill(child)
+    wait_for(lambda: here.subscribers("watched") == 1, DEADLINE, "the dead worker's stream")
+    assert here.unsubscribe("watched", stream) == 0  # the last live client left

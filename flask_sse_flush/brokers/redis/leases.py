@@ -17,6 +17,12 @@ ends exactly once, whichever worker gets there first, and frees its
 ``max_jobs`` and per-identity slots. Every stream attached to it, on every
 worker, gets that event as it gets any other.
 
+Streams attach with a lease too: each process counts its own streams of a
+job in the job's hash, and they count while the process's presence key
+(renewed in the same round) exists. The streams of a worker that died stop
+counting once it lapses, so ``on_disconnect="cancel"`` still cancels a job
+when its last live client leaves.
+
 A job handed to a queue (an executor callable) has no runner until a job
 worker takes it: its lease is the broker's ``queue_timeout`` instead, and
 a job nobody runs by then ends the same way.
@@ -96,6 +102,7 @@ class Leases:
         handed = self._handed()
         if handed:
             self.store.renew(handed, queued=True)
+        self.store.renew_presence()  # this process's attached streams still count
         running = self._running()
         if running:
             self.store.renew(running)

@@ -286,6 +286,8 @@ class Store:
         self.closed = False
         self._client: Any = None
         self._scripts: _Scripts | None = None
+        #: This process's token in Redis, unique across hosts (pids are not).
+        self.process = os.urandom(8).hex()
         #: Each channel's last append of this process: (epoch, seq), oldest first.
         self._appended: dict[str, tuple[str, int]] = {}
 
@@ -516,13 +518,24 @@ class Store:
         return status, ([] if status is None else _entries(raw))
 
     def count_subscribers(self, job_id: str, delta: int) -> int:
-        key = self.key("job", job_id)
-        count = self.run(lambda client: self.scripts.count_subscribers(keys=[key], args=[delta]))
-        return int(count)
+        """Add ``delta`` to this process's streams of a job; return every live process's."""
+        keys = [self.key("job", job_id), self.presence_key]
+        args = [delta, self.process, f"{self.prefix}proc:", self.lease_ms]
+        count = self.run(lambda client: self.scripts.count_subscribers(keys=keys, args=args))
+        return max(0, int(count))
 
     def subscribers(self, job_id: str) -> int:
-        count = self.run(lambda client: client.hget(self.key("job", job_id), "subs"))
-        return 0 if count is None else max(0, int(count))
+        """The streams attached to a job now, on every live process."""
+        return self.count_subscribers(job_id, 0)
+
+    @property
+    def presence_key(self) -> str:
+        """The key that says this process is alive (its streams count while it exists)."""
+        return f"{self.prefix}proc:{self.process}"
+
+    def renew_presence(self) -> None:
+        """Keep this process's attached streams counted for another lease."""
+        self.run(lambda client: client.set(self.presence_key, 1, px=self.lease_ms))
 
     def cancel(self, job_id: str) -> bool:
         """Mark a running job cancelled and tell every worker; ``False`` if none runs."""

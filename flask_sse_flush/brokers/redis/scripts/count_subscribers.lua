@@ -1,8 +1,31 @@
--- Add to the count of streams, on every worker, attached to a job.
--- KEYS: [1] job hash.
--- ARGV: [1] the change (+1 or -1).
--- Returns the new count (never below 0), or 0 for an unknown job.
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[1], 'subs', ARGV[1])
-if n < 0 then redis.call('HSET', KEYS[1], 'subs', 0); n = 0 end
-return n
+-- Count this process's streams attached to a job, and return the count of
+-- every live process's. Each process's count is its own field ('s:<process>');
+-- a process is live while its presence key exists (its lease keeper renews
+-- it), so the streams of a process that died stop counting once it lapses.
+-- KEYS: [1] job hash, [2] this process's presence key.
+-- ARGV: [1] the change (+1, -1 or 0), [2] this process's token,
+--   [3] the presence keys' prefix, [4] the presence's lifetime (ms).
+-- Returns the count of attached streams of live processes, or 0 for an
+-- unknown job.
+local job = KEYS[1]
+if redis.call('EXISTS', job) == 0 then return 0 end
+local delta = tonumber(ARGV[1])
+if delta ~= 0 then
+  local mine = redis.call('HINCRBY', job, 's:' .. ARGV[2], delta)
+  if mine <= 0 then redis.call('HDEL', job, 's:' .. ARGV[2]) end
+  redis.call('SET', KEYS[2], 1, 'PX', ARGV[4])
+end
+local total = 0
+local fields = redis.call('HGETALL', job)
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if string.sub(name, 1, 2) == 's:' then
+    local process = string.sub(name, 3)
+    if process == ARGV[2] or redis.call('EXISTS', ARGV[3] .. process) == 1 then
+      total = total + tonumber(fields[i + 1])
+    else
+      redis.call('HDEL', job, name)  -- a process that died with streams attached
+    end
+  end
+end
+return total

@@ -32,7 +32,7 @@ end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('HSET', job, 'state', 'queued', 'last_seq', 0, 'epoch', ARGV[3],
-  'lost_through', 0, 'subs', 0, 'lease', now + tonumber(ARGV[7]))
+  'lost_through', 0, 'lease', now + tonumber(ARGV[7]))
 redis.call('PEXPIRE', job, ARGV[8])
 if owner ~= '' then redis.call('HSET', job, 'owner', owner) end
 redis.call('SADD', active, ARGV[1])

@@ -22,7 +22,7 @@ if redis.call('EXISTS', job) == 0 then
   -- an eviction): start its log again and say what was lost.
   redis.call('DEL', stream, replaced)
   redis.call('HSET', job, 'state', 'running', 'last_seq', seq - 1, 'epoch', ARGV[10],
-    'lost_through', seq - 1, 'subs', 0)
+    'lost_through', seq - 1)
   if ARGV[11] ~= '' then redis.call('HSET', job, 'owner', ARGV[11]) end
   redis.call('SADD', active, ARGV[1])
 end
