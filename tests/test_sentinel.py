@@ -23,7 +23,8 @@ import pytest
 from flask_sse_flush import Event
 from flask_sse_flush.brokers import RedisBroker
 from flask_sse_flush.brokers.base import parse_event_id
-from flask_sse_flush.testing import RedisServer, free_port, parse_events, stop_process
+from flask_sse_flush.testing import RedisServer, free_port, stop_process
+from tests.test_leases import Collector
 
 MASTER = "jobs"
 
@@ -110,18 +111,6 @@ def sentinel_setup(tmp_path: Path) -> Iterator[tuple[Node, Node, Sentinels]]:
         for node in (replica, master):
             node.stop()
             shutil.rmtree(node.directory, ignore_errors=True)
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.closed = threading.Event()
-
-    def deliver(self, frame: bytes, level: str | None) -> None:
-        self.events.extend(parse_events(frame))
-
-    def close(self) -> None:
-        self.closed.set()
 
 
 def test_a_job_carries_on_through_a_failover(
