@@ -4,7 +4,8 @@ Real parts: a master and a replica (``redis-server``) and three sentinels
 (``redis-server --sentinel``), all on loopback ports of the test's own.
 The master is stopped mid-job; the job's stream carries on after the
 replica's promotion with every event once and in order, and a ``gap``
-only where writes were lost.
+only where writes were lost. And a Redis Cluster node, not supported yet,
+is refused with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from flask_sse_flush import Event
+from flask_sse_flush import BrokerUnavailable, Event
 from flask_sse_flush.brokers import RedisBroker
 from flask_sse_flush.brokers.base import parse_event_id
 from flask_sse_flush.testing import RedisServer, free_port, stop_process
@@ -175,3 +176,21 @@ def test_sentinel_urls_are_checked() -> None:
             RedisBroker(bad)
     broker = RedisBroker("redis+sentinel://:secret@127.0.0.1:1,127.0.0.1:2/jobs/3")
     broker.close()
+
+
+def test_a_cluster_node_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """Not a CROSSSLOT at the first job: the reason, at the first call."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    node = Node("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "n.conf"))
+    node.start()
+    broker = RedisBroker(node.url, request_timeout=1.0)
+    try:
+        with pytest.raises(BrokerUnavailable, match="Redis Cluster node: the broker does not"):
+            broker.status("job")
+        with pytest.raises(BrokerUnavailable, match="Redis Cluster"):
+            broker.append("news", Event("x"))
+    finally:
+        broker.close()
+        node.stop()
+        shutil.rmtree(node.directory, ignore_errors=True)

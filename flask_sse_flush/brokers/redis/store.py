@@ -78,6 +78,14 @@ class _Scripts:
         )
 
 
+#: Why a broker on a Redis Cluster node refuses to start (its scripts would
+#: fail with CROSSSLOT on the first job): said once, in the log and the error.
+CLUSTER_UNSUPPORTED = (
+    "{url} is a Redis Cluster node: the broker does not support Redis Cluster yet "
+    "(its scripts touch keys in several slots); use one Redis server, or one behind "
+    "Sentinel (redis+sentinel://)"
+)
+
 #: Channels whose last append a process remembers (see :meth:`Store.append`).
 MAX_REMEMBERED_CHANNELS = 10_000
 
@@ -311,6 +319,9 @@ class Store:
             else:
                 pool = redis.BlockingConnectionPool.from_url(self.url, **options)
             client = redis.Redis(connection_pool=pool)
+            if client.info("cluster").get("cluster_enabled"):
+                pool.disconnect()
+                raise BrokerUnavailable(CLUSTER_UNSUPPORTED.format(url=self.url))
             self._scripts = _Scripts.register(client)
             self._client = client
         return self._client
