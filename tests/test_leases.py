@@ -337,3 +337,78 @@ def test_a_dead_worker_s_streams_stop_counting(
         kill(child)
     wait_for(lambda: here.subscribers("watched") == 1, DEADLINE, "the dead worker's stream")
     assert here.unsubscribe("watched", stream) == 0  # the last live client left
+
+
+def test_an_outage_longer_than_the_lease_ends_no_healthy_job() -> None:
+    """Redis away for twice the lease: when it answers again the keepers
+    renew before any of them looks for lapsed leases."""
+    from flask_sse_flush.testing import RedisServer
+
+    with RedisServer() as server:
+        runner = RedisBroker(server.url, prefix="outage:", lease=LEASE)
+        watcher = RedisBroker(server.url, prefix="outage:", lease=LEASE)
+        try:
+            runner.create("through")
+            runner.publish("through", 1, Event({"progress": 1}, event="progress", id="through-1"))
+            stream = Collector()
+            assert watcher.subscribe("through", stream)
+            time.sleep(LEASE)  # the keepers have had their rounds
+            server.restart(down=LEASE * 2)
+            time.sleep(LEASE * 3)  # every keeper is back, and has looked
+            assert stream.of("error") == []
+            status = watcher.status("through")
+            assert status is not None and not status.ended
+            complete = Event({"filename": "a", "url": "/a"}, event="complete", id="through-2")
+            runner.publish("through", 2, complete, change={"state": "complete"}, final=True)
+            wait_for(lambda: bool(stream.of("complete")), 10, "the complete event")
+            assert stream.of("error") == []
+        finally:
+            runner.close()
+            watcher.close()
+
+
+def test_a_queued_job_s_keys_outlive_its_queue_lease(
+    redis_server: Any, redis_prefix: str, brokers: Callable[..., RedisBroker]
+) -> None:
+    web = brokers()  # the default queue_timeout: 600 s
+    web.create("waiting", limit=1)
+    hand_off(web, "waiting")
+
+    def lifetime() -> int:
+        return pttls(redis_server, redis_prefix).get(f"{redis_prefix}job:waiting", -1)
+
+    wait_for(lambda: lifetime() > 600_000, 5, "the queue lease's lifetime")
+
+
+def test_an_ended_job_stays_ended_when_a_job_worker_starts_it(
+    brokers: Callable[..., RedisBroker],
+) -> None:
+    """A job worker's "running" that comes after a lapsed lease ended the job."""
+    broker = brokers()
+    broker.create("late")
+    broker.publish(
+        "late", 1, Event({"message": "gone"}, event="error", id="late-1"),
+        change={"state": "error", "error": "gone"}, final=True,
+    )  # fmt: skip
+    status = broker.update("late", {"state": "running"})
+    assert status.ended and status.state == "error"
+
+
+def test_a_late_keeper_s_streams_count_again(
+    redis_server: Any, redis_prefix: str, brokers: Callable[..., RedisBroker]
+) -> None:
+    import redis
+
+    runner, late, other = brokers(), brokers(), brokers()
+    runner.create("counted")
+    assert late.subscribe("counted", Collector())
+    assert other.subscribe("counted", Collector())
+    assert other.subscribers("counted") == 2
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.delete(f"{redis_prefix}proc:{late._store.process}")  # its presence lapsed
+    finally:
+        client.close()
+    assert other.subscribers("counted") == 1
+    # Its keeper's next round: counted again, nothing forgotten.
+    wait_for(lambda: other.subscribers("counted") == 2, 5, "the late process's streams")

@@ -427,18 +427,28 @@ class RedisBroker:
 
     def _keep_leases(self) -> None:
         """Start this process's lease keeper, once (call where the sockets live)."""
-        if self._leases is None and not self._store.closed:
-            self._leases = Leases(self._store, running=self._running, handed=self._take_handed)
-            self._leases.start()
+        with self._lock:
+            if self._leases is not None or self._store.closed:
+                return
+            self._leases = Leases(
+                self._store,
+                running=self._running,
+                handed=self._handed_now,
+                handed_done=self._handed_renewed,
+            )
+        self._leases.start()
 
     def _running(self) -> set[str]:
         with self._lock:
             return set(self._publishing)
 
-    def _take_handed(self) -> set[str]:
+    def _handed_now(self) -> set[str]:
         with self._lock:
-            handed, self._handed = self._handed, set()
-        return handed
+            return set(self._handed)
+
+    def _handed_renewed(self, handed: set[str]) -> None:
+        with self._lock:
+            self._handed -= handed
 
     # -- the reader ----------------------------------------------------------------
 

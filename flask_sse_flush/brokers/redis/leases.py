@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 
 from ...runtime import start_greenlet
@@ -66,11 +67,16 @@ class Leases:
         *,
         running: Callable[[], set[str]],
         handed: Callable[[], set[str]],
+        handed_done: Callable[[set[str]], None],
     ) -> None:
         self.store = store
         self._running = running
         self._handed = handed
+        self._handed_done = handed_done
         self.interval = store.lease_ms / 3000.0
+        self.lease = store.lease_ms / 1000.0
+        # Since when (monotonic) every round reached Redis; None after a failure.
+        self._healthy_since: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,19 +99,36 @@ class Leases:
             try:
                 self.round()
             except Exception as exc:  # Redis away: the next round tries again
+                self._healthy_since = None
                 log.debug("lease round failed: %s", exc)
             # Jittered, so the workers of one deployment do not all sweep at once.
             self._stop.wait(self.interval * random.uniform(0.8, 1.0))
 
     def round(self) -> list[str]:
-        """Renew, then end the lapsed jobs; return the ids of the jobs this round ended."""
+        """Renew, then end the lapsed jobs; return the ids of the jobs this round ended.
+
+        Lapsed leases are looked for only once Redis has answered this
+        keeper for a whole lease: after an outage (or a Sentinel failover,
+        to a master with another clock) every live runner has renewed by
+        then, so only the leases of runners that are gone are still lapsed.
+        """
         handed = self._handed()
         if handed:
             self.store.renew(handed, queued=True)
+            self._handed_done(handed)  # only once their queue lease is set
         self.store.renew_presence()  # this process's attached streams still count
         running = self._running()
         if running:
             self.store.renew(running)
+        now = time.monotonic()
+        if self.store.down_since is not None:
+            self._healthy_since = None
+            return []
+        if self._healthy_since is None:
+            self._healthy_since = now
+        # An outage this round's calls waited out counts too (store.up_since).
+        if now - max(self._healthy_since, self.store.up_since) < self.lease:
+            return []
         ended = []
         for job_id, last in self.store.lapsed():
             if job_id not in running and self.end(job_id, last):

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from ...channels import Position, new_epoch
 from ...exceptions import BrokerUnavailable, JobEnded, TooManyJobs, UnknownJob
+from ...runtime import new_lock
 from ..base import JobStatus, StatusChange
 
 __all__ = ["UNAVAILABLE", "Entry", "Store"]
@@ -291,6 +292,8 @@ class Store:
         )
         #: Since when Redis has been unreachable (monotonic), ``None`` while it answers.
         self.down_since: float | None = None
+        #: Since when (monotonic) Redis has answered again after its last outage.
+        self.up_since = time.monotonic()
         self.closed = False
         self._client: Any = None
         self._scripts: _Scripts | None = None
@@ -298,6 +301,7 @@ class Store:
         self.process = os.urandom(8).hex()
         #: Each channel's last append of this process: (epoch, seq), oldest first.
         self._appended: dict[str, tuple[str, int]] = {}
+        self._appended_lock = new_lock()
 
     # -- connections ---------------------------------------------------------------
 
@@ -371,6 +375,7 @@ class Store:
                 if self.down_since is not None:
                     log.warning("Redis answers again")
                     self.down_since = None
+                    self.up_since = time.monotonic()
                 return result
 
     # -- names ---------------------------------------------------------------------
@@ -459,8 +464,10 @@ class Store:
             "1" if if_lapsed else "0",
             *_change_args(change),
         ]
+        # A lapsed job's end is the keeper's: it must not wait out an outage
+        # (and its own renewals) the way a runner's publish does.
         answer = self.run(
-            lambda client: self.scripts.publish(keys=keys, args=args), persistent=True
+            lambda client: self.scripts.publish(keys=keys, args=args), persistent=not if_lapsed
         )
         if if_lapsed:
             return bool(answer == b"ok")
@@ -476,6 +483,9 @@ class Store:
         :returns: each job's answer: ``"ok"``, ``"ended"`` or ``"unknown"``.
         """
         lease = self.queue_timeout_ms if queued else self.lease_ms
+        # A queued job's keys outlive its queue lease, so that a job nobody
+        # ran still ends with its error event rather than vanish.
+        lifetime = self.queue_timeout_ms + self.alive_ms if queued else self.alive_ms
         ids = list(job_ids)
 
         def renew(client: Any) -> list[Any]:
@@ -483,7 +493,7 @@ class Store:
             for job_id in ids:
                 keys = [self.key("job", job_id), self.key("log", job_id)]
                 keys += [self.key("old", job_id), f"{self.prefix}active"]
-                args = [lease, self.alive_ms, "1" if queued else "0"]
+                args = [lease, lifetime, "1" if queued else "0"]
                 self.scripts.renew(keys=keys, args=args, client=pipe)
             return list(pipe.execute())
 
@@ -506,7 +516,7 @@ class Store:
             ),
             persistent=True,
         )
-        status = self.status(job_id) if found else None
+        status = self.status(job_id) if found else None  # 2: ended, left as it was
         if status is None:
             raise UnknownJob(job_id)
         return status
@@ -581,7 +591,7 @@ class Store:
             round(self.retention * 1000),
             self.channel_prefix + channel.encode(),
             level,
-            *self._appended.get(channel, ("", 0)),
+            *self._last_append(channel),
         ]
         epoch, seq = self.run(
             lambda client: self.scripts.append(keys=keys, args=args), persistent=True
@@ -589,12 +599,17 @@ class Store:
         # What this process last appended, so that a log that lost it (a
         # failover to a replica that lagged, a restart without persistence)
         # starts a new epoch rather than number other events the same.
-        appended = self._appended
-        appended.pop(channel, None)
-        appended[channel] = (epoch.decode(), int(seq))
-        if len(appended) > MAX_REMEMBERED_CHANNELS:
-            del appended[next(iter(appended))]
+        with self._appended_lock:
+            appended = self._appended
+            appended.pop(channel, None)
+            appended[channel] = (epoch.decode(), int(seq))
+            if len(appended) > MAX_REMEMBERED_CHANNELS:
+                del appended[next(iter(appended))]
         return epoch.decode(), int(seq)
+
+    def _last_append(self, channel: str) -> tuple[str, int]:
+        with self._appended_lock:
+            return self._appended.get(channel, ("", 0))
 
     def position(self, channel: str) -> Position:
         """Where ``channel``'s log is now, starting one if it has none."""

@@ -21,10 +21,11 @@ for i = 1, #fields, 2 do
   local name = fields[i]
   if string.sub(name, 1, 2) == 's:' then
     local process = string.sub(name, 3)
+    -- A process whose presence lapsed (it died, or its keeper is late)
+    -- does not count now; its field stays, so a late keeper's streams count
+    -- again at its next renewal. The job's hash expires with the job.
     if process == ARGV[2] or redis.call('EXISTS', ARGV[3] .. process) == 1 then
       total = total + tonumber(fields[i + 1])
-    else
-      redis.call('HDEL', job, name)  -- a process that died with streams attached
     end
   end
 end

@@ -25,6 +25,7 @@ if redis.call('EXISTS', job) == 0 then
     'lost_through', seq - 1)
   if ARGV[11] ~= '' then redis.call('HSET', job, 'owner', ARGV[11]) end
   redis.call('SADD', active, ARGV[1])
+  redis.call('PEXPIRE', active, ARGV[13])
 end
 local st = redis.call('HMGET', job, 'last_seq', 'final_seq', 'lost_through', 'lease')
 local last = tonumber(st[1])
