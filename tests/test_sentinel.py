@@ -182,7 +182,11 @@ def test_a_cluster_node_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     """Not a CROSSSLOT at the first job: the reason, at the first call."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    node = Node("--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "n.conf"))
+    # The bus port explicitly: port + 10000 may be taken, or past 65535.
+    node = Node(
+        "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "n.conf"),
+        "--cluster-port", str(free_port()),
+    )  # fmt: skip
     node.start()
     broker = RedisBroker(node.url, request_timeout=1.0)
     try:
