@@ -23,6 +23,7 @@ from flask_sse_flush import Event
 from flask_sse_flush.brokers import RedisBroker
 from flask_sse_flush.brokers.base import event_id, parse_event_id
 from flask_sse_flush.testing import parse_events
+from tests.timing import assert_under
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE = 1.0
@@ -150,7 +151,8 @@ def test_a_killed_runner_s_job_ends_once_on_every_worker(
     finally:
         kill(child)
     killed = time.monotonic()
-    took = wait_for(lambda: all(s.of("error") for s in streams), DEADLINE, "the error event")
+    took = wait_for(lambda: all(s.of("error") for s in streams), DEADLINE + 5, "the error event")
+    assert_under(took, DEADLINE, f"SIGKILL ({mode}) to the error event on 2 brokers, 1 s lease (s)")
     assert took >= LEASE * 0.5, "ended before the lease could lapse"
     time.sleep(LEASE)  # every keeper has had another round: still one error
     for stream in streams:
