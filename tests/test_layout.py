@@ -51,7 +51,7 @@ ALLOWED: dict[str, set[str]] = {
     "channels": {"exceptions", "runtime", "wire/frames"},
     "brokers/base": {"channels", "exceptions", "wire/frames"},
     "brokers/memory": {"brokers/base", "channels", "exceptions", "runtime", "wire/frames"},
-    "brokers/redis/store": {"brokers/base", "channels", "exceptions"},
+    "brokers/redis/store": {"brokers/base", "channels", "exceptions", "runtime"},
     "brokers/redis/subscriptions": {
         "brokers/base",
         "brokers/redis/store",
