@@ -21,6 +21,7 @@ import pytest
 
 from flask_sse_flush import Event
 from flask_sse_flush.testing import RedisServer
+from tests.test_leases import wait_for
 from tests.timing import assert_under
 
 from .support import Server, raw_get
@@ -59,15 +60,8 @@ class Client(threading.Thread):
             self.attached.set()
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 def runner_pid(log: Path) -> int:
-    wait_until(lambda: _runs(log), 20, "the render never started")
+    wait_for(lambda: _runs(log), 20, "the render never started")
     return int(_runs(log)[0]["pid"])
 
 
@@ -78,7 +72,7 @@ def attach_elsewhere(server: Server, prefix: str, job_id: str, avoid: int) -> li
         client = Client(server.port, f"{prefix}/render/stream?job={job_id}")
         client.start()
         assert client.attached.wait(15)
-        wait_until(lambda c=client: c.events or c.error, 15, "no event on a stream")
+        wait_for(lambda c=client: c.events or c.error, 15, "no event on a stream")
         if client.pid and int(client.pid) != avoid and client.error is None:
             kept.append(client)
         if len(kept) == 3:
