@@ -30,6 +30,7 @@ from .ops.lifecycle import Lifecycle, replace_lifecycle
 from .wire.frames import Event, decode_events
 
 __all__ = [
+    "RedisCluster",
     "RedisServer",
     "free_port",
     "fresh_lifecycle",
@@ -286,3 +287,167 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class RedisCluster:
+    """A real Redis Cluster of a test's own: ``primaries`` and their replicas, on loopback.
+
+    Each node is a :class:`RedisServer` with cluster mode on (its bus on a
+    free port of its own); the cluster is made with ``redis-cli --cluster
+    create`` and is ready (every slot served, every replica in sync) when
+    the ``with`` block starts::
+
+        with RedisCluster() as cluster:  # 3 primaries, 3 replicas
+            broker = RedisBroker(cluster.url)
+            ...
+            cluster.kill(cluster.primary_of("sse_flush:job:{job-1}"))
+            cluster.wait_ok()  # its replica took over
+
+    :param primaries: how many primaries (at least 3, as Redis asks).
+    :param replicas: replicas of each primary.
+    :param node_timeout: milliseconds before a silent node counts as
+        failed (a failover starts then); short, so tests need not wait.
+    :raises FileNotFoundError: no ``redis-server`` or ``redis-cli``.
+    """
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, *, node_timeout: int = 1000) -> None:
+        if primaries < 3:
+            raise ValueError(f"a Redis Cluster has at least 3 primaries, not {primaries}")
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError(
+                "redis-cli not found: install Redis (Debian: apt-get install redis-server)"
+            )
+        self.cli = cli
+        self.replicas = replicas
+        self.nodes = [_ClusterNode(node_timeout) for _ in range(primaries * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """The ``redis://`` URL of the first node: any node of a cluster will do."""
+        return self.nodes[0].url
+
+    @property
+    def cluster_url(self) -> str:
+        """A ``redis+cluster://`` URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def ask(self, node: RedisServer, *command: str) -> str:
+        """A command's answer from ``node``, as ``redis-cli`` prints it."""
+        found = subprocess.run(
+            [self.cli, "-p", str(node.port), *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return found.stdout
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every node, make the cluster and wait until it serves every slot."""
+        for node in self.nodes:
+            node.start()
+        command = [self.cli, "--cluster", "create"]
+        command += [f"127.0.0.1:{node.port}" for node in self.nodes]
+        command += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
+        self.wait_ok(timeout)
+
+    def live(self) -> list[RedisServer]:
+        """The nodes running now."""
+        return [node for node in self.nodes if node.process is not None]
+
+    def primaries(self) -> list[RedisServer]:
+        """The live nodes that are primaries now."""
+        return [node for node in self.live() if self.ask(node, "ROLE").startswith("master")]
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The live primary serving ``key``'s slot now."""
+        slot = int(self.ask(self.live()[0], "CLUSTER", "KEYSLOT", key).strip())
+        for node in self.primaries():
+            for line in self.ask(node, "CLUSTER", "NODES").splitlines():
+                parts = line.split()
+                if "myself" not in parts[2]:
+                    continue
+                for span in parts[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return node
+        raise LookupError(f"no live primary serves slot {slot} ({key!r})")
+
+    def wait_ok(self, timeout: float = 60.0) -> None:
+        """Wait until every live node says the cluster is ok and agrees on the primaries,
+        and every replica is in sync with its primary."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._ok():
+                    return
+            except (subprocess.SubprocessError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok")
+            time.sleep(0.1)
+
+    def _ok(self) -> bool:
+        live = self.live()
+        primaries = 0
+        for node in live:
+            if "cluster_state:ok" not in self.ask(node, "CLUSTER", "INFO"):
+                return False
+            role = self.ask(node, "INFO", "replication")
+            if "role:master" in role:
+                primaries += 1
+            elif "master_link_status:up" not in role:
+                return False
+            failing = [
+                line
+                for line in self.ask(node, "CLUSTER", "NODES").splitlines()
+                if "master" in line.split()[2]
+                and "fail" in line.split()[2]
+                and any(f":{n.port}@" in line for n in live)
+            ]
+            if failing:
+                return False
+        return primaries >= len(self.nodes) // (1 + self.replicas)
+
+    def kill(self, node: RedisServer) -> None:
+        """End ``node`` at once (``SIGKILL``), as a crashed host."""
+        process, node.process = node.process, None
+        if process is not None:
+            process.kill()
+            process.wait(10)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.__exit__()
+
+
+class _ClusterNode(RedisServer):
+    """A :class:`RedisServer` in cluster mode, its bus on a free port of its own."""
+
+    def __init__(self, node_timeout: int) -> None:
+        super().__init__(appendonly=False)
+        self.node_timeout = node_timeout
+        self.bus_port = free_port()
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(self.directory / "nodes.conf"),
+            "--cluster-port", str(self.bus_port),
+            "--cluster-node-timeout", str(self.node_timeout),
+        ]  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker
-from flask_sse_flush.testing import RedisServer
+from flask_sse_flush.testing import RedisCluster, RedisServer
 from tests.browser import support as browser
 from tests.integration.support import Server, running_server
 from tests.timing import measurements
@@ -101,6 +101,21 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster on loopback for the whole run: 3 primaries, 3 replicas.
+
+    Tests isolate themselves with a key prefix of their own; a test that
+    kills a node makes a cluster of its own.
+    """
+    if shutil.which("redis-server") is None:
+        if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS"):
+            pytest.fail("redis-server is not installed (make system-deps installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -312,7 +312,7 @@ class TestRedisChannels(ChannelContract):
         first = broker.append("quiet", Event("first"))
         until(lambda: old.data == ["first"])
         client = broker._connect()
-        client.delete(f"{self.prefix}chan:quiet", f"{self.prefix}clog:quiet")
+        client.delete(*broker._store.channel_keys("quiet"))
         new = Follower()
         at = broker.position("quiet")
         assert at.epoch != parse_channel_event_id(first)[1].epoch
@@ -338,13 +338,15 @@ class TestRedisChannels(ChannelContract):
         source = (
             Path(__file__).parent.parent / "flask_sse_flush/brokers/redis/scripts/append.lua"
         ).read_text()
-        keys = [f"{self.prefix}chan:news", f"{self.prefix}clog:news", f"{self.prefix}ctok:news:t1"]
-        args = ["e0e0e0e0", "news", b"", b"data: once\n\n", 100, 60000, f"{self.prefix}ch:news", ""]
+        store = broker._store
+        keys = [*store.channel_keys("news"), store.key("ctok", "news") + ":t1"]
+        args = ["e0e0e0e0", "news", b"", b"data: once\n\n", 100, 60000]
+        args += [store.channel_pubsub("news"), "", "", 0, store.publish_command]
         # The same append twice, as a retry after a reply lost on the way back.
         first = client.eval(source, 3, *keys, *args)
         again = client.eval(source, 3, *keys, *args)
         assert first == again
-        assert client.xlen(f"{self.prefix}clog:news") == 1
+        assert client.xlen(store.channel_keys("news")[1]) == 1
         broker.append("news", Event("next"))
         until(lambda: follower.data == ["once", "next"])
         assert follower.seqs == [1, 2]
@@ -357,8 +359,9 @@ class TestRedisChannels(ChannelContract):
         broker = self.make_broker()
         ids = [broker.append("news", Event(f"e{i}")) for i in range(1, 6)]
         client = broker._connect()  # the replica had only the first three
-        client.hset(f"{self.prefix}chan:news", "last", 3)
-        client.xdel(f"{self.prefix}clog:news", "0-4", "0-5")
+        meta, log = broker._store.channel_keys("news")
+        client.hset(meta, "last", 3)
+        client.xdel(log, "0-4", "0-5")
         after = broker.append("news", Event("after the failover"))
         epoch, at = parse_channel_event_id(ids[-1])[1], parse_channel_event_id(after)[1]
         assert at.epoch != epoch.epoch and at.seq == 1
@@ -377,7 +380,7 @@ class TestRedisChannels(ChannelContract):
         old = broker.append("news", Event("before"))
         until(lambda: follower.data == ["before"])
         client = broker._connect()  # the store loses the channel (a flush, an eviction)
-        client.delete(f"{self.prefix}chan:news", f"{self.prefix}clog:news")
+        client.delete(*broker._store.channel_keys("news"))
         new = broker.append("news", Event("after"))
         assert parse_channel_event_id(new)[1].epoch != parse_channel_event_id(old)[1].epoch
         until(lambda: follower.data == ["before", "after"])  # the live follower goes on

@@ -24,7 +24,13 @@ from ...wire.frames import PROGRESS_COALESCING, Coalescing, Event, split_at_id
 from ..base import JobStatus, StatusChange, Subscriber, valid_job_id
 from .leases import Leases
 from .reader import Reader
-from .store import Store, is_sentinel_url, parse_sentinel_url
+from .store import (
+    Store,
+    is_cluster_url,
+    is_sentinel_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 from .subscriptions import Subscriptions
 
 __all__ = ["RedisBroker"]
@@ -139,6 +145,8 @@ class RedisBroker:
         self.socket_timeout = socket_timeout
         if is_sentinel_url(url):
             parse_sentinel_url(url)  # a malformed URL fails here
+        elif is_cluster_url(url):
+            parse_cluster_url(url)
         else:
             redis.ConnectionPool.from_url(url)  # a malformed URL fails here
         self._reset()
@@ -435,6 +443,7 @@ class RedisBroker:
                 running=self._running,
                 handed=self._handed_now,
                 handed_done=self._handed_renewed,
+                attached=self._subscriptions.attached,
             )
         self._leases.start()
 

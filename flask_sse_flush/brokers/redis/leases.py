@@ -18,9 +18,10 @@ ends exactly once, whichever worker gets there first, and frees its
 worker, gets that event as it gets any other.
 
 Streams attach with a lease too: each process counts its own streams of a
-job in the job's hash, and they count while the process's presence key
-(renewed in the same round) exists. The streams of a worker that died stop
-counting once it lapses, so ``on_disconnect="cancel"`` still cancels a job
+job in the job's hash, and they count while the process's presence there
+(renewed in the same round, for each job it has streams of) has not
+lapsed. The streams of a worker that died stop counting once it lapses, so
+``on_disconnect="cancel"`` still cancels a job
 when its last live client leaves.
 
 A job handed to a queue (an executor callable) has no runner until a job
@@ -59,6 +60,8 @@ class Leases:
     :param running: the ids of the jobs this process runs now.
     :param handed: takes the ids of the jobs this process handed to a queue
         since the last round (their lease becomes the queue's).
+    :param handed_done: called with those ids once their queue lease is set.
+    :param attached: the ids of the jobs this process has streams of.
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class Leases:
         running: Callable[[], set[str]],
         handed: Callable[[], set[str]],
         handed_done: Callable[[set[str]], None],
+        attached: Callable[[], set[str]],
     ) -> None:
         self.store = store
+        self._attached = attached
         self._running = running
         self._handed = handed
         self._handed_done = handed_done
@@ -116,7 +121,8 @@ class Leases:
         if handed:
             self.store.renew(handed, queued=True)
             self._handed_done(handed)  # only once their queue lease is set
-        self.store.renew_presence()  # this process's attached streams still count
+        # This process's attached streams still count.
+        self.store.renew_presence(self._attached())
         running = self._running()
         if running:
             self.store.renew(running)

@@ -1,7 +1,8 @@
-"""The reader: a process's one pub/sub connection to Redis, and the loop that reads it.
+"""The reader: a process's pub/sub connections to Redis, and the loop that reads them.
 
 Live events reach the streams of a worker through **one** pub/sub
-connection per process, whatever the number of streams: the reader (a
+connection per process (on a Redis Cluster, one per primary that serves a
+wanted channel, with sharded pub/sub), whatever the number of streams: the reader (a
 greenlet under gevent, a thread otherwise) subscribes to the channel of
 each job and event channel the process serves and hands every message to
 its listener, which fans it out to the local streams. It pings Redis when
@@ -79,7 +80,10 @@ class Reader:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopped = False
-        self._connection: Any = None
+        #: The pub/sub connections, by route (one; on a cluster, one per primary).
+        self._connections: dict[str, Any] = {}
+        self._subscribed: dict[str, set[bytes]] = {}
+        self._connected_once = False
         self._thread: Any = None
 
     def start(self) -> None:
@@ -140,49 +144,92 @@ class Reader:
         self._wake_w.close()
 
     def _connect(self) -> None:
-        client = self.store.connect()
-        pool = client.connection_pool
-        self._connection = pool.connection_class(**pool.connection_kwargs)
-        self._connection.connect()
+        self.store.connect()
+        if self._connected_once:
+            self.store.refresh()  # a cluster's slots may have moved meanwhile
+        self._connected_once = True
+        self._connections = {}
 
     def _disconnect(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
+        connections, self._connections = self._connections, {}
+        for connection in connections.values():
             with contextlib.suppress(Exception):
                 connection.disconnect()
 
     def _serve(self) -> None:
-        connection = self._connection
-        subscribed: set[bytes] = set()
-        last_heard = time.monotonic()
-        pinged = False
+        """Subscribe to the wanted channels and hand on what arrives, until stopped.
+
+        One Redis: one connection. A cluster: one per primary serving a
+        wanted channel's slot, made as needed; a channel the cluster moved
+        (``MOVED`` to a subscribe, a ``sunsubscribe`` we did not ask for) or
+        a lost node ends this serve: the caller reads the slots again and
+        every stream catches up from the log.
+        """
+        store = self.store
+        subscribe, unsubscribe = store.subscribe_commands
+        connections = self._connections
+        subscribed: dict[str, set[bytes]] = {}
+        last_heard: dict[str, float] = {}
+        pinged: dict[str, bool] = {}
+        self._subscribed = subscribed
         while not self._stopped:
-            wanted = self.listener.wanted_channels()
-            new, old = wanted - subscribed, subscribed - wanted
-            if new:
-                connection.send_command("SUBSCRIBE", *new)
-                subscribed |= new
-            if old:
-                connection.send_command("UNSUBSCRIBE", *old)
-                subscribed -= old
-            self.listener.resync(subscribed, new)
-            if not connection.can_read(timeout=0):
-                ready, _, _ = select.select(
-                    [connection._sock, self._wake_r], [], [], self.HEALTH_INTERVAL
-                )
-                if self._wake_r in ready:
+            wanted: dict[str, set[bytes]] = {}
+            for channel in self.listener.wanted_channels():
+                wanted.setdefault(store.pubsub_route(channel), set()).add(channel)
+            new_all: set[bytes] = set()
+            for route in {*wanted, *subscribed}:
+                channels, held = wanted.get(route, set()), subscribed.get(route, set())
+                new, old = channels - held, held - channels
+                if new:
+                    connection = connections.get(route)
+                    if connection is None:
+                        connection = connections[route] = store.pubsub_connection(route)
+                        last_heard[route], pinged[route] = time.monotonic(), False
+                    self._send(connection, subscribe, new)
+                    new_all |= new
+                if old:
+                    self._send(connections[route], unsubscribe, old)
+                subscribed[route] = (held | new) - old
+                if not subscribed[route] and store.cluster:
+                    # No channel left on that primary: its connection goes too.
+                    del subscribed[route]
+                    with contextlib.suppress(Exception):
+                        connections.pop(route).disconnect()
+            everything = set().union(*subscribed.values())
+            self.listener.resync(everything, new_all)
+            ready = [r for r, c in connections.items() if c.can_read(timeout=0)]
+            if not ready:
+                sockets = {c._sock: r for r, c in connections.items()}
+                found, _, _ = select.select([*sockets, self._wake_r], [], [], self.HEALTH_INTERVAL)
+                if self._wake_r in found:
                     self._drain()
-                if connection._sock not in ready:
-                    if not ready:
-                        if pinged and time.monotonic() - last_heard > 2 * self.HEALTH_INTERVAL:
-                            raise self.store.redis.ConnectionError("no answer to PING")
-                        if subscribed:
+                ready = [sockets[sock] for sock in found if sock in sockets]
+                if not found:
+                    now = time.monotonic()
+                    for route, connection in connections.items():
+                        if pinged[route] and now - last_heard[route] > 2 * self.HEALTH_INTERVAL:
+                            raise store.redis.ConnectionError(f"no answer to PING ({route})")
+                        if subscribed.get(route):
                             connection.send_command("PING")
-                            pinged = True
+                            pinged[route] = True
+                if not ready:
                     continue
-            for message in self._messages(connection):
-                last_heard, pinged = time.monotonic(), False
-                self._handle(message)
+            for route in ready:
+                for message in self._messages(connections[route]):
+                    last_heard[route], pinged[route] = time.monotonic(), False
+                    self._handle(message, subscribed[route])
+
+    def _send(self, connection: Any, command: str, channels: set[bytes]) -> None:
+        """(Un)subscribe ``channels``: one command on one Redis; on a cluster one
+        per slot (a sharded command names channels of one slot), in one write."""
+        if not self.store.cluster:
+            connection.send_command(command, *channels)
+            return
+        by_slot: dict[int, list[bytes]] = {}
+        for channel in channels:
+            by_slot.setdefault(self.store.slot(channel), []).append(channel)
+        commands = [(command, *group) for group in by_slot.values()]
+        connection.send_packed_command(connection.pack_commands(commands))
 
     def _messages(self, connection: Any) -> Iterator[list[Any]]:
         yield connection.read_response()
@@ -203,11 +250,15 @@ class Reader:
         except (BlockingIOError, OSError):
             pass
 
-    def _handle(self, message: Any) -> None:
+    def _handle(self, message: Any, subscribed: set[bytes]) -> None:
         if not isinstance(message, list) or len(message) < 2:
             return
         kind, channel = message[0], message[1]
-        if kind == b"message":
+        if kind in (b"message", b"smessage"):
             self.listener.on_message(channel, message[2])
-        elif kind == b"subscribe":
+        elif kind in (b"subscribe", b"ssubscribe"):
             self.listener.on_subscribe(channel)
+        elif kind == b"sunsubscribe" and channel in subscribed:
+            # The cluster moved the channel's slot (resharding, a failover):
+            # read the slots again and subscribe where it lives now.
+            raise self.store.redis.ConnectionError(f"Redis Cluster moved {channel!r}")

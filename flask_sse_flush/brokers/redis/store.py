@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from ...channels import Position, new_epoch
 from ...exceptions import BrokerUnavailable, JobEnded, TooManyJobs, UnknownJob
@@ -63,6 +63,12 @@ class _Scripts:
     position: Any
     renew: Any
     lapsed: Any
+    admit: Any
+    keep: Any
+    release: Any
+    overdue: Any
+    read_log: Any
+    read_channel: Any
 
     @classmethod
     def register(cls, client: Any) -> _Scripts:
@@ -76,26 +82,39 @@ class _Scripts:
             position=client.register_script(_lua("position")),
             renew=client.register_script(_lua("renew")),
             lapsed=client.register_script(_lua("lapsed")),
+            admit=client.register_script(_lua("admit")),
+            keep=client.register_script(_lua("keep")),
+            release=client.register_script(_lua("release")),
+            overdue=client.register_script(_lua("overdue")),
+            read_log=client.register_script(_lua("read_log")),
+            read_channel=client.register_script(_lua("read_channel")),
         )
 
 
-#: Why a broker on a Redis Cluster node refuses to start (its scripts would
-#: fail with CROSSSLOT on the first job): said once, in the log and the error.
-CLUSTER_UNSUPPORTED = (
-    "{url} is a Redis Cluster node: the broker does not support Redis Cluster yet "
-    "(its scripts touch keys in several slots); use one Redis server, or one behind "
-    "Sentinel (redis+sentinel://)"
+#: Why a broker refuses a Sentinel whose master is a cluster node.
+SENTINEL_CLUSTER = (
+    "{url} names a Redis Cluster node: Sentinel does not manage clusters; "
+    "use the node's redis:// URL, or redis+cluster://"
 )
 
 #: Channels whose last append a process remembers (see :meth:`Store.append`).
 MAX_REMEMBERED_CHANNELS = 10_000
 
+#: The most lapsed-lease candidates one keeper round checks on a cluster.
+MAX_OVERDUE = 500
+
 SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEME = "redis+cluster://"
 
 
 def is_sentinel_url(url: str) -> bool:
     """Whether ``url`` names a master behind Sentinel."""
     return url.startswith(SENTINEL_SCHEME)
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names the seed nodes of a Redis Cluster."""
+    return url.startswith(CLUSTER_SCHEME)
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,58 @@ class SentinelURL:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class ClusterURL:
+    """``redis+cluster://[[user]:password@]host:port[,host:port...]``: a cluster's seed nodes."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def first(self) -> str:
+        """The ``redis://`` URL of the first node, with the user and password."""
+        host, port = self.nodes[0]
+        auth = ""
+        if self.username or self.password:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
+        return f"redis://{auth}{'[' + host + ']' if ':' in host else host}:{port}/0"
+
+
+def _hosts_and_path(
+    url: str, scheme: str, form: str, kind: str
+) -> tuple[list[tuple[str, int]], str, str, str]:
+    """The ``host:port`` list, path, user and password of a multi-host URL."""
+    rest = url[len(scheme) :]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts, userinfo = netloc, ""
+    username, _, password = userinfo.partition(":")
+    found = []
+    for part in hosts.split(","):
+        host, colon, port = part.strip().rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a {kind} URL names each host as host:port ({form})")
+        found.append((host, int(port)))
+    return found, path, unquote(username), unquote(password)
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Read a ``redis+cluster://`` URL: one or more nodes of the cluster to start from.
+
+    :raises ValueError: not such a URL, or a part of it is missing or wrong.
+    """
+    form = "redis+cluster://host:port[,host:port...]"
+    if not is_cluster_url(url):
+        raise ValueError(f"a Redis Cluster URL is {form}, not {url[:200]!r}")
+    nodes, path, username, password = _hosts_and_path(url, CLUSTER_SCHEME, form, "Redis Cluster")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has one database (0), not {path.strip('/')!r}")
+    return ClusterURL(tuple(nodes), username or None, password or None)
+
+
 def parse_sentinel_url(url: str) -> SentinelURL:
     """Read a ``redis+sentinel://`` URL.
 
@@ -120,19 +191,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     form = "redis+sentinel://host:port[,host:port...]/<master-name>[/<db>]"
     if not is_sentinel_url(url):
         raise ValueError(f"a Sentinel URL is {form}, not {url[:200]!r}")
-    rest = url[len(SENTINEL_SCHEME) :]
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        hosts, userinfo = netloc, ""
-    username, _, password = userinfo.partition(":")
-    sentinels = []
-    for part in hosts.split(","):
-        host, colon, port = part.strip().rpartition(":")
-        host = host.strip("[]")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"a Sentinel URL names each sentinel as host:port ({form})")
-        sentinels.append((host, int(port)))
+    sentinels, path, username, password = _hosts_and_path(url, SENTINEL_SCHEME, form, "Sentinel")
     names = [name for name in path.split("/") if name] if path else []
     if not names or len(names) > 2:
         raise ValueError(f"a Sentinel URL names its master after the hosts ({form})")
@@ -142,8 +201,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         tuple(sentinels),
         unquote(names[0]),
         int(names[1]) if len(names) == 2 else 0,
-        unquote(username) or None,
-        unquote(password) or None,
+        username or None,
+        password or None,
     )
 
 
@@ -200,6 +259,34 @@ def sentinel_pool(redis: Any, url: SentinelURL, options: dict[str, Any]) -> Any:
     return pool
 
 
+def cluster_client(redis: Any, url: str, seeds: Collection[tuple[str, int]], options: Any) -> Any:
+    """A Redis Cluster client starting from ``url``'s node (and ``seeds``).
+
+    Each node gets a blocking pool of at most ``max_connections``
+    connections: a call waits for a free one (``timeout``) rather than open
+    more. The client follows ``MOVED`` and ``ASK`` itself and reads the
+    slots again after a node fails; the store's retry loop waits out a
+    failover.
+    """
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from redis.exceptions import RedisClusterException
+
+    options = dict(options)
+    retry = options.pop("retry")  # the cluster's own; its nodes' connections never retry
+    try:
+        return RedisCluster(
+            url=url,
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],  # type: ignore[no-untyped-call]
+            connection_pool_class=redis.BlockingConnectionPool,
+            require_full_coverage=False,
+            retry=retry,
+            **options,
+        )
+    except (IndexError, KeyError) as exc:  # redis-py's answer to a cluster with no primary
+        raise RedisClusterException("the Redis Cluster has no primary serving slots") from exc
+
+
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8")
 
@@ -225,6 +312,16 @@ def _status(job_id: str, fields: dict[bytes, bytes]) -> JobStatus | None:
     )
 
 
+def _refuse(answer: bytes, limit: int | None, owner_limit: int | None) -> None:
+    """Raise the admission error an admission script answered, if any."""
+    if answer == b"full":
+        assert limit is not None
+        raise TooManyJobs.at_limit(limit)
+    if answer == b"owner full":
+        assert owner_limit is not None
+        raise TooManyJobs.for_owner(owner_limit)
+
+
 def _change_args(change: StatusChange | None) -> list[str]:
     args: list[str] = []
     for name, value in (change or {}).items():
@@ -238,8 +335,9 @@ def _change_args(change: StatusChange | None) -> list[str]:
 
 def _entries(raw: list[Any]) -> list[Entry]:
     entries = []
-    for entry_id, fields in raw:
+    for entry_id, pairs in raw:
         seq = int(entry_id.split(b"-", 1)[1])
+        fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
         level = fields.get(b"l") or b""
         entries.append((seq, fields[b"f"], level.decode("utf-8") or None))
     return entries
@@ -285,11 +383,20 @@ class Store:
         self.socket_timeout = socket_timeout
         self.client_name = client_name
         #: The failures that mean "Redis is unreachable" (retried), not "refused".
+        # On a cluster, a failover's "cluster down", "try again" and a slot
+        # no node serves for now are outages too.
+        from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+
         self.errors: tuple[type[BaseException], ...] = (
             redis.ConnectionError,
             redis.TimeoutError,
             OSError,
+            ClusterError,
+            TryAgainError,
+            RedisClusterException,
         )
+        #: Whether Redis is a cluster (known once connected): keys carry hash tags.
+        self.cluster = False
         #: Since when Redis has been unreachable (monotonic), ``None`` while it answers.
         self.down_since: float | None = None
         #: Since when (monotonic) Redis has answered again after its last outage.
@@ -318,17 +425,76 @@ class Store:
                 "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
                 "client_name": self.client_name,
             }
-            if is_sentinel_url(self.url):
-                pool = sentinel_pool(redis, parse_sentinel_url(self.url), options)
+            if is_cluster_url(self.url):
+                seeds = parse_cluster_url(self.url)
+                self.cluster = True
+                client = cluster_client(redis, seeds.first, seeds.nodes[1:], options)
             else:
-                pool = redis.BlockingConnectionPool.from_url(self.url, **options)
-            client = redis.Redis(connection_pool=pool)
-            if client.info("cluster").get("cluster_enabled"):
-                pool.disconnect()
-                raise BrokerUnavailable(CLUSTER_UNSUPPORTED.format(url=self.url))
+                if is_sentinel_url(self.url):
+                    pool = sentinel_pool(redis, parse_sentinel_url(self.url), options)
+                else:
+                    pool = redis.BlockingConnectionPool.from_url(self.url, **options)
+                client = redis.Redis(connection_pool=pool)
+                # A plain URL may name any node of a cluster: asked once, here.
+                if client.info("cluster").get("cluster_enabled"):
+                    pool.disconnect()
+                    if is_sentinel_url(self.url):
+                        raise BrokerUnavailable(SENTINEL_CLUSTER.format(url=self.url))
+                    self.cluster = True
+                    client = cluster_client(redis, self.url, (), options)
             self._scripts = _Scripts.register(client)
             self._client = client
         return self._client
+
+    def ready(self) -> None:
+        """Connect (retrying) if not yet: the names of keys depend on the kind of Redis."""
+        if self._client is None:
+            self.run(lambda client: None)
+
+    def refresh(self) -> None:
+        """Read a cluster's slots again (a pub/sub connection was moved or lost)."""
+        if self.cluster and self._client is not None:
+            self._client.nodes_manager.initialize()
+
+    def slot(self, channel: bytes) -> int:
+        """A cluster's slot of ``channel``."""
+        return int(self.connect().keyslot(channel))
+
+    def pubsub_route(self, channel: bytes) -> str:
+        """Which of this process's pub/sub connections carries ``channel``.
+
+        One Redis: the one connection (``""``). A cluster: the connection to
+        the primary serving the channel's slot, named by its address.
+        """
+        if not self.cluster:
+            return ""
+        client = self.connect()
+        node = client.nodes_manager.get_node_from_slot(client.keyslot(channel))
+        return str(node.name)
+
+    def pubsub_connection(self, route: str) -> Any:
+        """A new pub/sub connection for ``route`` (see :meth:`pubsub_route`), connected."""
+        client = self.connect()
+        if self.cluster:
+            node = client.get_node(node_name=route)
+            if node is None or node.redis_connection is None:
+                raise self.redis.ConnectionError(f"no Redis Cluster node {route} now")
+            pool = node.redis_connection.connection_pool
+        else:
+            pool = client.connection_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
+        connection.connect()
+        return connection
+
+    @property
+    def subscribe_commands(self) -> tuple[str, str]:
+        """The commands that subscribe and unsubscribe: sharded ones on a cluster."""
+        return ("SSUBSCRIBE", "SUNSUBSCRIBE") if self.cluster else ("SUBSCRIBE", "UNSUBSCRIBE")
+
+    @property
+    def publish_command(self) -> str:
+        """What the scripts publish with: ``SPUBLISH`` (to the keys' own slot) on a cluster."""
+        return "SPUBLISH" if self.cluster else "PUBLISH"
 
     @property
     def scripts(self) -> _Scripts:
@@ -340,7 +506,10 @@ class Store:
     def disconnect(self) -> None:
         """Close the pool's connections (the broker is closing)."""
         if self._client is not None:
-            self._client.connection_pool.disconnect()
+            if self.cluster:
+                self._client.close()
+            else:
+                self._client.connection_pool.disconnect()
 
     def run(self, command: Callable[[Any], R], *, persistent: bool = False) -> R:
         """Run a Redis command, retrying while Redis is unreachable.
@@ -381,50 +550,122 @@ class Store:
     # -- names ---------------------------------------------------------------------
 
     def key(self, kind: str, name: str) -> str:
+        """The key of a job's or channel's ``kind`` of data.
+
+        On a cluster the name is a hash tag (``<prefix><kind>:{<name>}``), so
+        every key and pub/sub channel of one job or channel is in one slot
+        and each script touches one slot. On one Redis the names are those
+        of 0.2, so a job in flight survives an upgrade.
+        """
+        if self.cluster:
+            return f"{self.prefix}{kind}:{{{name}}}"
         return f"{self.prefix}{kind}:{name}"
+
+    def _named(self, kind: str, pubsub: bytes) -> str | None:
+        """The name in a pub/sub channel made by :meth:`key` for ``kind``, if it is one."""
+        start = f"{self.prefix}{kind}:".encode()
+        if not pubsub.startswith(start):
+            return None
+        name = pubsub[len(start) :]
+        if self.cluster:
+            if not (name.startswith(b"{") and name.endswith(b"}")):
+                return None
+            name = name[1:-1]
+        return name.decode("utf-8", "replace")
 
     def job_channel(self, job_id: str) -> bytes:
         """The pub/sub channel of a job's live events."""
-        return f"{self.prefix}ev:{job_id}".encode()
+        return self.key("ev", job_id).encode()
 
-    def job_of(self, channel: bytes) -> str:
-        """The job whose live events ``channel`` carries."""
-        return channel[len(self.prefix) + 3 :].decode("utf-8", "replace")
+    def job_of(self, channel: bytes) -> str | None:
+        """The job whose live events ``channel`` carries, if it is a job's."""
+        return self._named("ev", channel)
 
-    @property
-    def cancel_channel(self) -> bytes:
-        """The one pub/sub channel of every job's cancellation."""
+    def cancel_channel(self, job_id: str) -> bytes:
+        """The pub/sub channel that carries the cancellation of ``job_id``.
+
+        One channel for every job on one Redis; on a cluster the job's own,
+        in its slot (a script publishes only to its keys' slot).
+        """
+        if self.cluster:
+            return self.key("cancel", job_id).encode()
         return f"{self.prefix}cancel".encode()
 
-    @property
-    def channel_prefix(self) -> bytes:
-        """The start of every event channel's pub/sub channel."""
-        return f"{self.prefix}ch:".encode()
+    def is_cancel_channel(self, channel: bytes) -> bool:
+        if self.cluster:
+            return self._named("cancel", channel) is not None
+        return channel == f"{self.prefix}cancel".encode()
+
+    def channel_pubsub(self, name: str) -> bytes:
+        """The pub/sub channel of an event channel's live events."""
+        return self.key("ch", name).encode()
+
+    def channel_of(self, pubsub: bytes) -> str | None:
+        """The event channel whose live events ``pubsub`` carries, if it is one's."""
+        return self._named("ch", pubsub)
 
     def channel_keys(self, name: str) -> list[str]:
         """An event channel's meta hash and log stream."""
         return [self.key("chan", name), self.key("clog", name)]
+
+    def job_keys(self, job_id: str) -> list[str]:
+        """A job's status hash, log stream and list of replaced level entries."""
+        return [self.key("job", job_id), self.key("log", job_id), self.key("old", job_id)]
+
+    @property
+    def active_key(self) -> str:
+        """The active jobs: a set on one Redis, a sorted set of its own slot on a cluster."""
+        return f"{self.prefix}{{active}}" if self.cluster else f"{self.prefix}active"
+
+    @property
+    def _owners_key(self) -> str:
+        return f"{self.prefix}{{active}}:owners"
+
+    @property
+    def _owned_prefix(self) -> str:
+        return f"{self.prefix}{{active}}:o:"
 
     # -- jobs ----------------------------------------------------------------------
 
     def create(
         self, job_id: str, limit: int | None, owner: str | None, owner_limit: int | None
     ) -> None:
+        self.ready()
         epoch = os.urandom(8).hex()
-        keys = [self.key("job", job_id), f"{self.prefix}active"]
+        keys = [self.key("job", job_id)]
+        if self.cluster:
+            admitted = self._admit(job_id, limit, owner, owner_limit)
+        else:
+            keys.append(self.active_key)
         args = [job_id, "" if limit is None else str(limit), epoch, f"{self.prefix}job:"]
         args += ["" if owner is None else owner]
         args += ["" if owner is None or owner_limit is None else str(owner_limit)]
         args += [str(self.lease_ms), str(self.alive_ms)]
         answer = self.run(lambda client: self.scripts.create(keys=keys, args=args))
         if answer == b"taken":
+            if self.cluster and admitted:
+                self.release([job_id])  # counted for this create, which made nothing
             raise ValueError(f"job {job_id!r} exists already")
-        if answer == b"full":
-            assert limit is not None
-            raise TooManyJobs.at_limit(limit)
-        if answer == b"owner full":
-            assert owner_limit is not None
-            raise TooManyJobs.for_owner(owner_limit)
+        _refuse(answer, limit, owner_limit)
+
+    def _admit(
+        self, job_id: str, limit: int | None, owner: str | None, owner_limit: int | None
+    ) -> bool:
+        """Count a new job as active on a cluster, within the limits; whether it was new."""
+        keys = [self.active_key, self._owners_key, self._owned_prefix + (owner or "")]
+        args = [job_id, "" if limit is None else limit, owner or ""]
+        args += ["" if owner is None or owner_limit is None else owner_limit]
+        args += [self.lease_ms, self.alive_ms]
+        answer = self.run(lambda client: self.scripts.admit(keys=keys, args=args))
+        _refuse(answer, limit, owner_limit)
+        return bool(answer == b"ok")
+
+    def release(self, job_ids: Collection[str]) -> None:
+        """Stop counting jobs as active on a cluster (they ended, or are gone)."""
+        if self.cluster and job_ids:
+            keys = [self.active_key, self._owners_key]
+            args = [self._owned_prefix, *job_ids]
+            self.run(lambda client: self.scripts.release(keys=keys, args=args))
 
     def publish(
         self,
@@ -445,8 +686,10 @@ class Store:
         stopped) and ``seq`` is still the next number: returns whether it
         was published.
         """
-        keys = [self.key("job", job_id), self.key("log", job_id), f"{self.prefix}active"]
-        keys.append(self.key("old", job_id))
+        self.ready()
+        keys = self.job_keys(job_id)
+        if not self.cluster:
+            keys.append(self.active_key)
         args: list[Any] = [
             job_id,
             seq,
@@ -462,6 +705,7 @@ class Store:
             self.lease_ms,
             self.alive_ms,
             "1" if if_lapsed else "0",
+            self.publish_command,
             *_change_args(change),
         ]
         # A lapsed job's end is the keeper's: it must not wait out an outage
@@ -469,6 +713,10 @@ class Store:
         answer = self.run(
             lambda client: self.scripts.publish(keys=keys, args=args), persistent=not if_lapsed
         )
+        if final and answer in (b"ok", b"dup"):
+            # On a cluster the active set is another slot's: a step of its own
+            # (had this process died just now, the keeper's sweep does it).
+            self.release([job_id])
         if if_lapsed:
             return bool(answer == b"ok")
         if answer == b"unknown":
@@ -480,34 +728,89 @@ class Store:
     def renew(self, job_ids: Collection[str], *, queued: bool = False) -> dict[str, str]:
         """Renew the leases of the jobs this process runs (or has queued), in one round trip.
 
-        :returns: each job's answer: ``"ok"``, ``"ended"`` or ``"unknown"``.
+        :returns: each job's answer: ``"ok"``, ``"ended"``, ``"unknown"`` or
+            ``"started"`` (queued only: a job worker runs it now).
         """
+        self.ready()
         lease = self.queue_timeout_ms if queued else self.lease_ms
         # A queued job's keys outlive its queue lease, so that a job nobody
         # ran still ends with its error event rather than vanish.
         lifetime = self.queue_timeout_ms + self.alive_ms if queued else self.alive_ms
         ids = list(job_ids)
+        if not ids:
+            return {}
+        args = [lease, lifetime, "1" if queued else "0"]
+        source = _lua("renew")
 
         def renew(client: Any) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
-                keys = [self.key("job", job_id), self.key("log", job_id)]
-                keys += [self.key("old", job_id), f"{self.prefix}active"]
-                args = [lease, lifetime, "1" if queued else "0"]
-                self.scripts.renew(keys=keys, args=args, client=pipe)
+                keys = self.job_keys(job_id)
+                if self.cluster:
+                    # A cluster pipeline sends each call to its own node, where
+                    # the script may not be cached: the source, not its SHA1.
+                    pipe.execute_command("EVAL", source, len(keys), *keys, *args)
+                else:
+                    self.scripts.renew(keys=[*keys, self.active_key], args=args, client=pipe)
             return list(pipe.execute())
 
-        answers = self.run(renew) if ids else []
-        return {job_id: _text(answer) or "" for job_id, answer in zip(ids, answers, strict=True)}
+        answers = {
+            job_id: (_text(answer) or "", int(lease_end))
+            for job_id, (answer, lease_end) in zip(ids, self.run(renew), strict=True)
+        }
+        if self.cluster:
+            kept = [(job_id, end) for job_id, (answer, end) in answers.items() if answer == "ok"]
+            gone = [job_id for job_id, (answer, _) in answers.items() if answer != "ok"]
+            gone = [job_id for job_id in gone if answers[job_id][0] != "started"]
+            if kept:
+                keys = [self.active_key, self._owners_key]
+                args = [self._owned_prefix, self.alive_ms]
+                args += [part for job_id, end in kept for part in (job_id, end)]
+                self.run(lambda client: self.scripts.keep(keys=keys, args=args))
+            self.release(gone)
+        return {job_id: answer for job_id, (answer, _) in answers.items()}
 
     def lapsed(self) -> list[tuple[str, int]]:
-        """The running jobs whose lease has lapsed: ``(job id, last seq)``, on Redis' clock."""
-        keys = [f"{self.prefix}active"]
+        """The running jobs whose lease has lapsed: ``(job id, last seq)``, on Redis' clock.
+
+        On a cluster, the candidates: each is ended only if its own node
+        finds its lease lapsed too.
+        """
+        self.ready()
+        if self.cluster:
+            return self._overdue()
+        keys = [self.active_key]
         args = [f"{self.prefix}job:", self.alive_ms]
         found = self.run(lambda client: self.scripts.lapsed(keys=keys, args=args))
         return [(_text(found[i]) or "", int(found[i + 1] or 0)) for i in range(0, len(found), 2)]
 
+    def _overdue(self) -> list[tuple[str, int]]:
+        keys = [self.active_key, self._owners_key]
+        args = [self.alive_ms, MAX_OVERDUE]
+        ids = [
+            _text(found) or ""
+            for found in self.run(lambda client: self.scripts.overdue(keys=keys, args=args))
+        ]
+        if not ids:
+            return []
+
+        def read(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(self.key("job", job_id), "state", "final_seq", "last_seq")
+            return list(pipe.execute())
+
+        found, gone = [], []
+        for job_id, (state, final, last) in zip(ids, self.run(read), strict=True):
+            if state is None or final is not None:
+                gone.append(job_id)  # lost with its node, or ended just now
+            else:
+                found.append((job_id, int(last or 0)))
+        self.release(gone)
+        return found
+
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
+        self.ready()
         key = self.key("job", job_id)
         args = _change_args(change)
         found = self.run(
@@ -522,26 +825,23 @@ class Store:
         return status
 
     def status(self, job_id: str) -> JobStatus | None:
+        self.ready()
         fields = self.run(lambda client: client.hgetall(self.key("job", job_id)))
         return _status(job_id, fields)
 
     def read_log(self, job_id: str, after: int) -> tuple[JobStatus | None, list[Entry]]:
         """The job's status and its logged events after ``after``, read atomically."""
-
-        def read(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=True)
-            pipe.hgetall(self.key("job", job_id))
-            pipe.xrange(self.key("log", job_id), min=f"0-{after + 1}")
-            return list(pipe.execute())
-
-        fields, raw = self.run(read)
-        status = _status(job_id, fields)
+        self.ready()
+        keys = [self.key("job", job_id), self.key("log", job_id)]
+        flat, raw = self.run(lambda client: self.scripts.read_log(keys=keys, args=[after]))
+        status = _status(job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         return status, ([] if status is None else _entries(raw))
 
     def count_subscribers(self, job_id: str, delta: int) -> int:
         """Add ``delta`` to this process's streams of a job; return every live process's."""
-        keys = [self.key("job", job_id), self.presence_key]
-        args = [delta, self.process, f"{self.prefix}proc:", self.lease_ms]
+        self.ready()
+        keys = [self.key("job", job_id)]
+        args = [delta, self.process, self.lease_ms]
         count = self.run(lambda client: self.scripts.count_subscribers(keys=keys, args=args))
         return max(0, int(count))
 
@@ -549,23 +849,37 @@ class Store:
         """The streams attached to a job now, on every live process."""
         return self.count_subscribers(job_id, 0)
 
-    @property
-    def presence_key(self) -> str:
-        """The key that says this process is alive (its streams count while it exists)."""
-        return f"{self.prefix}proc:{self.process}"
+    def renew_presence(self, job_ids: Collection[str]) -> None:
+        """Keep this process's streams of ``job_ids`` counted for another lease."""
+        self.ready()
+        ids = list(job_ids)
+        if not ids:
+            return
+        args = [0, self.process, self.lease_ms]
+        source = _lua("count_subscribers")
 
-    def renew_presence(self) -> None:
-        """Keep this process's attached streams counted for another lease."""
-        self.run(lambda client: client.set(self.presence_key, 1, px=self.lease_ms))
+        def renew(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                keys = [self.key("job", job_id)]
+                if self.cluster:
+                    pipe.execute_command("EVAL", source, 1, *keys, *args)
+                else:
+                    self.scripts.count_subscribers(keys=keys, args=args, client=pipe)
+            pipe.execute()
+
+        self.run(renew)
 
     def cancel(self, job_id: str) -> bool:
         """Mark a running job cancelled and tell every worker; ``False`` if none runs."""
+        self.ready()
         keys = [self.key("job", job_id)]
-        args = [self.cancel_channel, job_id]
+        args = [self.cancel_channel(job_id), job_id, self.publish_command]
         return bool(self.run(lambda c: self.scripts.cancel(keys, args)))
 
     def cancel_state(self, job_id: str) -> tuple[bool, bool]:
         """Whether the job exists, and whether it was cancelled."""
+        self.ready()
         state, cancelled = self.run(
             lambda client: client.hmget(self.key("job", job_id), "state", "cancelled")
         )
@@ -573,6 +887,7 @@ class Store:
 
     def cancelled(self, job_id: str) -> bool:
         """Whether the job was cancelled."""
+        self.ready()
         key = self.key("job", job_id)
         return self.run(lambda client: client.hget(key, "cancelled")) is not None
 
@@ -580,8 +895,10 @@ class Store:
 
     def append(self, channel: str, head: bytes, tail: bytes, level: str) -> tuple[str, int]:
         """Number, log and send a channel's next event; its epoch and number."""
+        self.ready()
         # One token for all the retries of this append (see append.lua).
-        keys = [*self.channel_keys(channel), f"{self.prefix}ctok:{channel}:{secrets.token_hex(16)}"]
+        token = f"{self.key('ctok', channel)}:{secrets.token_hex(16)}"
+        keys = [*self.channel_keys(channel), token]
         args: list[Any] = [
             new_epoch(),
             channel,
@@ -589,9 +906,10 @@ class Store:
             tail,
             self.max_events,
             round(self.retention * 1000),
-            self.channel_prefix + channel.encode(),
+            self.channel_pubsub(channel),
             level,
             *self._last_append(channel),
+            self.publish_command,
         ]
         epoch, seq = self.run(
             lambda client: self.scripts.append(keys=keys, args=args), persistent=True
@@ -613,6 +931,7 @@ class Store:
 
     def position(self, channel: str) -> Position:
         """Where ``channel``'s log is now, starting one if it has none."""
+        self.ready()
         keys = self.channel_keys(channel)
         args = [new_epoch(), round(self.retention * 1000)]
         epoch, seq = self.run(lambda client: self.scripts.position(keys=keys, args=args))
@@ -620,15 +939,11 @@ class Store:
 
     def read_channel(self, name: str, after: int) -> tuple[str | None, int, list[Entry]]:
         """A channel's epoch, last number and logged events after ``after``, read at once."""
-        meta, log_key = self.channel_keys(name)
-
-        def read(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=True)
-            pipe.hmget(meta, "epoch", "last")
-            pipe.xrange(log_key, min=f"0-{after + 1}")
-            return list(pipe.execute())
-
-        (epoch, last), raw = self.run(read)
+        self.ready()
+        keys = self.channel_keys(name)
+        epoch, last, raw = self.run(
+            lambda client: self.scripts.read_channel(keys=keys, args=[after])
+        )
         if epoch is None:
             return None, 0, []
         return epoch.decode(), int(last), _entries(raw)

@@ -10,7 +10,7 @@ the reader each entry is unsynced and caught up from the log again, so an
 event published while nothing listened is never lost.
 
 The jobs whose cancellation this process awaits are listened to here too,
-on the one cancel channel.
+on the one cancel channel (on a cluster, each job's own, in its slot).
 """
 
 from __future__ import annotations
@@ -228,8 +228,7 @@ class Subscriptions:
         except BrokerUnavailable:
             return 1  # unknown while Redis is away: never count a job as abandoned
 
-    def _on_job_message(self, channel: bytes, data: bytes) -> None:
-        job_id = self.store.job_of(channel)
+    def _on_job_message(self, job_id: str, data: bytes) -> None:
         local = self.jobs.get(job_id)
         if local is None:
             return
@@ -343,7 +342,7 @@ class Subscriptions:
             local = self.channels.get(name)
             new = local is None
             if local is None:
-                pubsub = self.store.channel_prefix + name.encode()
+                pubsub = self.store.channel_pubsub(name)
                 local = self.channels[name] = Local(name, pubsub, new_lock(), name=name)
             with local.lock:
                 if local.synced and local.epoch == epoch and local.seq > mark and not force:
@@ -491,6 +490,11 @@ class Subscriptions:
             except Exception:
                 log.exception("cancel callback of job %s failed", job_id)
 
+    def attached(self) -> set[str]:
+        """The jobs this process has streams of (their presence is renewed)."""
+        with self.lock:
+            return set(self.jobs)
+
     # -- for the reader ------------------------------------------------------------
 
     def wanted_channels(self) -> set[bytes]:
@@ -498,8 +502,7 @@ class Subscriptions:
         with self.lock:
             wanted = {local.channel for local in self.jobs.values()}
             wanted.update(local.channel for local in self.channels.values())
-            if self.cancel_callbacks:
-                wanted.add(self.store.cancel_channel)
+            wanted.update(self.store.cancel_channel(job_id) for job_id in self.cancel_callbacks)
         return wanted
 
     def on_connect(self) -> None:
@@ -517,13 +520,13 @@ class Subscriptions:
 
     def on_subscribe(self, channel: bytes) -> None:
         """Redis confirmed a subscription: catch its streams up from the log."""
-        if channel == self.store.cancel_channel:
-            return
-        prefix = self.store.channel_prefix
-        if channel.startswith(prefix):
-            local = self.channels.get(channel[len(prefix) :].decode())
+        name, job_id = self.store.channel_of(channel), self.store.job_of(channel)
+        if name is not None:
+            local = self.channels.get(name)
+        elif job_id is not None:
+            local = self.jobs.get(job_id)
         else:
-            local = self.jobs.get(self.store.job_of(channel))
+            return  # a cancel channel
         if local is not None:
             self.catch_up(local)
 
@@ -543,16 +546,18 @@ class Subscriptions:
 
     def on_message(self, channel: bytes, data: bytes) -> None:
         """An event (or a cancellation) arrived on ``channel``."""
-        if channel == self.store.cancel_channel:
+        if self.store.is_cancel_channel(channel):
             self.cancelled(data.decode("utf-8", "replace"))
             return
-        prefix = self.store.channel_prefix
-        if channel.startswith(prefix):
-            followed = self.channels.get(channel[len(prefix) :].decode())
+        name = self.store.channel_of(channel)
+        if name is not None:
+            followed = self.channels.get(name)
             if followed is not None:
                 self._on_channel_message(followed, data)
             return
-        self._on_job_message(channel, data)
+        job_id = self.store.job_of(channel)
+        if job_id is not None:
+            self._on_job_message(job_id, data)
 
     def on_outage(self) -> None:
         """Redis stayed away past ``outage_timeout``: end every local stream with an error."""

@@ -11,6 +11,7 @@
 --   ends before that number has lost events (a failover to a replica that
 --   lagged): it starts a new epoch rather than give their numbers to other
 --   events, so a client that saw them gets a gap, never a silent hole.
+--   [11] the publish command ('PUBLISH', or 'SPUBLISH' on a Redis Cluster).
 -- Publishes 'seq\nepoch\nlevel\nframe'. Returns {epoch, seq}.
 local meta, log = KEYS[1], KEYS[2]
 local done = redis.call('GET', KEYS[3])
@@ -40,5 +41,5 @@ else
   redis.call('PEXPIRE', meta, 60000)
 end
 redis.call('SET', KEYS[3], epoch .. ' ' .. seq, 'PX', 60000)
-redis.call('PUBLISH', ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[8] .. '\n' .. frame)
+redis.call(ARGV[11], ARGV[7], seq .. '\n' .. epoch .. '\n' .. ARGV[8] .. '\n' .. frame)
 return {epoch, seq}

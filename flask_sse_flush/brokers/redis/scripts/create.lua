@@ -1,6 +1,7 @@
 -- Create a job: its status hash, and its id in the set of active jobs,
 -- unless an admission limit is reached.
--- KEYS: [1] job hash, [2] active set.
+-- KEYS: [1] job hash, [2] active set (absent on a Redis Cluster, where
+--   admission is a step of its own: admit.lua).
 -- ARGV: [1] job id, [2] most active jobs ('' for no limit), [3] epoch,
 --   [4] job hash prefix ('<prefix>job:'), [5] owner ('' for none),
 --   [6] most active jobs of the owner ('' for no limit), [7] the lease (ms):
@@ -14,7 +15,7 @@ if redis.call('EXISTS', job) == 1 then
   return 'taken'
 end
 local limit, owner, owner_limit = tonumber(ARGV[2]), ARGV[5], tonumber(ARGV[6])
-if limit or owner_limit then
+if active and (limit or owner_limit) then
   -- Forget jobs whose keys are gone (lost data) or that ended unseen,
   -- and count the owner's.
   local owned = 0
@@ -35,6 +36,8 @@ redis.call('HSET', job, 'state', 'queued', 'last_seq', 0, 'epoch', ARGV[3],
   'lost_through', 0, 'lease', now + tonumber(ARGV[7]))
 redis.call('PEXPIRE', job, ARGV[8])
 if owner ~= '' then redis.call('HSET', job, 'owner', owner) end
-redis.call('SADD', active, ARGV[1])
-redis.call('PEXPIRE', active, ARGV[8])
+if active then
+  redis.call('SADD', active, ARGV[1])
+  redis.call('PEXPIRE', active, ARGV[8])
+end
 return 'ok'

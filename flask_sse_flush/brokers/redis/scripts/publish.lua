@@ -1,18 +1,20 @@
 -- Log one event of a job, apply its status change, bound the log, and
 -- publish the event on the job's channel, in one atomic step.
--- KEYS: [1] job hash, [2] log stream, [3] active set,
---   [4] replaced level entries (a list).
+-- KEYS: [1] job hash, [2] log stream, [3] replaced level entries (a list),
+--   [4] the active set (absent on a Redis Cluster, where it lives in a slot
+--   of its own and the store keeps it in a step of its own).
 -- ARGV: [1] job id, [2] seq, [3] frame, [4] level ('' for none),
 --   [5] final (1/0), [6] max events, [7] retention (ms), [8] pub/sub channel,
 --   [9] may recreate (1/0), [10] new epoch, [11] owner ('' for none),
 --   [12] the lease (ms) a publish renews, [13] the lifetime (ms) of the
 --   job's keys while it lives, [14] only if the lease has lapsed (1/0: the
---   terminal event of a job whose runner stopped),
---   [15...] the status change as field, value pairs.
+--   terminal event of a job whose runner stopped), [15] the publish
+--   command ('PUBLISH', or 'SPUBLISH' on a Redis Cluster: a channel of the
+--   job's slot), [16...] the status change as field, value pairs.
 -- Publishes 'seq\nfinal\nlevel\nframe'. Returns 'ok', 'dup' (logged
 -- already: a retry after a lost reply), 'ended', 'unknown' or 'alive' (the
 -- lease had not lapsed).
-local job, stream, active, replaced = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job, stream, replaced, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local seq = tonumber(ARGV[2])
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -24,8 +26,10 @@ if redis.call('EXISTS', job) == 0 then
   redis.call('HSET', job, 'state', 'running', 'last_seq', seq - 1, 'epoch', ARGV[10],
     'lost_through', seq - 1)
   if ARGV[11] ~= '' then redis.call('HSET', job, 'owner', ARGV[11]) end
-  redis.call('SADD', active, ARGV[1])
-  redis.call('PEXPIRE', active, ARGV[13])
+  if active then
+    redis.call('SADD', active, ARGV[1])
+    redis.call('PEXPIRE', active, ARGV[13])
+  end
 end
 local st = redis.call('HMGET', job, 'last_seq', 'final_seq', 'lost_through', 'lease')
 local last = tonumber(st[1])
@@ -40,7 +44,7 @@ if seq > last + 1 then
   redis.call('HSET', job, 'lost_through', seq - 1, 'epoch', ARGV[10])
 end
 redis.call('XADD', stream, '0-' .. seq, 'f', ARGV[3], 'l', ARGV[4])
-for i = 15, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+for i = 16, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', job, 'last_seq', seq)
 -- Each level's newest entry is named in the hash ('lv:<level>'); the entry
 -- it replaced waits in a list until the log next passes its bound. So a
@@ -79,7 +83,7 @@ if ARGV[5] == '1' then
   -- No publish follows: what the list names stays in the frozen log.
   redis.call('DEL', replaced)
   redis.call('HSET', job, 'final_seq', seq)
-  redis.call('SREM', active, ARGV[1])
+  if active then redis.call('SREM', active, ARGV[1]) end
   local ms = tonumber(ARGV[7])
   if ms > 0 then
     redis.call('PEXPIRE', job, ms)
@@ -94,5 +98,5 @@ else
   redis.call('PEXPIRE', stream, ARGV[13])
   if redis.call('EXISTS', replaced) == 1 then redis.call('PEXPIRE', replaced, ARGV[13]) end
 end
-redis.call('PUBLISH', ARGV[8], ARGV[2] .. '\n' .. ARGV[5] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
+redis.call(ARGV[15], ARGV[8], ARGV[2] .. '\n' .. ARGV[5] .. '\n' .. ARGV[4] .. '\n' .. ARGV[3])
 return 'ok'
