@@ -375,6 +375,18 @@ class RedisCluster:
                         return node
         raise LookupError(f"no live primary serves slot {slot} ({key!r})")
 
+    def replicas_of(self, primary: RedisServer) -> list[RedisServer]:
+        """The live nodes replicating ``primary`` now."""
+        info = self.ask(primary, "INFO", "replication")
+        ports = {
+            int(part.split("=", 1)[1])
+            for line in info.splitlines()
+            if line.startswith("slave")
+            for part in line.split(":", 1)[1].split(",")
+            if part.startswith("port=")
+        }
+        return [node for node in self.live() if node.port in ports]
+
     def wait_ok(self, timeout: float = 60.0) -> None:
         """Wait until every live node says the cluster is ok and agrees on the primaries,
         and every replica is in sync with its primary."""

@@ -288,3 +288,72 @@ def test_a_primary_killed_mid_job_loses_nothing_silently(redis_prefix: str) -> N
         finally:
             runner.close()
             watcher.close()
+
+
+def test_writes_a_failover_lost_are_a_gap_never_a_hole_or_a_duplicate(redis_prefix: str) -> None:
+    """The replica is cut off (stopped, its link closed) while the primary
+    acknowledges events 21 to 30, then the primary dies and that replica takes over without them: a
+    stream that saw them live goes on; a resume from before them gets a
+    ``gap`` naming exactly 21 to 30; a channel's log starts a new epoch."""
+    import os
+    import signal
+
+    with RedisCluster() as cluster:
+        runner = RedisBroker(cluster.url, prefix=redis_prefix, outage_timeout=60.0)
+        watcher = RedisBroker(cluster.url, prefix=redis_prefix, outage_timeout=60.0)
+        try:
+            # The job and a channel in one slot, so one failover loses both.
+            from redis.crc import key_slot
+
+            job = "lagged"
+            slot = key_slot(job.encode())
+            names = (f"news{n}" for n in range(100_000))
+            channel = next(name for name in names if key_slot(name.encode()) == slot)
+            runner.create(job)
+            live = Collector()
+            assert watcher.subscribe(job, live)
+            for seq in range(1, 21):
+                runner.publish(job, seq, ev(job, seq))
+            before = [runner.append(channel, Event({"n": n})) for n in range(1, 4)]
+            primary = cluster.primary_of(runner._store.key("job", job))
+            (replica,) = cluster.replicas_of(primary)
+            assert replica.process is not None
+            wait_for(lambda: "lag=0" in cluster.ask(primary, "INFO", "replication"), 10, "sync")
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                # Its link cut while it sleeps: what follows never reaches it.
+                cluster.ask(primary, "CLIENT", "KILL", "TYPE", "replica")
+                for seq in range(21, 31):  # acknowledged, never replicated
+                    runner.publish(job, seq, ev(job, seq))
+                lost = runner.append(channel, Event({"n": 4}))
+                wait_for(lambda: len(live.events) == 30, 10, "the live events")
+                cluster.kill(primary)
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            cluster.wait_ok()
+            for seq in range(31, 41):
+                runner.publish(job, seq, ev(job, seq))
+            runner.publish(job, 41, ev(job, 41, "complete"), final=True)
+            after = runner.append(channel, Event({"n": 5}))
+            wait_for(live.closed.is_set, 30, "the live stream's end")
+            seqs = [parse_event_id(e.id)[1] for e in live.events if e.id]
+            assert seqs == list(range(1, 42)) and not live.of("gap")
+            resumed = Collector()
+            assert watcher.subscribe(job, resumed, after=15)
+            assert [e.event for e in resumed.events][5] == "gap"
+            assert resumed.events[5].json()["lostThrough"] == f"{job}-30"
+            numbered = [parse_event_id(e.id)[1] for e in resumed.events if e.id]
+            assert numbered == [*range(16, 21), *range(31, 42)]
+            # The channel: the lost append's number is not given again.
+            from flask_sse_flush.channels import parse_channel_event_id
+
+            old, new = parse_channel_event_id(lost)[1], parse_channel_event_id(after)[1]
+            assert new.epoch != old.epoch
+            follower = Collector()
+            watcher.follow(channel, follower, old)
+            assert follower.events[0].event == "gap"
+            assert [e.json()["n"] for e in follower.events if e.event != "gap"] == [5]
+            assert parse_channel_event_id(before[-1])[1].epoch == old.epoch
+        finally:
+            runner.close()
+            watcher.close()

@@ -110,6 +110,13 @@ class JobStatus:
     #: the log's bound, or lost by the store. A replay after an older id
     #: starts with a :func:`gap_event`.
     lost_through: int = 0
+    #: The missing events are those after this number (and up to
+    #: :attr:`lost_through`): a hole in the middle of the log, where a
+    #: failover lost writes; 0 when any event up to ``lost_through`` may be
+    #: missing. Never shown in :meth:`to_json`.
+    #:
+    #: .. versionadded:: 1.0
+    lost_after: int = 0
 
     @property
     def ended(self) -> bool:

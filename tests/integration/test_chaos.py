@@ -1,7 +1,8 @@
 """A disconnect storm on two workers and Redis: 200 clients drop and resume with
 ``Last-Event-ID`` at random moments while 20 jobs run, some failing, some
 cancelled. Every client ends with each event once, in order, and one terminal
-event; the server is healthy after."""
+event; the server is healthy after. And on a Redis Cluster under four
+workers, a primary killed mid-run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from flask_sse_flush.brokers import parse_event_id
-from flask_sse_flush.testing import RedisServer
+from flask_sse_flush.testing import RedisCluster, RedisServer
 
 from .support import Server, raw_get, stream_path
 from .test_scale_out import TERMINAL, scaled_server
@@ -115,3 +116,89 @@ def test_a_disconnect_storm_loses_and_repeats_nothing(two_workers: Server, tmp_p
     assert log.count("Traceback") == log.count("failed\nTraceback") == kinds.count("error"), log[
         -3000:
     ]
+
+
+def test_a_redis_cluster_primary_killed_mid_run_loses_nothing_silently(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Four workers on a 6-node cluster; 12 jobs spread over its slots, 36
+    clients dropping and resuming; a primary is killed mid-run and its replica
+    takes over. Every client ends with its job's ``complete``, each event once
+    and in order, and a ``gap`` (before the hole) naming exactly what the
+    failover lost, if anything."""
+    jobs_count, clients_count = 12, 36
+    (tmp_path / "server").mkdir()
+    with (
+        RedisCluster() as cluster,
+        scaled_server(cluster, tmp_path / "server", queue=redis_server) as server,
+    ):
+        port = server.port
+        jobs: list[str] = []
+        for n in range(jobs_count):
+            payload = {"steps": 60, "interval": 0.05, "log": str(tmp_path / f"j{n}")}
+            with raw_get(port, "/render", method="POST", body=json.dumps(payload).encode()) as r:
+                assert r.status == 202
+                jobs.append(r.json()["id"])
+        results: list[dict[str, Any]] = [{} for _ in range(clients_count)]
+
+        def client(index: int) -> None:
+            rng = random.Random(index)
+            job_id = jobs[index % jobs_count]
+            ids: list[int] = []
+            names: list[str | None] = []
+            gaps: list[int] = []
+            headers: dict[str, str] = {}
+            legs = 0
+            while not names or names[-1] not in TERMINAL:
+                legs += 1
+                assert legs < 60, f"client {index} never saw the end"
+                drop_after = rng.choice([3, 8, 15, None])
+                with raw_get(port, f"/render/stream?job={job_id}", headers, 30) as stream:
+                    if stream.status == 204:
+                        break
+                    assert stream.status == 200, stream.status
+                    seen = 0
+                    for arrival in stream.arrivals():
+                        event = arrival.event
+                        if event.event == "gap":
+                            gaps.append(parse_event_id(event.json()["lostThrough"])[1])
+                        elif event.id:
+                            ids.append(parse_event_id(event.id)[1])
+                            names.append(event.event)
+                            seen += 1
+                        if event.event in TERMINAL or (drop_after and seen >= drop_after):
+                            break
+                if ids:
+                    headers = {"Last-Event-ID": f"{job_id}-{ids[-1]}"}
+                time.sleep(rng.random() * 0.1)
+            results[index] = {"ids": ids, "names": names, "gaps": gaps, "legs": legs}
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients_count)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.2)  # mid-run: about a third of each job's events sent
+        victim = cluster.primaries()[0]
+        cluster.kill(victim)
+        for thread in threads:
+            thread.join(150)
+        assert not any(thread.is_alive() for thread in threads)
+        lost = 0
+        for index, result in enumerate(results):
+            assert result, f"client {index} failed"
+            ids = result["ids"]
+            assert ids == sorted(set(ids)), f"client {index}: an event twice or out of order"
+            assert result["names"][-1] == "complete", f"client {index}: {result['names'][-3:]}"
+            missing = set(range(1, ids[-1] + 1)) - set(ids)
+            # Every hole was announced, by a gap naming the last event it lost.
+            for seq in missing:
+                assert any(through >= seq for through in result["gaps"]), (index, seq, result)
+            lost += len(missing)
+        for job_id in jobs:
+            with raw_get(port, f"/render/{job_id}") as r:
+                assert r.json()["state"] == "complete"
+        # Healthy after: a new stream runs to its end.
+        with raw_get(port, stream_path({"steps": 3, "interval": 0})) as stream:
+            assert [a.event.event for a in stream.arrivals()][-1] == "complete"
+        log = server.log_file("server.out").read_text("utf-8", "replace")
+        assert "Traceback" not in log, log[-3000:]
+        print(f"primary killed: {lost} events lost and announced by gaps over {clients_count}")

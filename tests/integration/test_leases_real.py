@@ -95,11 +95,13 @@ def check_the_end(clients: list[Client], killed: float, job_id: str) -> None:
     assert len({client.events[-1].id for client in clients}) == 1  # the same event everywhere
 
 
-@pytest.fixture
-def leased(redis_server: RedisServer, tmp_path: Path) -> Any:
+@pytest.fixture(params=["redis", "cluster"])
+def leased(request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path) -> Any:
+    """Four workers with a short lease, on one Redis, then on a Redis Cluster."""
+    store = redis_server if request.param == "redis" else request.getfixturevalue("redis_cluster")
     log_dir = tmp_path / "server"
     log_dir.mkdir()
-    with scaled_server(redis_server, log_dir, SCALED_LEASE=str(LEASE)) as server:
+    with scaled_server(store, log_dir, queue=redis_server, SCALED_LEASE=str(LEASE)) as server:
         yield server
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from flask_sse_flush.brokers import parse_event_id
-from flask_sse_flush.testing import RedisServer, stop_process
+from flask_sse_flush.testing import RedisCluster, RedisServer, stop_process
 from tests.timing import assert_p95_under, assert_under
 
 from .support import HOST, Arrival, Server, raw_get, running_server, stream_path, worker_pids
@@ -37,16 +37,19 @@ TERMINAL = {"complete", "error"}
 
 @contextlib.contextmanager
 def scaled_server(
-    redis: RedisServer,
+    redis: RedisServer | RedisCluster,
     log_dir: Path,
     *,
     workers: int = 4,
     options: list[str] | None = None,
+    queue: RedisServer | None = None,
     **env: str,
 ) -> Iterator[Server]:
-    """``gunicorn -k gevent -w <workers>`` serving ``scaled/app.py`` on ``redis``."""
+    """``gunicorn -k gevent -w <workers>`` serving ``scaled/app.py`` on ``redis``
+    (RQ's queue on ``queue``, if the broker's Redis is a cluster)."""
     environment = {
         "SCALED_REDIS_URL": redis.url,
+        "SCALED_QUEUE_URL": (queue or redis).url,
         "SCALED_REDIS_PREFIX": f"scaled{uuid.uuid4().hex[:8]}:",
         "SCALED_QUEUE": f"renders-{uuid.uuid4().hex[:8]}",
         **env,
@@ -92,11 +95,16 @@ def _read(
     return got, pid, status
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["redis", "cluster"])
 def four_workers(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
-    with scaled_server(redis_server, tmp_path_factory.mktemp("scaled-4")) as server:
+    """Four gevent workers on one Redis, then on a 6-node Redis Cluster."""
+    store = redis_server if request.param == "redis" else request.getfixturevalue("redis_cluster")
+    folder = tmp_path_factory.mktemp(f"scaled-4-{request.param}")
+    with scaled_server(store, folder, queue=redis_server) as server:
         yield server
 
 
@@ -187,7 +195,7 @@ def rq_worker(server: Server, log_dir: Path) -> Iterator[subprocess.Popen[bytes]
     """A real ``rq worker`` on the server's queue, importing ``scaled/jobs.py``."""
     rq = Path(sys.executable).with_name("rq")
     env = dict(os.environ, **server.env)  # type: ignore[attr-defined]
-    command = [str(rq), "worker", "--url", env["SCALED_REDIS_URL"], "--path", str(APP_DIR)]
+    command = [str(rq), "worker", "--url", env["SCALED_QUEUE_URL"], "--path", str(APP_DIR)]
     command += ["--quiet", env["SCALED_QUEUE"]]
     with (log_dir / "rq.out").open("wb") as output:
         worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)

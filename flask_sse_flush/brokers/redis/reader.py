@@ -45,8 +45,8 @@ class Listener(Protocol):
     def wanted_channels(self) -> set[bytes]:
         """The channels to be subscribed to now."""
 
-    def on_connect(self) -> None:
-        """The reader (re)connected: what it missed must be read from the store."""
+    def on_lost(self, channels: set[bytes]) -> None:
+        """The connection carrying ``channels`` was lost: their streams catch up once back."""
 
     def on_subscribe(self, channel: bytes) -> None:
         """Redis confirmed the subscription to ``channel``."""
@@ -57,8 +57,31 @@ class Listener(Protocol):
     def on_message(self, channel: bytes, data: bytes) -> None:
         """A message arrived on ``channel``."""
 
-    def on_outage(self) -> None:
-        """Redis stayed unreachable past ``outage_timeout``."""
+    def on_outage(self, channels: set[bytes]) -> None:
+        """The connection carrying ``channels`` stayed lost past ``outage_timeout``."""
+
+
+class _Route:
+    """The state of one pub/sub connection's route (a cluster's primary, or the one Redis)."""
+
+    def __init__(self) -> None:
+        self.subscribed: set[bytes] = set()
+        self.last_heard = 0.0
+        self.pinged = False
+        #: Since when its connection has failed, and when to try it again.
+        self.down_since: float | None = None
+        self.retry_at = 0.0
+        self.delay = 0.05
+        #: Whether its streams were ended for an outage (once per outage).
+        self.failed = False
+        #: The channels wanted on it (its streams end past outage_timeout).
+        self.wanted: set[bytes] = set()
+
+    def heard(self, now: float) -> None:
+        self.last_heard, self.pinged = now, False
+
+    def up(self) -> None:
+        self.down_since, self.failed, self.delay = None, False, 0.05
 
 
 class Reader:
@@ -82,8 +105,7 @@ class Reader:
         self._stopped = False
         #: The pub/sub connections, by route (one; on a cluster, one per primary).
         self._connections: dict[str, Any] = {}
-        self._subscribed: dict[str, set[bytes]] = {}
-        self._connected_once = False
+        self._routes: dict[str, _Route] = {}
         self._thread: Any = None
 
     def start(self) -> None:
@@ -111,28 +133,14 @@ class Reader:
     def run(self) -> None:
         store = self.store
         delay = 0.05
-        down_since: float | None = None
-        failed = False
         while not self._stopped:
             try:
-                self._connect()
-                if down_since is not None:
-                    log.warning("Redis reader connected again")
-                down_since, failed, delay = None, False, 0.05
-                self.listener.on_connect()
+                store.connect()
                 self._serve()
             except (*store.errors, BrokerUnavailable, store.redis.RedisError) as exc:
                 if self.stopping():
                     break
-                now = time.monotonic()
-                if down_since is None:
-                    down_since = now
-                    if store.down_since is None:
-                        store.down_since = now
-                    log.warning("Redis reader lost its connection (%s); reconnecting", exc)
-                if not failed and now - down_since >= store.outage_timeout:
-                    failed = True
-                    self.listener.on_outage()
+                log.warning("Redis reader: %s; starting again", exc)
                 self._pause(delay)
                 delay = min(delay * 2, 1.0)
             except Exception:
@@ -143,81 +151,129 @@ class Reader:
         self._wake_r.close()
         self._wake_w.close()
 
-    def _connect(self) -> None:
-        self.store.connect()
-        if self._connected_once:
-            self.store.refresh()  # a cluster's slots may have moved meanwhile
-        self._connected_once = True
-        self._connections = {}
-
     def _disconnect(self) -> None:
+        """Close every connection; what they carried is read from the store later."""
         connections, self._connections = self._connections, {}
+        routes, self._routes = self._routes, {}
         for connection in connections.values():
             with contextlib.suppress(Exception):
                 connection.disconnect()
+        lost = set().union(*(route.subscribed for route in routes.values()))
+        if lost and not self._stopped:
+            self.listener.on_lost(lost)
 
     def _serve(self) -> None:
         """Subscribe to the wanted channels and hand on what arrives, until stopped.
 
         One Redis: one connection. A cluster: one per primary serving a
-        wanted channel's slot, made as needed; a channel the cluster moved
-        (``MOVED`` to a subscribe, a ``sunsubscribe`` we did not ask for) or
-        a lost node ends this serve: the caller reads the slots again and
-        every stream catches up from the log.
+        wanted channel's slot, made as needed. A connection that fails (a
+        lost node, a channel the cluster moved: ``MOVED`` to a subscribe, a
+        ``sunsubscribe`` we did not ask for) is dropped alone: its channels'
+        streams are marked for a catch-up, the cluster's slots are read
+        again, and it is made again with backoff while the others go on.
         """
         store = self.store
         subscribe, unsubscribe = store.subscribe_commands
         connections = self._connections
-        subscribed: dict[str, set[bytes]] = {}
-        last_heard: dict[str, float] = {}
-        pinged: dict[str, bool] = {}
-        self._subscribed = subscribed
+        routes = self._routes
         while not self._stopped:
+            now = time.monotonic()
             wanted: dict[str, set[bytes]] = {}
             for channel in self.listener.wanted_channels():
                 wanted.setdefault(store.pubsub_route(channel), set()).add(channel)
             new_all: set[bytes] = set()
-            for route in {*wanted, *subscribed}:
-                channels, held = wanted.get(route, set()), subscribed.get(route, set())
-                new, old = channels - held, held - channels
-                if new:
-                    connection = connections.get(route)
-                    if connection is None:
-                        connection = connections[route] = store.pubsub_connection(route)
-                        last_heard[route], pinged[route] = time.monotonic(), False
-                    self._send(connection, subscribe, new)
-                    new_all |= new
-                if old:
-                    self._send(connections[route], unsubscribe, old)
-                subscribed[route] = (held | new) - old
-                if not subscribed[route] and store.cluster:
-                    # No channel left on that primary: its connection goes too.
-                    del subscribed[route]
+            for name in {*wanted, *routes}:
+                route = routes.setdefault(name, _Route())
+                channels = route.wanted = wanted.get(name, set())
+                if not channels and not route.subscribed:
+                    # Nothing wanted there (any more): its connection goes too.
+                    del routes[name]
                     with contextlib.suppress(Exception):
-                        connections.pop(route).disconnect()
-            everything = set().union(*subscribed.values())
-            self.listener.resync(everything, new_all)
-            ready = [r for r, c in connections.items() if c.can_read(timeout=0)]
-            if not ready:
-                sockets = {c._sock: r for r, c in connections.items()}
-                found, _, _ = select.select([*sockets, self._wake_r], [], [], self.HEALTH_INTERVAL)
-                if self._wake_r in found:
-                    self._drain()
-                ready = [sockets[sock] for sock in found if sock in sockets]
-                if not found:
-                    now = time.monotonic()
-                    for route, connection in connections.items():
-                        if pinged[route] and now - last_heard[route] > 2 * self.HEALTH_INTERVAL:
-                            raise store.redis.ConnectionError(f"no answer to PING ({route})")
-                        if subscribed.get(route):
-                            connection.send_command("PING")
-                            pinged[route] = True
-                if not ready:
+                        connections.pop(name).disconnect()
                     continue
-            for route in ready:
-                for message in self._messages(connections[route]):
-                    last_heard[route], pinged[route] = time.monotonic(), False
-                    self._handle(message, subscribed[route])
+                if route.down_since is not None and now < route.retry_at:
+                    continue
+                try:
+                    new, old = channels - route.subscribed, route.subscribed - channels
+                    if new:
+                        connection = connections.get(name)
+                        if connection is None:
+                            connection = store.pubsub_connection(name)
+                            connections[name] = connection
+                            route.heard(now)
+                        self._send(connection, subscribe, new)
+                        new_all |= new
+                    if old:
+                        self._send(connections[name], unsubscribe, old)
+                    route.subscribed = (route.subscribed | new) - old
+                except (*store.errors, store.redis.RedisError) as exc:
+                    self._lose(name, route, exc)
+                    continue
+                if route.down_since is not None and route.subscribed:
+                    log.warning("Redis reader connected again (%s)", name or "redis")
+                    route.up()
+            everything = set().union(*(route.subscribed for route in routes.values()))
+            self.listener.resync(everything, new_all)
+            self._wait_and_read(routes, now)
+
+    def _wait_and_read(self, routes: dict[str, _Route], now: float) -> None:
+        """Wait for a message (or a wake-up, or a route's retry), then hand on what came."""
+        store = self.store
+        connections = self._connections
+        ready = [name for name, c in connections.items() if c.can_read(timeout=0)]
+        if not ready:
+            waits = [route.retry_at - now for route in routes.values() if route.down_since]
+            timeout = max(0.0, min([self.HEALTH_INTERVAL, *waits]))
+            sockets = {c._sock: name for name, c in connections.items()}
+            found, _, _ = select.select([*sockets, self._wake_r], [], [], timeout)
+            if self._wake_r in found:
+                self._drain()
+            ready = [sockets[sock] for sock in found if sock in sockets]
+            if not found:
+                now = time.monotonic()
+                for name, connection in list(connections.items()):
+                    route = routes[name]
+                    if route.pinged and now - route.last_heard > 2 * self.HEALTH_INTERVAL:
+                        error = store.redis.ConnectionError("no answer to PING")
+                        self._lose(name, route, error)
+                    elif route.subscribed and now - route.last_heard >= self.HEALTH_INTERVAL:
+                        try:
+                            connection.send_command("PING")
+                            route.pinged = True
+                        except (*store.errors, store.redis.RedisError) as exc:
+                            self._lose(name, route, exc)
+        for name in ready:
+            route = routes[name]
+            try:
+                for message in self._messages(connections[name]):
+                    route.heard(time.monotonic())
+                    self._handle(message, route.subscribed)
+            except (*store.errors, store.redis.RedisError) as exc:
+                self._lose(name, route, exc)
+
+    def _lose(self, name: str, route: _Route, exc: BaseException) -> None:
+        """A route's connection failed: drop it, mark its streams, retry it later."""
+        store = self.store
+        if self.stopping():
+            return
+        with contextlib.suppress(Exception):
+            self._connections.pop(name).disconnect()
+        lost, route.subscribed = route.subscribed, set()
+        now = time.monotonic()
+        if route.down_since is None:
+            route.down_since, route.delay = now, 0.05
+            if store.down_since is None:
+                store.down_since = now
+            log.warning("Redis reader lost %s (%s); reconnecting", name or "redis", exc)
+        route.retry_at = now + route.delay
+        route.delay = min(route.delay * 2, 1.0)
+        # What it carried must be read from the store once it is back.
+        self.listener.on_lost(lost)
+        with contextlib.suppress(Exception):
+            store.refresh()  # a cluster's slots may have moved
+        if not route.failed and now - route.down_since >= store.outage_timeout:
+            route.failed = True
+            self.listener.on_outage(route.wanted | lost)
 
     def _send(self, connection: Any, command: str, channels: set[bytes]) -> None:
         """(Un)subscribe ``channels``: one command on one Redis; on a cluster one

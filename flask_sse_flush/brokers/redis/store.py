@@ -15,6 +15,7 @@ scripts answer; it knows nothing of this process's streams or of the reader.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import json
@@ -22,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -259,7 +261,28 @@ def sentinel_pool(redis: Any, url: SentinelURL, options: dict[str, Any]) -> Any:
     return pool
 
 
-def cluster_client(redis: Any, url: str, seeds: Collection[tuple[str, int]], options: Any) -> Any:
+def _tracked(base: type, made: weakref.WeakSet[Any]) -> type:
+    """``base`` (a redis-py connection class) whose connections are remembered in ``made``.
+
+    A cluster client forgets a failed node's pool when it reads the slots
+    again, without closing its connections; the store closes them all.
+    """
+
+    class Tracked(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.add(self)
+
+    return Tracked
+
+
+def cluster_client(
+    redis: Any,
+    url: str,
+    seeds: Collection[tuple[str, int]],
+    options: Any,
+    made: weakref.WeakSet[Any],
+) -> Any:
     """A Redis Cluster client starting from ``url``'s node (and ``seeds``).
 
     Each node gets a blocking pool of at most ``max_connections``
@@ -269,10 +292,12 @@ def cluster_client(redis: Any, url: str, seeds: Collection[tuple[str, int]], opt
     failover.
     """
     from redis.cluster import ClusterNode, RedisCluster
-
+    from redis.connection import SSLConnection
     from redis.exceptions import RedisClusterException
 
     options = dict(options)
+    base = SSLConnection if url.startswith("rediss://") else redis.Connection
+    options["connection_class"] = _tracked(base, made)
     retry = options.pop("retry")  # the cluster's own; its nodes' connections never retry
     try:
         return RedisCluster(
@@ -308,6 +333,7 @@ def _status(job_id: str, fields: dict[bytes, bytes]) -> JobStatus | None:
         last_seq=int(fields.get(b"last_seq", b"0")),
         final_seq=None if final is None else int(final),
         lost_through=int(fields.get(b"lost_through", b"0")),
+        lost_after=int(fields.get(b"lost_after", b"0")),
         owner=_text(fields.get(b"owner")),
     )
 
@@ -397,6 +423,8 @@ class Store:
         )
         #: Whether Redis is a cluster (known once connected): keys carry hash tags.
         self.cluster = False
+        #: A cluster's command connections, to close them all (see _tracked).
+        self._made: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Since when Redis has been unreachable (monotonic), ``None`` while it answers.
         self.down_since: float | None = None
         #: Since when (monotonic) Redis has answered again after its last outage.
@@ -428,7 +456,7 @@ class Store:
             if is_cluster_url(self.url):
                 seeds = parse_cluster_url(self.url)
                 self.cluster = True
-                client = cluster_client(redis, seeds.first, seeds.nodes[1:], options)
+                client = cluster_client(redis, seeds.first, seeds.nodes[1:], options, self._made)
             else:
                 if is_sentinel_url(self.url):
                     pool = sentinel_pool(redis, parse_sentinel_url(self.url), options)
@@ -441,7 +469,7 @@ class Store:
                     if is_sentinel_url(self.url):
                         raise BrokerUnavailable(SENTINEL_CLUSTER.format(url=self.url))
                     self.cluster = True
-                    client = cluster_client(redis, self.url, (), options)
+                    client = cluster_client(redis, self.url, (), options, self._made)
             self._scripts = _Scripts.register(client)
             self._client = client
         return self._client
@@ -508,6 +536,9 @@ class Store:
         if self._client is not None:
             if self.cluster:
                 self._client.close()
+                for connection in list(self._made):  # those of nodes it forgot too
+                    with contextlib.suppress(Exception):
+                        connection.disconnect()
             else:
                 self._client.connection_pool.disconnect()
 

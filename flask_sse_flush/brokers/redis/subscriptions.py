@@ -119,14 +119,25 @@ class Local:
 
 
 def replay(subscriber: Subscriber, status: JobStatus, entries: list[Entry], last: int) -> int:
-    """Send ``subscriber`` the logged events after ``last`` (a gap event first if
-    some were lost); return the number it then has everything up to."""
-    if status.lost_through > last:
-        subscriber.deliver(gap_event(status, last).frame, None)
+    """Send ``subscriber`` the logged events after ``last``, with a ``gap`` event
+    where some were lost; return the number it then has everything up to.
+
+    The gap comes where the hole is: first, when events after ``last`` may
+    be missing from the log's start (its bound dropped them, the store lost
+    the job); after the events before it, when the hole is in the middle (a
+    failover lost the writes after :attr:`~JobStatus.lost_after`).
+    """
+    lost = status.lost_through > last
+    hole = max(last, status.lost_after)
     for seq, frame, level in entries:
+        if lost and seq > hole:
+            subscriber.deliver(gap_event(status, max(last, hole)).frame, None)
+            lost = False
         if seq > last:
             subscriber.deliver(frame, level)
             last = seq
+    if lost:
+        subscriber.deliver(gap_event(status, max(last, hole)).frame, None)
     return max(last, status.lost_through)
 
 
@@ -505,28 +516,35 @@ class Subscriptions:
             wanted.update(self.store.cancel_channel(job_id) for job_id in self.cancel_callbacks)
         return wanted
 
-    def on_connect(self) -> None:
-        """The reader (re)connected: every entry catches up again, cancels are re-read."""
+    def on_lost(self, channels: set[bytes]) -> None:
+        """The reader lost the connection carrying ``channels``: their entries catch up again.
+
+        (Cancels sent meanwhile reached no one: they are read again when the
+        cancel channel is subscribed again, :meth:`on_subscribe`.)
+        """
         with self.lock:
             locals_ = [*self.jobs.values(), *self.channels.values()]
-            jobs = list(self.cancel_callbacks)
         for local in locals_:
-            with local.lock:
-                local.synced = False
-        # Cancels published while we were away reached no one.
-        for job_id in jobs:
-            if self.store.cancelled(job_id):
-                self.cancelled(job_id)
+            if local.channel in channels:
+                with local.lock:
+                    local.synced = False
 
     def on_subscribe(self, channel: bytes) -> None:
         """Redis confirmed a subscription: catch its streams up from the log."""
+        if self.store.is_cancel_channel(channel):
+            # Cancels published while we did not listen reached no one.
+            with self.lock:
+                jobs = [j for j in self.cancel_callbacks if self.store.cancel_channel(j) == channel]
+            for awaited in jobs:
+                if self.store.cancelled(awaited):
+                    self.cancelled(awaited)
+            return
         name, job_id = self.store.channel_of(channel), self.store.job_of(channel)
+        local: Local | None = None
         if name is not None:
             local = self.channels.get(name)
         elif job_id is not None:
             local = self.jobs.get(job_id)
-        else:
-            return  # a cancel channel
         if local is not None:
             self.catch_up(local)
 
@@ -559,11 +577,20 @@ class Subscriptions:
         if job_id is not None:
             self._on_job_message(job_id, data)
 
-    def on_outage(self) -> None:
-        """Redis stayed away past ``outage_timeout``: end every local stream with an error."""
+    def on_outage(self, channels: set[bytes]) -> None:
+        """The connection carrying ``channels`` stayed away past ``outage_timeout``:
+        end their local streams with an error (on one Redis, every stream)."""
         with self.lock:
-            locals_ = [*self.jobs.values(), *self.channels.values()]
-            self.jobs, self.channels = {}, {}
+            locals_ = [
+                local
+                for local in [*self.jobs.values(), *self.channels.values()]
+                if local.channel in channels
+            ]
+            for local in locals_:
+                if local.name is None:
+                    self.jobs.pop(local.job_id, None)
+                else:
+                    self.channels.pop(local.name, None)
         if not locals_:
             return
         # Not the job's end: no id (the browser resumes from its last event)

@@ -33,9 +33,11 @@ def create_app(log_dir: str | None = None) -> Any:
             render, name="single", url_prefix="/single", broker=store, max_jobs=1, keepalive=1.0
         )
     )
+    # RQ's own Redis: the broker's may be a cluster, which RQ does not use.
+    queue_url = os.environ.get("SCALED_QUEUE_URL", os.environ["SCALED_REDIS_URL"])
     queue = Queue(
         os.environ.get("SCALED_QUEUE", "renders"),
-        connection=Redis.from_url(os.environ["SCALED_REDIS_URL"]),
+        connection=Redis.from_url(queue_url),
     )
 
     def enqueue(job: QueuedJob) -> None:

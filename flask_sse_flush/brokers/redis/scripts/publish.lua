@@ -41,7 +41,8 @@ if ARGV[14] == '1' and ((not st[4]) or tonumber(st[4]) >= now) then return 'aliv
 if seq <= last then return 'dup' end
 if seq > last + 1 then
   -- Events between were lost (the store came back from an older state).
-  redis.call('HSET', job, 'lost_through', seq - 1, 'epoch', ARGV[10])
+  -- (A hole after `last`: a failover to a replica that lagged.)
+  redis.call('HSET', job, 'lost_through', seq - 1, 'lost_after', last, 'epoch', ARGV[10])
 end
 redis.call('XADD', stream, '0-' .. seq, 'f', ARGV[3], 'l', ARGV[4])
 for i = 16, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
@@ -76,7 +77,7 @@ if redis.call('XLEN', stream) > bound then
         redis.call('HDEL', job, name)
       end
     end
-    redis.call('HSET', job, 'lost_through', lost)
+    redis.call('HSET', job, 'lost_through', lost, 'lost_after', 0)
   end
 end
 if ARGV[5] == '1' then
