@@ -220,7 +220,13 @@ class Reader:
         """Wait for a message (or a wake-up, or a route's retry), then hand on what came."""
         store = self.store
         connections = self._connections
-        ready = [name for name, c in connections.items() if c.can_read(timeout=0)]
+        ready = []
+        for name, connection in list(connections.items()):
+            try:
+                if connection.can_read(timeout=0):
+                    ready.append(name)
+            except (*store.errors, store.redis.RedisError) as exc:
+                self._lose(name, routes[name], exc)
         if not ready:
             waits = [route.retry_at - now for route in routes.values() if route.down_since]
             timeout = max(0.0, min([self.HEALTH_INTERVAL, *waits]))
