@@ -11,6 +11,7 @@ DOCS_PAGE = ROOT / "docs" / "benchmarks.rst"
 PLOT = ROOT / "docs" / "_static" / "bench-latency.png"
 LIMIT, PEER, FLOOR, OURS = "raw-asyncio", "sse-starlette", "bare-gevent", "ours-gevent"
 REDIS = "ours-redis"
+CLUSTER = "ours-cluster"
 #: The most Redis connections a worker of ``ours-redis`` should hold: the
 #: broker's command pool (3) and its one pub/sub reader.
 CONNECTIONS_GOAL = 4
@@ -47,9 +48,14 @@ def metrics(result: dict[str, Any]) -> list[tuple[str, tuple[str, ...], str, boo
     rows.append(("events/s", ("throughput", "median"), "/s", True))
     rows.append(("CPU job p99", ("cpu_job", "p99", "median"), "ms", False))
     rows.append(("CPU job p99, process", ("cpu_job_process", "p99", "median"), "ms", False))
+    rows.append(("Redis publishes/s", ("publish", "median"), "/s", True))
     if (at := level_at_most(result, 1_000)) is not None:
         path = ("levels", at, "redis_connections_max")
         rows.append((f"Redis conns/worker @{at}", path, "", False))
+        path = ("levels", at, "redis_connections_node_max")
+        rows.append((f"Redis conns/worker/node @{at}", path, "", False))
+        path = ("levels", at, "redis_pubsub_node_max")
+        rows.append((f"pub/sub conns/worker/node @{at}", path, "", False))
     return rows
 
 
@@ -122,6 +128,27 @@ def targets(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         conns = _get(result, REDIS, "levels", at, "redis_connections_max")
         add(f"Redis connections per worker @{at}", conns, float(CONNECTIONS_GOAL),
             f"goal: at most {CONNECTIONS_GOAL}", _fmt(conns, ""))  # fmt: skip
+    measured = [set(result["contenders"].get(n, {}).get("levels", {})) for n in (REDIS, CLUSTER)]
+    both = [lv for lv in result["plan"]["levels"] if all(lv in m for m in measured)]
+    if both:
+        top = max(both, key=int)
+        path = ("levels", top, "fanout", "median")
+        add(f"fan-out {top}, Redis Cluster against one Redis (2 workers each)",
+            _get(result, CLUSTER, *path), *versus(REDIS, *path))  # fmt: skip
+        path = ("levels", top, "p99", "median")
+        add(f"p99 @{top}, Redis Cluster against one Redis", _get(result, CLUSTER, *path),
+            *versus(REDIS, *path))  # fmt: skip
+    cluster_rate, one_rate = (_get(result, n, "publish", "median") for n in (CLUSTER, REDIS))
+    add("publishes/s, Redis Cluster (3 primaries) against one Redis", cluster_rate, one_rate,
+        f"{REDIS}: {_fmt(one_rate, '/s')}/s", f"{_fmt(cluster_rate, '/s')}/s")  # fmt: skip
+    if (at := level_at_most(result, 1_000)) is not None:
+        for key, goal, what in (
+            ("redis_pubsub_node_max", 1, "pub/sub connections per worker per primary"),
+            ("redis_connections_node_max", CONNECTIONS_GOAL, "connections per worker per node"),
+        ):
+            conns = _get(result, CLUSTER, "levels", at, key)
+            add(f"Redis Cluster: {what} @{at}", conns, float(goal), f"goal: at most {goal}",
+                _fmt(conns, ""))  # fmt: skip
     process = _get(result, OURS, "cpu_job_process", "p99", "median")
     add("CPU job p99, executor='process', against sse-starlette",
         process, *versus(PEER, "cpu_job", "p99", "median"))  # fmt: skip
@@ -267,7 +294,17 @@ worker's native thread through one Lua step and ``PUBLISH`` in Redis to each
 worker's pub/sub reader, which fans it out to that worker's streams. *Redis
 conns/worker*: the most connections one worker held to Redis while those
 streams were open, idle and receiving, counted with ``CLIENT LIST`` by the
-names the broker gives them."""
+names the broker gives them.
+
+``ours-cluster`` is the same app and workers on a 6-node Redis Cluster of
+the run's own (3 primaries, 3 replicas, made with ``redis-cli --cluster
+create``): the job's keys and channel share one slot, its events go out
+with ``SPUBLISH``, and each worker holds one pub/sub connection per primary
+that serves a channel it wants. *Redis conns/worker/node* and *pub/sub
+conns/worker/node*: the most one worker held to one node. *Redis
+publishes/s*: events one process stores and sends through a
+``RedisBroker`` from {publish_jobs} threads, each publishing its own job's
+events back to back; on the cluster the jobs spread over the primaries."""
 
 PROCESS_TEXT = """
 
@@ -290,7 +327,9 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
     """Write the docs page and its plot (to ``page`` and ``image``) from ``result``."""
     header, body = rows(result)
     measured = result["contenders"]
-    extra = REDIS_TEXT if REDIS in measured else ""
+    from .run import PUBLISH_JOBS
+
+    extra = REDIS_TEXT.replace("{publish_jobs}", str(PUBLISH_JOBS)) if REDIS in measured else ""
     if any("cpu_job_process" in data for data in measured.values()):
         extra += PROCESS_TEXT
     goals = targets(result)

@@ -9,8 +9,9 @@ shared machine, ratios measured together hold.
     python -m benchmarks.run --quick    # tiny sizes, < 60 s, asserts nothing
 
 A contender that needs Redis (``ours-redis``) gets a ``redis-server`` of its
-own for its measurement, on a free loopback port, stopped afterwards; where
-no ``redis-server`` (or redis-py) is installed it is skipped with a note.
+own for its measurement, on a free loopback port, stopped afterwards
+(``ours-cluster``: a 6-node Redis Cluster); where no ``redis-server`` (or
+redis-py) is installed it is skipped with a note.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from flask_sse_flush.testing import RedisServer, free_port, server_process
+from flask_sse_flush.testing import RedisCluster, RedisServer, free_port, server_process
 
 from .client import raise_open_file_limit
 from .contenders import REDIS_URL_ENV, Contender, discover
@@ -146,24 +147,36 @@ class RedisProbe:
     how many each worker holds.
     """
 
-    url: str
+    urls: list[str]  # every node (one, or each node of a cluster)
     prefix: str
     master: int
     port: int
     connections: dict[str, int] = field(default_factory=dict)  # worker pid -> most seen
+    #: The most connections a worker held to one node, and pub/sub ones among them.
+    per_node: int = 0
+    pubsub_per_node: int = 0
     workers: dict[str, int] = field(default_factory=dict)  # worker pid -> its streams
 
     def sample(self) -> None:
         import redis
 
         name = self.prefix.rstrip(":")
-        with contextlib.closing(redis.Redis.from_url(self.url, socket_timeout=10)) as client:
-            listed = client.client_list()
         now: dict[str, int] = {}
-        for entry in listed:
-            head, _, pid = str(entry.get("name", "")).rpartition(":")
-            if head == name and pid.isdigit():
-                now[pid] = now.get(pid, 0) + 1
+        for url in self.urls:
+            with contextlib.closing(redis.Redis.from_url(url, socket_timeout=10)) as client:
+                listed = client.client_list()
+            here: dict[str, int] = {}
+            pubsub: dict[str, int] = {}
+            for entry in listed:
+                head, _, pid = str(entry.get("name", "")).rpartition(":")
+                if head == name and pid.isdigit():
+                    here[pid] = here.get(pid, 0) + 1
+                    if int(entry.get("sub", 0)) or int(entry.get("ssub", 0)):
+                        pubsub[pid] = pubsub.get(pid, 0) + 1
+            for pid, n in here.items():
+                now[pid] = now.get(pid, 0) + n
+            self.per_node = max([self.per_node, *here.values()])
+            self.pubsub_per_node = max([self.pubsub_per_node, *pubsub.values()])
         for pid, n in now.items():
             self.connections[pid] = max(n, self.connections.get(pid, 0))
 
@@ -175,9 +188,13 @@ class RedisProbe:
         out = {
             "redis_connections": dict(self.connections),
             "redis_connections_max": max(self.connections.values(), default=0),
+            "redis_connections_node_max": self.per_node,
+            "redis_pubsub_node_max": self.pubsub_per_node,
+            "redis_nodes": len(self.urls),
             "worker_streams": dict(self.workers),
         }
         self.connections, self.workers = {}, {}
+        self.per_node = self.pubsub_per_node = 0
         return out
 
 
@@ -319,6 +336,51 @@ def measure_throughput(port: int, plan: Plan) -> dict[str, Any]:
     return summarise(rates)
 
 
+#: The jobs (and threads) of the publish measurement: enough for a cluster's
+#: three primaries to share the work, as a deployment's many jobs do.
+PUBLISH_JOBS = 12
+
+
+def measure_publish(url: str, plan: Plan) -> dict[str, Any]:
+    """Events a RedisBroker stores and sends per second, from ``PUBLISH_JOBS`` threads.
+
+    Each thread publishes its own job's events as fast as the broker takes
+    them (one Lua step and one (S)PUBLISH each), in this process, with the
+    same pool size on one Redis and on a cluster.
+    """
+    import threading
+
+    from flask_sse_flush import Event
+    from flask_sse_flush.brokers import RedisBroker, event_id
+
+    count = max(50, plan.burst // 50)
+    rates = []
+    for run in range(plan.runs):
+        broker = RedisBroker(
+            url, prefix=f"pub{run}:{os.getpid()}:", max_connections=PUBLISH_JOBS, max_events=100
+        )
+        try:
+            jobs = [f"job{n}" for n in range(PUBLISH_JOBS)]
+            for job in jobs:
+                broker.create(job)
+
+            def publish(broker: RedisBroker, job: str) -> None:
+                for seq in range(1, count + 1):
+                    event = Event({"progress": seq % 100}, event="note", id=event_id(job, seq))
+                    broker.publish(job, seq, event)
+
+            threads = [threading.Thread(target=publish, args=(broker, job)) for job in jobs]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rates.append(PUBLISH_JOBS * count / (time.perf_counter() - started))
+        finally:
+            broker.close()
+    return summarise(rates)
+
+
 def measure_cpu_job(port: int, plan: Plan, executor: str | None = None) -> dict[str, Any]:
     count, interval = max(5, int(plan.cpu_seconds / 0.05) - 10), 0.05
     how = "" if executor is None else f"&executor={executor}"
@@ -343,18 +405,25 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
     print(f"  {contender.name}: {contender.label}", flush=True)
     with contextlib.ExitStack() as stack:
         env = {}
-        if contender.redis:
+        nodes: list[str] = []
+        if contender.redis or contender.redis_cluster:
             if (reason := redis_missing()) is not None:
                 raise Skip(reason)
             try:  # in memory only: an append-only file would fsync every event
-                store = stack.enter_context(RedisServer(appendonly=False))
-            except (OSError, RuntimeError) as exc:
+                if contender.redis_cluster:
+                    cluster = stack.enter_context(RedisCluster())
+                    nodes = [node.url for node in cluster.nodes]
+                    env[REDIS_URL_ENV] = cluster.url
+                else:
+                    store = stack.enter_context(RedisServer(appendonly=False))
+                    nodes = [store.url]
+                    env[REDIS_URL_ENV] = store.url
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 raise Skip(f"redis-server did not start: {exc}") from exc
-            env[REDIS_URL_ENV] = store.url
         port, process = stack.enter_context(server(contender, env))
         probe = None
-        if contender.redis:
-            probe = RedisProbe(env[REDIS_URL_ENV], contender.redis_prefix, process.pid, port)
+        if nodes:
+            probe = RedisProbe(nodes, contender.redis_prefix, process.pid, port)
         with Clients(port, 1, 20, 30) as warm:  # warm up imports and code paths
             get_json(port, "/pub?count=20&interval=0.001")
             warm.results()
@@ -373,6 +442,9 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
                 split = "/".join(str(n) for n in level["worker_streams"].values())
                 note += f", streams per worker {split}"
                 note += f", Redis connections of a worker: at most {level['redis_connections_max']}"
+                if len(nodes) > 1:
+                    note += f" ({level['redis_connections_node_max']} on one node"
+                    note += f", {level['redis_pubsub_node_max']} of them pub/sub)"
             print(note, flush=True)
         out: dict[str, Any] = {
             "label": contender.label, "wall": contender.wall, "baseline_rss_kib": baseline,
@@ -380,6 +452,9 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
         }  # fmt: skip
         if contender.throughput:
             out["throughput"] = measure_throughput(port, plan)
+        if nodes:
+            out["publish"] = measure_publish(env[REDIS_URL_ENV], plan)
+            print(f"    publish: {out['publish']['median']:,.0f} events/s", flush=True)
         for executor in contender.cpu_executors:
             key = "cpu_job" if executor is None else f"cpu_job_{executor}"
             out[key] = measure_cpu_job(port, plan, executor)

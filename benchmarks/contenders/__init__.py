@@ -35,6 +35,9 @@ class Contender:
     #: Needs a Redis: the runner starts one and passes its URL in
     #: ``$BENCH_REDIS_URL``; the contender is skipped where there is none.
     redis: bool = False
+    #: Needs a Redis Cluster: the runner makes one (3 primaries, 3 replicas)
+    #: and passes the URL of one of its nodes the same way.
+    redis_cluster: bool = False
     #: The key prefix of its ``RedisBroker``: the runner counts the
     #: connections named after it in ``CLIENT LIST``, per worker.
     redis_prefix: str = ""

@@ -6,7 +6,8 @@ jobs by default, so the fan-out crosses from that thread to the hub.
 ``ours-redis`` is the same app on a :class:`RedisBroker` with two gunicorn
 workers: the streams of the one job land on both, and every event goes from
 the publishing worker's thread through Redis to each worker's pub/sub
-reader, which fans it out to that worker's streams.
+reader, which fans it out to that worker's streams. ``ours-cluster`` is the
+same on a 6-node Redis Cluster (sharded pub/sub).
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ CONTENDERS = [
         redis=True,
         redis_prefix=REDIS_PREFIX,
         throughput=False,  # /burst never touches the broker: ours-gevent measures it
+        cpu_executors=(),
+    ),
+    Contender(
+        "ours-cluster",
+        "flask-sse-flush on a RedisBroker on a 6-node Redis Cluster, gunicorn -k gevent -w 2",
+        10_000,
+        gunicorn("benchmarks.contenders.ours:create_redis_app()", workers=2),
+        rank=1,
+        redis_cluster=True,
+        redis_prefix=REDIS_PREFIX,
+        throughput=False,
         cpu_executors=(),
     ),
     Contender(
