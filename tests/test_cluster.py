@@ -11,6 +11,7 @@ killed mid-job.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,7 @@ from tests.test_leases import (  # the lease tests, run again on the cluster
     test_no_key_is_ever_without_a_lifetime,
     wait_for,
 )
+from tests.timing import assert_under
 
 __all__ = [
     "brokers",
@@ -256,10 +258,14 @@ def test_a_primary_killed_mid_job_loses_nothing_silently(redis_prefix: str) -> N
             primary = cluster.primary_of(runner._store.key("job", "job"))
             follower = Collector()
             watcher.follow("news", follower, watcher.position("news"))
+            stall = 0.0
             for seq in range(1, 201):
                 if seq == 60:
                     cluster.kill(primary)
+                    killed = time.monotonic()
                 runner.publish("job", seq, ev("job", seq))
+                if seq == 60:
+                    stall = time.monotonic() - killed
                 if seq % 20 == 0:
                     runner.append("news", Event({"n": seq}))
             runner.publish("job", 201, ev("job", 201, "complete"), final=True)
@@ -275,6 +281,8 @@ def test_a_primary_killed_mid_job_loses_nothing_silently(redis_prefix: str) -> N
                 assert parse_event_id(gap.json()["lostThrough"])[1] >= max(missing)
             status = watcher.status("job")
             assert status is not None and status.final_seq == 201
+            # The job's publish waited out the failover (cluster-node-timeout 1 s).
+            assert_under(stall, 30.0, "a cluster failover: the publish after the kill (s)")
             # The channel's events too: once, in order, and a gap before any hole.
             wait_for(
                 lambda: [e.json()["n"] for e in follower.events if e.event != "gap"][-1:] == [200],

@@ -14,7 +14,10 @@ Its parts, bottom up:
 * ``broker``: :class:`RedisBroker`, the Broker protocol over the three, run
   on the worker's hub under gevent.
 
-So a worker holds at most ``max_connections + 1`` connections to Redis, and
+So a worker holds at most ``max_connections + 1`` connections to Redis (on
+a Redis Cluster, to each primary: ``store`` tags every key of a job or
+channel with its id so each script touches one slot, and the reader
+listens with sharded pub/sub, one connection per primary), and
 a reconnecting client gets exactly the events after its ``Last-Event-ID``
 from whichever worker it lands on.
 """

@@ -68,7 +68,11 @@ class RedisBroker:
         ``redis+sentinel://host:port[,host:port...]/<master-name>[/<db>]``
         (a user and password before the hosts are the master's): the
         broker follows the master through a failover, and its publishes
-        and reader retry across it (:ref:`scaling-sentinel`).
+        and reader retry across it (:ref:`scaling-sentinel`). Any node
+        of a Redis Cluster works too (found out at the first call), or
+        several: ``redis+cluster://host:port[,host:port...]``; keys then
+        carry hash tags and live events use sharded pub/sub, one
+        connection per primary (:ref:`scaling-cluster`).
     :param prefix: the start of every key and channel name.
     :param retention: seconds a job's keys are kept after it ends.
     :param max_events: the most events kept per job (see ``MemoryBroker``).
@@ -83,7 +87,7 @@ class RedisBroker:
     :param request_timeout: seconds a request's call retries while Redis
         is unreachable before a ``503``.
     :param max_connections: command connections per process (the reader
-        adds one).
+        adds one); on a cluster, per node.
     :param socket_timeout: seconds before a Redis call that gets no answer
         counts as failed.
     :raises ImportError: redis-py is not installed.

@@ -8,8 +8,14 @@ which its log's bound drops next). One Lua script per change (``scripts/``,
 one ``.lua`` file each) keeps the hash, the stream, its bound and the live
 notification in one atomic step. An event channel is a hash and a stream too.
 
-Commands go through a small blocking pool (``max_connections``) and one
-retry loop. The store knows the names of the keys and channels and what the
+On a Redis Cluster (any node's URL, found out at connect, or
+``redis+cluster://``) the names carry hash tags, so all of one job's or
+channel's keys and its pub/sub channel share a slot; what spans jobs (the
+active jobs, for admission and lease sweeps) lives in a slot of its own and
+is kept in steps of its own (``admit``, ``keep``, ``release``, ``overdue``).
+
+Commands go through a small blocking pool (``max_connections``, per node
+on a cluster) and one retry loop. The store knows the names of the keys and channels and what the
 scripts answer; it knows nothing of this process's streams or of the reader.
 """
 
