@@ -1,4 +1,5 @@
-"""Channels for real: ``gunicorn -k gevent -w 4`` on a real ``redis-server``.
+"""Channels for real: ``gunicorn -k gevent -w 4`` on a real ``redis-server``,
+and on a real 6-node Redis Cluster.
 
 Events published from a request, a thread, a native thread and another
 process (``SSEFlush(redis_url=...)`` with no app) reach raw-socket clients on
@@ -31,16 +32,23 @@ APP_DIR = Path(__file__).resolve().parent / "channels"
 WORKERS = 4
 
 
-@pytest.fixture(scope="module")
-def scaled(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"FLASK_SSE_FLUSH_REDIS_URL": redis_server.url, "FLASK_SSE_FLUSH_MAX_EVENTS": "50"}
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def scaled(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    """Four workers on one Redis, then on a 6-node Redis Cluster."""
+    store = redis_server if request.param == "redis" else request.getfixturevalue("redis_cluster")
+    env = {"FLASK_SSE_FLUSH_REDIS_URL": store.url, "FLASK_SSE_FLUSH_MAX_EVENTS": "50"}
     with running_server(
         "gunicorn-gevent",
-        tmp_path_factory.mktemp("channels"),
+        tmp_path_factory.mktemp(f"channels-{request.param}"),
         app_dir=APP_DIR,
         options=["--workers", str(WORKERS)],
         env=env,
     ) as server:
+        server.redis_url = store.url  # type: ignore[attr-defined]
         yield server
 
 
@@ -98,7 +106,7 @@ def stream_pids(server: Server, path: str, tries: int = 40) -> set[str]:
 
 
 def test_publish_from_anywhere_reaches_every_worker_and_a_browser(
-    scaled: Server, redis_server: RedisServer, display: str
+    scaled: Server, display: str
 ) -> None:
     require(*missing_tools("chromium"))
     channel = "news"
@@ -121,7 +129,7 @@ def test_publish_from_anywhere_reaches_every_worker_and_a_browser(
                     published.append(post(scaled, f"/publish/{how}?channel={channel}", body)["id"])
                     time.sleep(0.02)
             process = subprocess.run(
-                [sys.executable, str(APP_DIR / "app.py"), redis_server.url, channel, "5"],
+                [sys.executable, str(APP_DIR / "app.py"), scaled.redis_url, channel, "5"],  # type: ignore[attr-defined]
                 capture_output=True,
                 text=True,
                 timeout=60,
