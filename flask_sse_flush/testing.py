@@ -387,6 +387,42 @@ class RedisCluster:
         }
         return [node for node in self.live() if node.port in ports]
 
+    def node_id(self, node: RedisServer) -> str:
+        """The cluster's id of ``node``."""
+        return self.ask(node, "CLUSTER", "MYID").strip()
+
+    def move_slot(self, slot: int, target: RedisServer) -> None:
+        """Move ``slot`` and its keys to primary ``target``, as resharding does.
+
+        The steps of ``redis-cli --cluster reshard``, for one slot: mark it
+        importing and migrating, ``MIGRATE`` its keys, give it to ``target``
+        on every primary.
+        """
+        source = None
+        for node in self.primaries():
+            for line in self.ask(node, "CLUSTER", "NODES").splitlines():
+                parts = line.split()
+                if "myself" in parts[2] and any(
+                    low.isdigit() and int(low) <= slot <= int(high or low)
+                    for low, _, high in (span.partition("-") for span in parts[8:])
+                ):
+                    source = node
+        if source is None:
+            raise LookupError(f"no live primary serves slot {slot}")
+        if source is target:
+            return
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        self.ask(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id)
+        self.ask(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id)
+        while True:
+            keys = self.ask(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100").split()
+            if not keys:
+                break
+            where = ["127.0.0.1", str(target.port), "", "0", "5000"]
+            self.ask(source, "MIGRATE", *where, "KEYS", *keys)
+        for node in [target, source, *self.primaries()]:
+            self.ask(node, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+
     def wait_ok(self, timeout: float = 60.0) -> None:
         """Wait until every live node says the cluster is ok and agrees on the primaries,
         and every replica is in sync with its primary."""

@@ -365,3 +365,39 @@ def test_writes_a_failover_lost_are_a_gap_never_a_hole_or_a_duplicate(redis_pref
         finally:
             runner.close()
             watcher.close()
+
+
+def test_a_job_and_a_channel_whose_slot_moves_go_on_live(redis_prefix: str) -> None:
+    """Resharding moves the slot of a live job and channel to another
+    primary: the old node unsubscribes the reader (``sunsubscribe``), which
+    reads the slots again and listens on the new node; commands follow
+    ``MOVED``. The streams get every event once and in order, no gap."""
+    from redis.crc import key_slot
+
+    with RedisCluster() as cluster:
+        publisher = RedisBroker(cluster.url, prefix=redis_prefix)
+        watcher = RedisBroker(cluster.cluster_url, prefix=redis_prefix)
+        try:
+            publisher.create("moving")
+            stream, follower = Collector(), Collector()
+            assert watcher.subscribe("moving", stream)
+            watcher.follow("moving", follower, watcher.position("moving"))
+            for n in range(1, 6):
+                publisher.publish("moving", n, ev("moving", n))
+                publisher.append("moving", Event({"n": n}))
+            wait_for(lambda: len(stream.events) == len(follower.events) == 5, 10, "before")
+            slot = key_slot(b"moving")
+            source = cluster.primary_of(publisher._store.key("job", "moving"))
+            target = next(node for node in cluster.primaries() if node is not source)
+            cluster.move_slot(slot, target)
+            assert cluster.primary_of(publisher._store.key("job", "moving")) is target
+            for n in range(6, 11):
+                publisher.publish("moving", n, ev("moving", n))
+                publisher.append("moving", Event({"n": n}))
+            wait_for(lambda: len(stream.events) == len(follower.events) == 10, 20, "after")
+            assert [parse_event_id(e.id)[1] for e in stream.events if e.id] == list(range(1, 11))
+            assert [e.json()["n"] for e in follower.events] == list(range(1, 11))
+            assert not stream.of("gap") and not follower.of("gap")
+        finally:
+            publisher.close()
+            watcher.close()

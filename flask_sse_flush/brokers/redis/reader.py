@@ -61,6 +61,10 @@ class Listener(Protocol):
         """The connection carrying ``channels`` stayed lost past ``outage_timeout``."""
 
 
+class _Moved(Exception):
+    """The cluster moved a subscribed channel's slot (it sent ``sunsubscribe``)."""
+
+
 class _Route:
     """The state of one pub/sub connection's route (a cluster's primary, or the one Redis)."""
 
@@ -76,6 +80,8 @@ class _Route:
         self.failed = False
         #: The channels wanted on it (its streams end past outage_timeout).
         self.wanted: set[bytes] = set()
+        #: Whether it went down because the cluster moved a channel (no outage).
+        self.moved = False
 
     def heard(self, now: float) -> None:
         self.last_heard, self.pinged = now, False
@@ -210,7 +216,11 @@ class Reader:
                     self._lose(name, route, exc)
                     continue
                 if route.down_since is not None and route.subscribed:
-                    log.warning("Redis reader connected again (%s)", name or "redis")
+                    log.log(
+                        logging.INFO if route.moved else logging.WARNING,
+                        "Redis reader connected again (%s)",
+                        name or "redis",
+                    )
                     route.up()
             everything = set().union(*(route.subscribed for route in routes.values()))
             self.listener.resync(everything, new_all)
@@ -254,7 +264,7 @@ class Reader:
                 for message in self._messages(connections[name]):
                     route.heard(time.monotonic())
                     self._handle(message, route.subscribed)
-            except (*store.errors, store.redis.RedisError) as exc:
+            except (*store.errors, store.redis.RedisError, _Moved) as exc:
                 self._lose(name, route, exc)
 
     def _lose(self, name: str, route: _Route, exc: BaseException) -> None:
@@ -266,11 +276,15 @@ class Reader:
             self._connections.pop(name).disconnect()
         lost, route.subscribed = route.subscribed, set()
         now = time.monotonic()
+        moved = isinstance(exc, _Moved | store.redis.exceptions.AskError)  # MOVED is an ASK
         if route.down_since is None:
-            route.down_since, route.delay = now, 0.05
-            if store.down_since is None:
-                store.down_since = now
-            log.warning("Redis reader lost %s (%s); reconnecting", name or "redis", exc)
+            route.down_since, route.delay, route.moved = now, 0.05, moved
+            if moved:
+                log.info("Redis Cluster moved %s; following it", exc)
+            else:
+                if store.down_since is None:
+                    store.down_since = now  # the keeper waits a lease before sweeping
+                log.warning("Redis reader lost %s (%s); reconnecting", name or "redis", exc)
         route.retry_at = now + route.delay
         route.delay = min(route.delay * 2, 1.0)
         # What it carried must be read from the store once it is back.
@@ -323,4 +337,4 @@ class Reader:
         elif kind == b"sunsubscribe" and channel in subscribed:
             # The cluster moved the channel's slot (resharding, a failover):
             # read the slots again and subscribe where it lives now.
-            raise self.store.redis.ConnectionError(f"Redis Cluster moved {channel!r}")
+            raise _Moved(channel.decode("utf-8", "replace"))
