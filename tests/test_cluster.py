@@ -401,3 +401,31 @@ def test_a_job_and_a_channel_whose_slot_moves_go_on_live(redis_prefix: str) -> N
         finally:
             publisher.close()
             watcher.close()
+
+
+def test_a_failover_longer_than_the_lease_ends_no_healthy_job(redis_prefix: str) -> None:
+    """The primary holding a quiet job's lease dies; the promotion takes
+    longer than the lease, so its runner cannot renew meanwhile. The
+    replica's copy of the lease has lapsed when it takes over, yet the
+    other worker's keeper must not end the job: it waits until that node
+    has answered for a whole lease, and by then the runner has renewed."""
+    with RedisCluster() as cluster:
+        runner = RedisBroker(cluster.url, prefix=redis_prefix, lease=1.0, outage_timeout=60.0)
+        watcher = RedisBroker(cluster.url, prefix=redis_prefix, lease=1.0, outage_timeout=60.0)
+        try:
+            runner.create("steady")
+            runner.publish("steady", 1, ev("steady", 1), change={"state": "running"})
+            stream = Collector()
+            assert watcher.subscribe("steady", stream)
+            cluster.kill(cluster.primary_of(runner._store.key("job", "steady")))
+            cluster.wait_ok()
+            time.sleep(4.0)  # four leases after the promotion
+            assert not stream.of("error"), stream.events
+            status = watcher.status("steady")
+            assert status is not None and status.state == "running"
+            runner.publish("steady", 2, ev("steady", 2, "complete"), final=True)
+            wait_for(stream.closed.is_set, 10, "the job's own end")
+            assert [e.event for e in stream.events][-1] == "complete"
+        finally:
+            runner.close()
+            watcher.close()

@@ -117,15 +117,23 @@ class Leases:
         to a master with another clock) every live runner has renewed by
         then, so only the leases of runners that are gone are still lapsed.
         """
+        # Each step on its own: one that fails (Redis, or on a cluster a
+        # node, away) does not cost the others their renewal.
+        failed: Exception | None = None
         handed = self._handed()
-        if handed:
-            self.store.renew(handed, queued=True)
-            self._handed_done(handed)  # only once their queue lease is set
-        # This process's attached streams still count.
-        self.store.renew_presence(self._attached())
         running = self._running()
-        if running:
-            self.store.renew(running)
+        for step in (
+            lambda: self._renew_handed(handed),
+            lambda: self.store.renew_presence(self._attached()),  # its streams still count
+            lambda: self.store.renew(running),
+            self.store.check_nodes,
+        ):
+            try:
+                step()
+            except Exception as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
         now = time.monotonic()
         if self.store.down_since is not None:
             self._healthy_since = None
@@ -140,6 +148,11 @@ class Leases:
             if job_id not in running and self.end(job_id, last):
                 ended.append(job_id)
         return ended
+
+    def _renew_handed(self, handed: set[str]) -> None:
+        if handed:
+            self.store.renew(handed, queued=True)
+            self._handed_done(handed)  # only once their queue lease is set
 
     def end(self, job_id: str, last: int) -> bool:
         """End ``job_id`` with its terminal ``error`` event, if its lease has still lapsed."""

@@ -82,6 +82,8 @@ class _Route:
         self.wanted: set[bytes] = set()
         #: Whether it went down because the cluster moved a channel (no outage).
         self.moved = False
+        #: Unsubscribes sent whose reply has not come yet, by channel.
+        self.leaving: dict[bytes, int] = {}
 
     def heard(self, now: float) -> None:
         self.last_heard, self.pinged = now, False
@@ -186,7 +188,13 @@ class Reader:
             now = time.monotonic()
             wanted: dict[str, set[bytes]] = {}
             for channel in self.listener.wanted_channels():
-                wanted.setdefault(store.pubsub_route(channel), set()).add(channel)
+                try:
+                    route_of = store.pubsub_route(channel)
+                except (*store.errors, store.redis.RedisError) as exc:
+                    # No node serves its slot now (mid-failover): next round.
+                    log.debug("no route for %r now: %s", channel, exc)
+                    continue
+                wanted.setdefault(route_of, set()).add(channel)
             new_all: set[bytes] = set()
             for name in {*wanted, *routes}:
                 route = routes.setdefault(name, _Route())
@@ -211,8 +219,10 @@ class Reader:
                         new_all |= new
                     if old:
                         self._send(connections[name], unsubscribe, old)
+                        for channel in old:  # its reply is ours, not a move
+                            route.leaving[channel] = route.leaving.get(channel, 0) + 1
                     route.subscribed = (route.subscribed | new) - old
-                except (*store.errors, store.redis.RedisError) as exc:
+                except (*store.errors, store.redis.RedisError, BrokerUnavailable) as exc:
                     self._lose(name, route, exc)
                     continue
                 if route.down_since is not None and route.subscribed:
@@ -263,8 +273,8 @@ class Reader:
             try:
                 for message in self._messages(connections[name]):
                     route.heard(time.monotonic())
-                    self._handle(message, route.subscribed)
-            except (*store.errors, store.redis.RedisError, _Moved) as exc:
+                    self._handle(message, route)
+            except (*store.errors, store.redis.RedisError, BrokerUnavailable, _Moved) as exc:
                 self._lose(name, route, exc)
 
     def _lose(self, name: str, route: _Route, exc: BaseException) -> None:
@@ -274,7 +284,7 @@ class Reader:
             return
         with contextlib.suppress(Exception):
             self._connections.pop(name).disconnect()
-        lost, route.subscribed = route.subscribed, set()
+        lost, route.subscribed, route.leaving = route.subscribed, set(), {}
         now = time.monotonic()
         moved = isinstance(exc, _Moved | store.redis.exceptions.AskError)  # MOVED is an ASK
         if route.down_since is None:
@@ -326,7 +336,7 @@ class Reader:
         except (BlockingIOError, OSError):
             pass
 
-    def _handle(self, message: Any, subscribed: set[bytes]) -> None:
+    def _handle(self, message: Any, route: _Route) -> None:
         if not isinstance(message, list) or len(message) < 2:
             return
         kind, channel = message[0], message[1]
@@ -334,7 +344,11 @@ class Reader:
             self.listener.on_message(channel, message[2])
         elif kind in (b"subscribe", b"ssubscribe"):
             self.listener.on_subscribe(channel)
-        elif kind == b"sunsubscribe" and channel in subscribed:
+        elif kind == b"sunsubscribe" and route.leaving.get(channel):
+            route.leaving[channel] -= 1  # the reply to our own unsubscribe
+            if not route.leaving[channel]:
+                del route.leaving[channel]
+        elif kind == b"sunsubscribe" and channel in route.subscribed:
             # The cluster moved the channel's slot (resharding, a failover):
             # read the slots again and subscribe where it lives now.
             raise _Moved(channel.decode("utf-8", "replace"))

@@ -431,6 +431,8 @@ class Store:
         self.cluster = False
         #: A cluster's command connections, to close them all (see _tracked).
         self._made: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Since when (monotonic) each cluster primary has answered (see check_nodes).
+        self._steady_since: dict[str, float] = {}
         #: Since when Redis has been unreachable (monotonic), ``None`` while it answers.
         self.down_since: float | None = None
         #: Since when (monotonic) Redis has answered again after its last outage.
@@ -750,10 +752,14 @@ class Store:
         answer = self.run(
             lambda client: self.scripts.publish(keys=keys, args=args), persistent=not if_lapsed
         )
-        if final and answer in (b"ok", b"dup"):
-            # On a cluster the active set is another slot's: a step of its own
-            # (had this process died just now, the keeper's sweep does it).
-            self.release([job_id])
+        if final and answer in (b"ok", b"dup") and self.cluster:
+            # On a cluster the active set is another slot's: a step of its
+            # own. The event is stored: a failure here must not fail the
+            # publish (a keeper's sweep finds the entry overdue and ended).
+            try:
+                self.release([job_id])
+            except BrokerUnavailable as exc:
+                log.warning("job %s ended; its active entry is left to the sweep: %s", job_id, exc)
         if if_lapsed:
             return bool(answer == b"ok")
         if answer == b"unknown":
@@ -763,23 +769,25 @@ class Store:
         return True
 
     def renew(self, job_ids: Collection[str], *, queued: bool = False) -> dict[str, str]:
-        """Renew the leases of the jobs this process runs (or has queued), in one round trip.
+        """Renew the leases of the jobs this process runs (or has queued).
+
+        One round trip (on a cluster, one per node: a node that does not
+        answer costs only its own jobs' renewals, which are left out).
 
         :returns: each job's answer: ``"ok"``, ``"ended"``, ``"unknown"`` or
             ``"started"`` (queued only: a job worker runs it now).
+        :raises BrokerUnavailable: Redis (on a cluster: every node asked)
+            did not answer.
         """
         self.ready()
         lease = self.queue_timeout_ms if queued else self.lease_ms
         # A queued job's keys outlive its queue lease, so that a job nobody
         # ran still ends with its error event rather than vanish.
         lifetime = self.queue_timeout_ms + self.alive_ms if queued else self.alive_ms
-        ids = list(job_ids)
-        if not ids:
-            return {}
         args = [lease, lifetime, "1" if queued else "0"]
         source = _lua("renew")
 
-        def renew(client: Any) -> list[Any]:
+        def renew(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 keys = self.job_keys(job_id)
@@ -792,20 +800,92 @@ class Store:
             return list(pipe.execute())
 
         answers = {
-            job_id: (_text(answer) or "", int(lease_end))
-            for job_id, (answer, lease_end) in zip(ids, self.run(renew), strict=True)
+            job_id: (_text(answer) or "", int(lease_end), _text(owner) or "")
+            for job_id, (answer, lease_end, owner) in self._per_node(job_ids, renew).items()
         }
         if self.cluster:
-            kept = [(job_id, end) for job_id, (answer, end) in answers.items() if answer == "ok"]
-            gone = [job_id for job_id, (answer, _) in answers.items() if answer != "ok"]
-            gone = [job_id for job_id in gone if answers[job_id][0] != "started"]
+            self._keep_active(answers)
+        return {job_id: answer for job_id, (answer, _, _) in answers.items()}
+
+    def _per_node(
+        self, job_ids: Collection[str], call: Callable[[Any, list[str]], list[Any]]
+    ) -> dict[str, Any]:
+        """``call`` on the ids, in one round trip per node (one for one Redis).
+
+        A node that stays unreachable leaves its ids out; if every node
+        does, :class:`BrokerUnavailable` is raised.
+        """
+        groups: dict[str, list[str]] = {}
+        for job_id in job_ids:
+            node = self.node_of(self.key("job", job_id)) if self.cluster else ""
+            groups.setdefault(node, []).append(job_id)
+        found: dict[str, Any] = {}
+        failed: BrokerUnavailable | None = None
+        for ids in groups.values():
+            try:
+                answers = self.run(lambda client, ids=ids: call(client, ids))  # type: ignore[misc]
+            except BrokerUnavailable as exc:
+                failed = exc
+                continue
+            found.update(zip(ids, answers, strict=True))
+        if failed is not None and not found:
+            raise failed
+        return found
+
+    def _keep_active(self, answers: dict[str, tuple[str, int, str]]) -> None:
+        """After renewals on a cluster: move the jobs' entries of the active set on.
+
+        Best effort: the active set's node may be away; the next round (or
+        the sweep, for an entry left behind) puts it right.
+        """
+        kept = [(job, end, owner) for job, (said, end, owner) in answers.items() if said == "ok"]
+        gone = [job for job, (said, _, _) in answers.items() if said in ("ended", "unknown")]
+        try:
             if kept:
                 keys = [self.active_key, self._owners_key]
-                args = [self._owned_prefix, self.alive_ms]
-                args += [part for job_id, end in kept for part in (job_id, end)]
+                args: list[Any] = [self._owned_prefix, self.alive_ms]
+                args += [part for entry in kept for part in entry]
                 self.run(lambda client: self.scripts.keep(keys=keys, args=args))
             self.release(gone)
-        return {job_id: answer for job_id, (answer, _) in answers.items()}
+        except BrokerUnavailable as exc:
+            log.debug("the active jobs' set was not kept this round: %s", exc)
+
+    def node_of(self, key: str) -> str:
+        """The name (``host:port``) of the cluster primary serving ``key``'s slot now."""
+        client = self.connect()
+        return str(client.nodes_manager.get_node_from_slot(client.keyslot(key)).name)
+
+    def check_nodes(self) -> None:
+        """On a cluster: ping every primary, and note since when each has answered.
+
+        A lease keeper ends a job whose lease lapsed only once its node has
+        answered this process for a whole lease (:meth:`steady`): a replica
+        just promoted, or a node back from an outage, holds leases its
+        runners could not renew meanwhile.
+        """
+        if not self.cluster:
+            return
+        now = time.monotonic()
+        try:
+            primaries = self.connect().get_primaries()
+        except self.errors:
+            return
+        seen = set()
+        for node in primaries:
+            seen.add(node.name)
+            try:
+                node.redis_connection.ping()
+            except (*self.errors, self.redis.RedisError):
+                self._steady_since.pop(node.name, None)
+            else:
+                self._steady_since.setdefault(node.name, now)
+        for name in set(self._steady_since) - seen:
+            del self._steady_since[name]
+
+    def steady(self, node: str, seconds: float) -> bool:
+        """Whether ``node`` has answered every :meth:`check_nodes` for ``seconds``."""
+        since = self._steady_since.get(node)
+        return since is not None and time.monotonic() - since >= seconds
 
     def lapsed(self) -> list[tuple[str, int]]:
         """The running jobs whose lease has lapsed: ``(job id, last seq)``, on Redis' clock.
@@ -824,21 +904,28 @@ class Store:
     def _overdue(self) -> list[tuple[str, int]]:
         keys = [self.active_key, self._owners_key]
         args = [self.alive_ms, MAX_OVERDUE]
+        lease = self.lease_ms / 1000.0
         ids = [
-            _text(found) or ""
-            for found in self.run(lambda client: self.scripts.overdue(keys=keys, args=args))
+            job_id
+            for job_id in (
+                _text(found) or ""
+                for found in self.run(lambda client: self.scripts.overdue(keys=keys, args=args))
+            )
+            # Only on a node that has answered for a whole lease: its runners
+            # have renewed there by then (see check_nodes).
+            if self.steady(self.node_of(self.key("job", job_id)), lease)
         ]
         if not ids:
             return []
 
-        def read(client: Any) -> list[Any]:
+        def read(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hmget(self.key("job", job_id), "state", "final_seq", "last_seq")
             return list(pipe.execute())
 
         found, gone = [], []
-        for job_id, (state, final, last) in zip(ids, self.run(read), strict=True):
+        for job_id, (state, final, last) in self._per_node(ids, read).items():
             if state is None or final is not None:
                 gone.append(job_id)  # lost with its node, or ended just now
             else:
@@ -895,7 +982,7 @@ class Store:
         args = [0, self.process, self.lease_ms]
         source = _lua("count_subscribers")
 
-        def renew(client: Any) -> None:
+        def renew(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 keys = [self.key("job", job_id)]
@@ -903,9 +990,9 @@ class Store:
                     pipe.execute_command("EVAL", source, 1, *keys, *args)
                 else:
                     self.scripts.count_subscribers(keys=keys, args=args, client=pipe)
-            pipe.execute()
+            return list(pipe.execute())
 
-        self.run(renew)
+        self._per_node(ids, renew)
 
     def cancel(self, job_id: str) -> bool:
         """Mark a running job cancelled and tell every worker; ``False`` if none runs."""

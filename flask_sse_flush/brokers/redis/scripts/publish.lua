@@ -41,8 +41,13 @@ if ARGV[14] == '1' and ((not st[4]) or tonumber(st[4]) >= now) then return 'aliv
 if seq <= last then return 'dup' end
 if seq > last + 1 then
   -- Events between were lost (the store came back from an older state).
-  -- (A hole after `last`: a failover to a replica that lagged.)
-  redis.call('HSET', job, 'lost_through', seq - 1, 'lost_after', last, 'epoch', ARGV[10])
+  -- (A hole after `last`: a failover to a replica that lagged.) An older
+  -- loss is not forgotten: the missing range starts where the first did.
+  local after = last
+  if (tonumber(st[3]) or 0) > 0 then
+    after = math.min(tonumber(redis.call('HGET', job, 'lost_after')) or 0, last)
+  end
+  redis.call('HSET', job, 'lost_through', seq - 1, 'lost_after', after, 'epoch', ARGV[10])
 end
 redis.call('XADD', stream, '0-' .. seq, 'f', ARGV[3], 'l', ARGV[4])
 for i = 16, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
