@@ -356,8 +356,10 @@ def measure_publish(url: str, plan: Plan) -> dict[str, Any]:
     count = max(50, plan.burst // 50)
     rates = []
     for run in range(plan.runs):
+        # A connection for each thread, and some for the lease keeper: no
+        # thread waits on the pool (a waiter can starve behind busy threads).
         broker = RedisBroker(
-            url, prefix=f"pub{run}:{os.getpid()}:", max_connections=PUBLISH_JOBS, max_events=100
+            url, prefix=f"pub{run}:{os.getpid()}:", max_connections=PUBLISH_JOBS + 4, max_events=100
         )
         try:
             jobs = [f"job{n}" for n in range(PUBLISH_JOBS)]

@@ -189,6 +189,7 @@ def test_settings_are_resolved_once_at_registration(recorder: Recorder) -> None:
         ({"SSE_FLUSH_KEEPALIVE": 0}, "keepalive"),
         ({"SSE_FLUSH_MAX_JOBS": "many"}, "max_jobs"),
         ({"SSE_FLUSH_RETRY": -1}, "retry"),
+        ({"SSE_FLUSH_MAX_STREAM_SECONDS": 0}, "max_stream_seconds"),
     ],
 )
 def test_a_bad_config_value_fails_at_registration(
@@ -432,3 +433,42 @@ def test_the_error_message_hook_decides_what_the_client_reads() -> None:
     # A hook that fails falls back to the default: still nothing leaks.
     events = parse_events(client.get("/b" + url({}), buffered=False))
     assert events[-1].json() == {"message": "the render failed (RuntimeError)"}
+
+
+def test_a_stream_rotates_at_max_stream_seconds_and_resumes_exactly() -> None:
+    """Each leg ends after an event with a retry hint; the next, with the
+    last id, goes on from there: every event once, and ``complete``."""
+
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        for n in range(1, 21):
+            progress(n * 5, "rendering")
+            time.sleep(0.03)
+        return {"filename": "a.mp4", "url": "/a.mp4"}
+
+    app = make_app(render, {"SSE_FLUSH_MAX_STREAM_SECONDS": 0.15})
+    client = app.test_client()
+    response = client.get(url({}), buffered=False)
+    job_id: str | None = None
+    seen: list[int] = []
+    legs = 0
+    while True:
+        legs += 1
+        assert legs < 40
+        chunks = list(response.iter_encoded())
+        response.close()
+        events = parse_events(b"".join(chunks))
+        for event in events:
+            if event.id and event.event is not None:
+                job_id, seq = event.id.rsplit("-", 1)
+                seen.append(int(seq))
+        if events and events[-1].event == "complete":
+            break
+        assert chunks[-1].startswith(b"retry: "), chunks[-3:]
+        assert job_id is not None
+        response = client.get(
+            f"/render/stream?job={job_id}",
+            headers={"Last-Event-ID": f"{job_id}-{seen[-1]}"},
+            buffered=False,
+        )
+    assert seen == list(range(1, len(seen) + 1))
+    assert legs >= 3

@@ -256,3 +256,48 @@ def test_sse_response_closes_a_source_it_never_iterated() -> None:
     assert closed == [True]
     with pytest.raises(ValueError, match="retry"):
         sse_response([], retry=-5)  # refused before any byte is sent
+
+
+def test_a_stream_open_max_seconds_rotates_after_the_next_event() -> None:
+    stream = EventStream(keepalive=None, max_seconds=0.2)
+    body = iter(stream)
+    assert next(body).startswith(b":")  # the opening frame
+    stream.send(Event("one", id="a-1"))
+    assert next(body) == Event("one", id="a-1").frame
+    time.sleep(0.25)
+    stream.send(Event("two", id="a-2"))
+    stream.send(Event("three", id="a-3"))  # queued behind: resumed, not sent
+    assert next(body) == Event("two", id="a-2").frame
+    hint = next(body)
+    assert hint.startswith(b"retry: ") and hint.endswith(b"\n\n")
+    assert 500 <= int(hint.split()[1]) <= 1500
+    assert list(body) == []
+    assert stream.rotated and stream.closed
+    with pytest.raises(StreamClosed):
+        stream.send(Event("four", id="a-4"))
+
+
+def test_a_quiet_stream_rotates_at_max_seconds_without_waiting_for_a_keepalive() -> None:
+    stream = EventStream(keepalive=30.0, max_seconds=0.2)
+    started = time.monotonic()
+    frames = list(stream)
+    assert len(frames) == 2 and frames[1].startswith(b"retry: ")
+    assert_under(time.monotonic() - started, 2.0, "a quiet stream's rotation (s)")
+
+
+def test_a_terminal_event_past_max_seconds_is_not_followed_by_a_rotation() -> None:
+    stream = EventStream(keepalive=None, max_seconds=0.1)
+    body = iter(stream)
+    next(body)
+    time.sleep(0.15)
+    stream.send(Event({"filename": "a"}, event="complete", id="a-9"))
+    stream.close()
+    rest = list(body)
+    assert rest == [Event({"filename": "a"}, event="complete", id="a-9").frame]
+    assert not stream.rotated
+
+
+@pytest.mark.parametrize("bad", [0, -1.0])
+def test_max_seconds_must_be_positive(bad: float) -> None:
+    with pytest.raises(ValueError, match="max_seconds must be a positive number"):
+        EventStream(max_seconds=bad)

@@ -16,8 +16,10 @@ name                                        type       what
                                                        (ended as too slow: more than 4 x
                                                        ``buffer`` events waited that cannot be
                                                        coalesced; it resumes from its
-                                                       ``Last-Event-ID``), ``closed``
-                                                       (anything else); and ``limit``: a stream
+                                                       ``Last-Event-ID``), ``rotated``
+                                                       (open ``max_stream_seconds``),
+                                                       ``closed`` (anything else); and
+                                                       ``limit``: a stream
                                                        refused by ``max_streams``, ``max_jobs``
                                                        or ``max_jobs_per_identity``
 ``sse_flush_events_sent_total``             counter    events written to clients

@@ -70,6 +70,7 @@ def create_render_blueprint(
     cors_credentials: bool = True,
     keepalive_event: bool | None = None,
     diagnose: bool | None = None,
+    max_stream_seconds: float | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -193,8 +194,16 @@ def create_render_blueprint(
         to see whether a proxy buffers streams that do not opt out). At
         most 4 run at once per worker (``503`` beyond). ``None`` (the
         default): on only when ``app.debug``.
+    :param max_stream_seconds: rotate streams: one open that long ends
+        after an event with a jittered ``retry:`` hint, and the browser
+        resumes exactly; for proxies and platforms that cut long responses
+        (:ref:`deploy-rotate`). ``None`` (the default): the app's
+        ``SSE_FLUSH_MAX_STREAM_SECONDS``, else never.
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
+
+    .. versionchanged:: 1.0
+       ``max_stream_seconds``.
     """
     if not callable(render):
         raise TypeError(f"render must be callable, not {type(render).__name__}")
@@ -218,6 +227,7 @@ def create_render_blueprint(
         "max_query": max_query,
         "max_headers": max_headers,
         "keepalive_event": keepalive_event,
+        "max_stream_seconds": max_stream_seconds,
     }
     Settings.resolve({}, **explicit)  # bad arguments fail here, not at registration
     coalescing = Coalescing.of(coalesce) if coalesce is not None else None

@@ -59,4 +59,5 @@ def open_stream(settings: Settings, last_event_id: str | None) -> EventStream:
         retry=settings.retry,
         last_event_id=last_event_id,
         buffer=settings.buffer,
+        max_seconds=settings.max_stream_seconds,
     )

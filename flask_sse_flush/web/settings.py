@@ -43,6 +43,7 @@ CONFIG_KEYS = {
     "max_events": "SSE_FLUSH_MAX_EVENTS",
     "retention": "SSE_FLUSH_RETENTION",
     "lease": "SSE_FLUSH_LEASE",
+    "max_stream_seconds": "SSE_FLUSH_MAX_STREAM_SECONDS",
     "gevent_logging_locks": "SSE_FLUSH_GEVENT_LOGGING_LOCKS",
 }
 
@@ -91,6 +92,11 @@ class Settings:
     :param lease: with Redis, seconds a job's runner may go without renewing
         its lease before another worker ends the job (``SSE_FLUSH_LEASE``;
         :ref:`scaling-leases`).
+    :param max_stream_seconds: rotate streams: one open that long ends
+        after an event (or a keepalive) with a jittered ``retry:`` hint, and
+        the browser resumes exactly with ``Last-Event-ID``; for proxies and
+        platforms that cut long responses. ``None`` (the default) never
+        rotates (``SSE_FLUSH_MAX_STREAM_SECONDS``; :ref:`deploy-rotate`).
     :param gevent_logging_locks: under gevent, make :mod:`logging`'s locks safe
         for native job threads when the app is initialised (a process-wide
         change, see :ref:`servers-gevent-logging`); ``False`` leaves logging
@@ -113,6 +119,7 @@ class Settings:
     retention: float = 600.0
     lease: float = 10.0
     gevent_logging_locks: bool = True
+    max_stream_seconds: float | None = None
 
     @property
     def query_limit(self) -> int:
@@ -153,6 +160,13 @@ class Settings:
         lease = self.lease
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, not {lease!r}")
+        rotate = self.max_stream_seconds
+        if rotate is not None and (
+            isinstance(rotate, bool) or not isinstance(rotate, (int, float)) or not rotate > 0
+        ):
+            raise ValueError(
+                f"max_stream_seconds must be a positive number of seconds or None, not {rotate!r}"
+            )
         if self.buffer is not None and (not _is_int(self.buffer) or self.buffer < 1):
             raise ValueError(f"buffer must be a positive int or None, not {self.buffer!r}")
         if not isinstance(self.gevent_logging_locks, bool):

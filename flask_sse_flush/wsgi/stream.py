@@ -8,6 +8,7 @@ an event never waits for the next one and never leaves in two pieces.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
@@ -132,6 +133,16 @@ class EventStream:
         ``data: {}`` and no id, so it moves no ``Last-Event-ID``) instead of
         a comment: some CDNs and proxies ignore comment lines and cut a
         stream after their idle timeout. Pages need no listener for it.
+    :param max_seconds: rotate the stream: once it has been open that
+        long, it ends after the frame being written (an event or a
+        keepalive) with a jittered ``retry:`` hint of about a second, and
+        the browser reconnects with its ``Last-Event-ID``
+        (:attr:`rotated`). Events queued but not yet written are not sent:
+        only for streams that resume exactly from ``Last-Event-ID`` (a
+        brokered job's or channel's). ``None`` (the default) never rotates.
+
+    .. versionchanged:: 1.0
+       ``max_seconds``.
     """
 
     def __init__(
@@ -143,11 +154,17 @@ class EventStream:
         buffer: int | None = 256,
         coalesce: Coalescing | Collection[str] = PROGRESS_COALESCING,
         keepalive_event: bool = False,
+        max_seconds: float | None = None,
     ) -> None:
         if keepalive is not None and not keepalive > 0:
             raise ValueError(
                 f"keepalive must be a positive number of seconds or None, not {keepalive!r}"
             )
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(
+                f"max_seconds must be a positive number of seconds or None, not {max_seconds!r}"
+            )
+        self.max_seconds = max_seconds
         self.keepalive = keepalive
         self._keepalive_frame = KEEPALIVE_EVENT if keepalive_event else KEEPALIVE
         self._opening = opening_frame(retry, last_event_id)
@@ -166,6 +183,8 @@ class EventStream:
         self.too_slow = False
         #: Whether the stream ended with a ``retry:`` hint (:meth:`close`).
         self.retry_sent = False
+        #: Whether the stream ended because it was open ``max_seconds``.
+        self.rotated = False
         self._retry_at_close: int | None = None
         self._measure = enabled()
         self._ending = "closed"  # what the last frame said, for the metrics
@@ -292,12 +311,20 @@ class EventStream:
         if measure:
             METRICS.stream_opened()
         reason = "client_gone"
+        deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
         try:
             yield self._opening
             while True:
+                wait = self.keepalive
+                if deadline is not None:
+                    left = max(0.0, deadline - time.monotonic())
+                    wait = left if wait is None else min(wait, left)
                 try:
-                    item = self._channel.get(self.keepalive)
+                    item = self._channel.get(wait)
                 except Empty:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        yield self._rotate()
+                        return
                     yield self._keepalive_frame
                     continue
                 except Overflow:
@@ -305,6 +332,16 @@ class EventStream:
                 if item is _END:
                     reason = self._ending
                     return
+                if deadline is not None and time.monotonic() >= deadline:
+                    # Rotate after this frame, unless it ends the job anyway.
+                    for name in ("complete", "error"):
+                        if item.startswith(b"event: %s\n" % name.encode()):
+                            self._ending = name
+                    yield item
+                    if self._ending == "closed":
+                        yield self._rotate()
+                        return
+                    continue
                 if not measure:
                     yield item
                     continue
@@ -321,12 +358,25 @@ class EventStream:
             if measure:
                 if self.too_slow:
                     reason = "slow_client"
+                elif self.rotated:
+                    reason = "rotated"
                 elif self.hung_up:
                     reason = "client_gone"
                 elif self.retry_sent:
                     reason = "shutdown"
                 METRICS.stream_closed(reason, self._channel.coalesced)
             self._finish()
+
+    def _rotate(self) -> bytes:
+        """End the stream now, for ``max_seconds``: the ``retry:`` frame to write last.
+
+        Jittered (0.5 to 1.5 s), so the streams opened together do not all
+        come back together.
+        """
+        with self._lock:
+            self._closed = self.rotated = True
+        retry = random.randint(500, 1500)
+        return (_retry_field(retry) + "\n").encode("ascii")
 
     def _finish(self) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from flask_sse_flush.brokers import parse_event_id
-from flask_sse_flush.testing import RedisCluster, RedisServer, stop_process
+from flask_sse_flush.testing import RedisCluster, RedisServer, parse_events, stop_process
 from tests.timing import assert_p95_under, assert_under
 
 from .support import HOST, Arrival, Server, raw_get, running_server, stream_path, worker_pids
@@ -154,6 +154,37 @@ def test_clients_resume_on_any_worker_with_every_event_once(
         assert len(_runs(result["log"])) == 1, f"client {index}: render ran more than once"
         served_by.update(result["pids"])
     assert len(served_by) >= 2, "every leg landed on one worker: nothing was proven"
+
+
+def test_rotating_streams_resume_exactly_on_any_worker(
+    four_workers: Server, tmp_path: Path
+) -> None:
+    """``max_stream_seconds=1`` and a job of about 4 s: each stream ends after
+    an event with a ``retry:`` hint, and the client resumes with its last id
+    on whichever worker takes it, getting every event once, then ``complete``."""
+    path = "/rotating" + stream_path(_payload(tmp_path / "job.jsonl", steps=40, interval=0.1))
+    ids: list[int] = []
+    names: list[str | None] = []
+    headers: dict[str, str] = {}
+    legs, pids, job_id = 0, set(), ""
+    while not names or names[-1] not in TERMINAL:
+        legs += 1
+        assert legs < 30, "the stream never reached its end"
+        with raw_get(four_workers.port, path, headers, timeout=20) as stream:
+            assert stream.status == 200, stream.status
+            pids.add(stream.headers["x-worker-pid"])
+            body = b"".join(stream.body_chunks())
+        for event in parse_events(body):
+            if event.id:
+                job_id, seq = event.id.rsplit("-", 1)
+                ids.append(int(seq))
+                names.append(event.event)
+        if names[-1] not in TERMINAL:
+            assert b"\nretry: " in b"\n" + body[-32:], body[-200:]
+        headers = {"Last-Event-ID": f"{job_id}-{ids[-1]}"}
+        path = f"/rotating/render/stream?job={job_id}"
+    assert ids == list(range(1, len(ids) + 1)) and names[-1] == "complete"
+    assert legs >= 3, legs
 
 
 def test_a_detached_job_answers_on_every_worker(four_workers: Server, tmp_path: Path) -> None:

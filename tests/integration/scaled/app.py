@@ -33,6 +33,16 @@ def create_app(log_dir: str | None = None) -> Any:
             render, name="single", url_prefix="/single", broker=store, max_jobs=1, keepalive=1.0
         )
     )
+    app.register_blueprint(
+        create_render_blueprint(
+            render,
+            name="rotating",
+            url_prefix="/rotating",
+            broker=store,
+            keepalive=1.0,
+            max_stream_seconds=1.0,
+        )
+    )
     # RQ's own Redis: the broker's may be a cluster, which RQ does not use.
     queue_url = os.environ.get("SCALED_QUEUE_URL", os.environ["SCALED_REDIS_URL"])
     queue = Queue(
