@@ -24,7 +24,7 @@ import pytest
 
 from flask_sse_flush.channels import parse_channel_event_id, parse_cursor
 from flask_sse_flush.testing import RedisServer
-from tests.browser.support import browser, missing_tools, require
+from tests.browser.support import ENGINES, browser, missing_tools, require
 from tests.integration.support import Arrival, Server, raw_get, running_server
 from tests.timing import assert_p95_under
 
@@ -231,3 +231,22 @@ def test_a_render_reads_current_app_streamed_and_detached(
             events = [a.event for a in response.arrivals()]
         assert events[-1].event == "complete"
         assert events[-1].json()["filename"] == "from-config.mp4"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_native_event_source_follows_rotating_streams_exactly(
+    engine: str, scaled: Server, display: str
+) -> None:
+    """``max_stream_seconds=2`` and a 10-second job: the browser's own
+    ``EventSource`` obeys each ``retry:`` hint, comes back to the same URL
+    with ``Last-Event-ID`` on any worker, and sees every event once."""
+    require(*missing_tools(engine))
+    run = f"rotate-{engine}-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{scaled.port}/__rotate?run={run}"
+    with browser(engine, display, url, scaled.log_dir, run) as page:
+        report = page.wait_for("done", timeout=90)
+    ids = [event["id"] for event in report["events"]]
+    job = ids[0].rsplit("-", 1)[0]
+    assert ids == [f"{job}-{n}" for n in range(1, 42)], ids
+    assert [e["type"] for e in report["events"]][-1] == "complete"
+    assert report["opens"] >= 4, report["opens"]  # it did rotate, and reconnect

@@ -54,6 +54,33 @@ async function clockOffset() {
 """
 
 
+ROTATE_PAGE = """<!doctype html>
+<meta charset="utf-8"><title>rotating</title>
+<script>
+const report = {events: [], opens: 0};
+const data = encodeURIComponent(JSON.stringify({steps: 40, interval: 0.25}));
+const source = new EventSource("/rotating/render/stream?data=" + data);
+source.onopen = () => { report.opens += 1; };
+source.addEventListener("progress", (e) => {
+  report.events.push({id: e.lastEventId, type: "progress", progress: JSON.parse(e.data).progress});
+});
+source.addEventListener("complete", (e) => {
+  report.events.push({id: e.lastEventId, type: "complete"});
+  source.close();
+  fetch("/__report/%(run)s/done", {method: "POST", body: JSON.stringify(report)});
+});
+</script>
+"""
+
+
+def paced_render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    steps, interval = int(payload.get("steps", 40)), float(payload.get("interval", 0.25))
+    for step in range(1, steps + 1):
+        progress(round(100 * step / steps), "rendering")
+        time.sleep(interval)
+    return {"filename": "paced.mp4", "url": "/files/paced.mp4"}
+
+
 def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
     # Reads the app's config: the render runs in the app's context.
     for step in range(1, 4):
@@ -68,6 +95,12 @@ def create_app(log_dir: str | None = None) -> Flask:
     app.config["RENDER_FILENAME"] = "from-config.mp4"
     sse = SSEFlush(app, authorize=lambda channel: not channel.startswith("secret"))
     app.register_blueprint(sse.render_blueprint(render))
+    # Streams that rotate every 2 s (a platform's hard limit, say).
+    app.register_blueprint(
+        sse.render_blueprint(
+            paced_render, name="rotating", url_prefix="/rotating", max_stream_seconds=2.0
+        )
+    )
 
     @app.get("/stream")
     def stream() -> Response:
@@ -107,6 +140,10 @@ def create_app(log_dir: str | None = None) -> Flask:
     @app.get("/__page")
     def page() -> Response:
         return Response(PAGE % {"run": request.args["run"]}, content_type="text/html")
+
+    @app.get("/__rotate")
+    def rotate_page() -> Response:
+        return Response(ROTATE_PAGE % {"run": request.args["run"]}, content_type="text/html")
 
     @app.post("/__report/<run>/<kind>")
     def report(run: str, kind: str) -> Response:
