@@ -87,6 +87,15 @@ def nginx(demo_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield proxy
 
 
+def require_redis_server() -> None:
+    """Skip where Redis is not installed, except in CI (``SSE_FLUSH_REQUIRE_BROWSERS``),
+    where a missing server fails the test."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS"):
+            pytest.fail("redis-server is not installed (make system-deps installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server on a free loopback port, append-only, for the whole run.
@@ -95,10 +104,7 @@ def redis_server() -> Iterator[RedisServer]:
     not installed the tests skip, except in CI (``SSE_FLUSH_REQUIRE_BROWSERS``),
     where a missing server fails them.
     """
-    if shutil.which("redis-server") is None:
-        if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS"):
-            pytest.fail("redis-server is not installed (make system-deps installs it)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    require_redis_server()
     with RedisServer() as server:
         yield server
 
@@ -110,10 +116,7 @@ def redis_cluster() -> Iterator[RedisCluster]:
     Tests isolate themselves with a key prefix of their own; a test that
     kills a node makes a cluster of its own.
     """
-    if shutil.which("redis-server") is None:
-        if os.environ.get("SSE_FLUSH_REQUIRE_BROWSERS"):
-            pytest.fail("redis-server is not installed (make system-deps installs it)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    require_redis_server()
     with RedisCluster() as cluster:
         yield cluster
 

@@ -64,17 +64,21 @@ def ev(job: str, seq: int, name: str = "note") -> Event:
     return Event({"n": seq}, event=name, id=f"{job}-{seq}")
 
 
-class TestClusterBroker(test_brokers.TestRedisBroker):
-    """The broker contract and the Redis broker's own tests, on the cluster."""
+class OnTheCluster:
+    """A Redis test class's tests, on the session's cluster, under a prefix of their own."""
 
     @pytest.fixture(autouse=True)
     def _redis(self, redis_cluster: RedisCluster, redis_prefix: str) -> Iterator[None]:
-        self.server = redis_cluster  # type: ignore[assignment]
+        self.server = redis_cluster
         self.prefix = redis_prefix
         self.brokers: list[RedisBroker] = []
         yield
         for broker in self.brokers:
             broker.close()
+
+
+class TestClusterBroker(OnTheCluster, test_brokers.TestRedisBroker):  # type: ignore[misc]
+    """The broker contract and the Redis broker's own tests, on the cluster."""
 
     # One Redis's own: its connection count and its server's CPU time per
     # script (see the cluster's below, per node).
@@ -83,17 +87,8 @@ class TestClusterBroker(test_brokers.TestRedisBroker):
     test_close_ends_a_reader_waiting_to_reconnect = None  # type: ignore[assignment]
 
 
-class TestClusterChannels(test_channels.TestRedisChannels):
+class TestClusterChannels(OnTheCluster, test_channels.TestRedisChannels):  # type: ignore[misc]
     """The channel contract on the cluster."""
-
-    @pytest.fixture(autouse=True)
-    def _redis(self, redis_cluster: RedisCluster, redis_prefix: str) -> Iterator[None]:
-        self.server = redis_cluster  # type: ignore[assignment]
-        self.prefix = redis_prefix
-        self.brokers: list[RedisBroker] = []
-        yield
-        for broker in self.brokers:
-            broker.close()
 
 
 # -- what only a cluster has -----------------------------------------------------------

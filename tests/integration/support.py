@@ -336,3 +336,11 @@ def h2_streams(port: int, paths: Sequence[str], timeout: float = 30.0) -> list[l
                     ended.add(event.stream_id)
             sock.sendall(conn.data_to_send())
     return [arrivals[stream_id] for stream_id in order]
+
+
+def redis_or_cluster(request: Any, redis_server: Any) -> Any:
+    """The store a fixture parametrized ``["redis", "cluster"]`` runs on: the
+    session's ``redis-server``, or its 6-node Redis Cluster."""
+    if request.param == "redis":
+        return redis_server
+    return request.getfixturevalue("redis_cluster")

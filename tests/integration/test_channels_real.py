@@ -25,7 +25,7 @@ import pytest
 from flask_sse_flush.channels import parse_channel_event_id, parse_cursor
 from flask_sse_flush.testing import RedisServer
 from tests.browser.support import ENGINES, browser, missing_tools, require
-from tests.integration.support import Arrival, Server, raw_get, running_server
+from tests.integration.support import Arrival, Server, raw_get, redis_or_cluster, running_server
 from tests.timing import assert_p95_under
 
 APP_DIR = Path(__file__).resolve().parent / "channels"
@@ -39,7 +39,7 @@ def scaled(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     """Four workers on one Redis, then on a 6-node Redis Cluster."""
-    store = redis_server if request.param == "redis" else request.getfixturevalue("redis_cluster")
+    store = redis_or_cluster(request, redis_server)
     env = {"FLASK_SSE_FLUSH_REDIS_URL": store.url, "FLASK_SSE_FLUSH_MAX_EVENTS": "50"}
     with running_server(
         "gunicorn-gevent",

@@ -25,6 +25,55 @@ from .test_scale_out import TERMINAL, scaled_server
 CLIENTS, JOBS = 200, 20
 
 
+def follow(
+    port: int,
+    job_id: str,
+    rng: random.Random,
+    drops: list[int | None],
+    pause: float = 0.05,
+) -> dict[str, Any]:
+    """A client that drops its stream at random and resumes with ``Last-Event-ID``
+    until the job's terminal event: the numbers and names it saw, the ``gap``
+    events' ``lostThrough`` numbers, its legs, and the ``503`` answers it
+    retried (the event store mid-failover)."""
+    ids: list[int] = []
+    names: list[str | None] = []
+    gaps: list[int] = []
+    headers: dict[str, str] = {}
+    legs = unavailable = 0
+    while not names or names[-1] not in TERMINAL:
+        legs += 1
+        assert legs < 60, f"a client of {job_id} never saw the end"
+        drop_after = rng.choice(drops)
+        with raw_get(port, f"/render/stream?job={job_id}", headers, timeout=30) as stream:
+            if stream.status == 204:
+                break  # the terminal event was delivered already
+            if stream.status == 503:  # mid-failover: a client tries again
+                assert stream.json()["error"].startswith("the event store")
+                unavailable += 1
+                time.sleep(0.5)
+                continue
+            assert stream.status == 200, stream.status
+            seen = 0
+            for arrival in stream.arrivals():
+                event = arrival.event
+                if event.event == "gap":
+                    gaps.append(parse_event_id(event.json()["lostThrough"])[1])
+                elif event.id:
+                    ids.append(parse_event_id(event.id)[1])
+                    names.append(event.event)
+                    seen += 1
+                if event.event in TERMINAL or (drop_after and seen >= drop_after):
+                    break
+        if ids:
+            headers = {"Last-Event-ID": f"{job_id}-{ids[-1]}"}
+        time.sleep(rng.random() * pause)
+    return {
+        "ids": ids, "names": names, "gaps": gaps, "legs": legs, "job": job_id,
+        "unavailable": unavailable,
+    }  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def two_workers(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
@@ -49,33 +98,8 @@ def test_a_disconnect_storm_loses_and_repeats_nothing(two_workers: Server, tmp_p
     results: list[dict[str, Any]] = [{} for _ in range(CLIENTS)]
 
     def client(index: int) -> None:
-        rng = random.Random(index)
-        job_id = jobs[index % JOBS]
-        ids: list[int] = []
-        names: list[str | None] = []
-        headers: dict[str, str] = {}
-        legs = 0
-        while not names or names[-1] not in TERMINAL:
-            legs += 1
-            assert legs < 50, f"client {index} never saw the end"
-            drop_after = rng.choice([1, 2, 3, 5, 8, None])
-            with raw_get(port, f"/render/stream?job={job_id}", headers, timeout=20) as stream:
-                if stream.status == 204:
-                    break  # the terminal event was delivered already
-                assert stream.status == 200, stream.status
-                seen = 0
-                for arrival in stream.arrivals():
-                    event = arrival.event
-                    if event.id:
-                        ids.append(parse_event_id(event.id)[1])
-                        names.append(event.event)
-                        seen += 1
-                    if event.event in TERMINAL or (drop_after and seen >= drop_after):
-                        break
-            if ids:
-                headers = {"Last-Event-ID": f"{job_id}-{ids[-1]}"}
-            time.sleep(rng.random() * 0.05)
-        results[index] = {"ids": ids, "names": names, "legs": legs, "job": job_id}
+        drops = [1, 2, 3, 5, 8, None]
+        results[index] = follow(port, jobs[index % JOBS], random.Random(index), drops)
 
     def canceller() -> None:
         time.sleep(0.4)
@@ -94,6 +118,7 @@ def test_a_disconnect_storm_loses_and_repeats_nothing(two_workers: Server, tmp_p
     reconnects = 0
     for index, result in enumerate(results):
         assert result, f"client {index} failed"
+        assert result["unavailable"] == 0, f"client {index}: the store said 503"
         kind = kinds[index % JOBS]
         assert result["ids"] == list(range(1, len(result["ids"]) + 1)), f"client {index}"
         terminal = [n for n in result["names"] if n in TERMINAL]
@@ -140,44 +165,10 @@ def test_a_redis_cluster_primary_killed_mid_run_loses_nothing_silently(
                 assert r.status == 202
                 jobs.append(r.json()["id"])
         results: list[dict[str, Any]] = [{} for _ in range(clients_count)]
-        unavailable = [0] * clients_count
 
         def client(index: int) -> None:
             rng = random.Random(index)
-            job_id = jobs[index % jobs_count]
-            ids: list[int] = []
-            names: list[str | None] = []
-            gaps: list[int] = []
-            headers: dict[str, str] = {}
-            legs = 0
-            while not names or names[-1] not in TERMINAL:
-                legs += 1
-                assert legs < 60, f"client {index} never saw the end"
-                drop_after = rng.choice([3, 8, 15, None])
-                with raw_get(port, f"/render/stream?job={job_id}", headers, 30) as stream:
-                    if stream.status == 204:
-                        break
-                    if stream.status == 503:  # mid-failover: a client tries again
-                        assert stream.json()["error"].startswith("the event store")
-                        unavailable[index] += 1
-                        time.sleep(0.5)
-                        continue
-                    assert stream.status == 200, stream.status
-                    seen = 0
-                    for arrival in stream.arrivals():
-                        event = arrival.event
-                        if event.event == "gap":
-                            gaps.append(parse_event_id(event.json()["lostThrough"])[1])
-                        elif event.id:
-                            ids.append(parse_event_id(event.id)[1])
-                            names.append(event.event)
-                            seen += 1
-                        if event.event in TERMINAL or (drop_after and seen >= drop_after):
-                            break
-                if ids:
-                    headers = {"Last-Event-ID": f"{job_id}-{ids[-1]}"}
-                time.sleep(rng.random() * 0.1)
-            results[index] = {"ids": ids, "names": names, "gaps": gaps, "legs": legs}
+            results[index] = follow(port, jobs[index % jobs_count], rng, [3, 8, 15, None], 0.1)
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients_count)]
         for thread in threads:
@@ -209,5 +200,6 @@ def test_a_redis_cluster_primary_killed_mid_run_loses_nothing_silently(
         assert "Traceback" not in log, log[-3000:]
         print(
             f"primary killed: {lost} events lost (each announced by a gap), "
-            f"{sum(unavailable)} resumes answered 503 mid-failover, over {clients_count} clients"
+            f"{sum(r['unavailable'] for r in results)} resumes answered 503 mid-failover, "
+            f"over {clients_count} clients"
         )

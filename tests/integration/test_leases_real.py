@@ -24,7 +24,7 @@ from flask_sse_flush.testing import RedisServer
 from tests.test_leases import wait_for
 from tests.timing import assert_under
 
-from .support import Server, raw_get
+from .support import Server, raw_get, redis_or_cluster
 from .test_scale_out import _payload, _runs, rq_worker, scaled_server
 
 LEASE = 1.0
@@ -98,7 +98,7 @@ def check_the_end(clients: list[Client], killed: float, job_id: str) -> None:
 @pytest.fixture(params=["redis", "cluster"])
 def leased(request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path) -> Any:
     """Four workers with a short lease, on one Redis, then on a Redis Cluster."""
-    store = redis_server if request.param == "redis" else request.getfixturevalue("redis_cluster")
+    store = redis_or_cluster(request, redis_server)
     log_dir = tmp_path / "server"
     log_dir.mkdir()
     with scaled_server(store, log_dir, queue=redis_server, SCALED_LEASE=str(LEASE)) as server:

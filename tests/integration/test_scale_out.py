@@ -29,7 +29,16 @@ from flask_sse_flush.brokers import parse_event_id
 from flask_sse_flush.testing import RedisCluster, RedisServer, parse_events, stop_process
 from tests.timing import assert_p95_under, assert_under
 
-from .support import HOST, Arrival, Server, raw_get, running_server, stream_path, worker_pids
+from .support import (
+    HOST,
+    Arrival,
+    Server,
+    raw_get,
+    redis_or_cluster,
+    running_server,
+    stream_path,
+    worker_pids,
+)
 
 APP_DIR = Path(__file__).resolve().parent / "scaled"
 TERMINAL = {"complete", "error"}
@@ -102,7 +111,7 @@ def four_workers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     """Four gevent workers on one Redis, then on a 6-node Redis Cluster."""
-    store = redis_server if request.param == "redis" else request.getfixturevalue("redis_cluster")
+    store = redis_or_cluster(request, redis_server)
     folder = tmp_path_factory.mktemp(f"scaled-4-{request.param}")
     with scaled_server(store, folder, queue=redis_server) as server:
         yield server
