@@ -189,7 +189,7 @@ class Reader:
             wanted: dict[str, set[bytes]] = {}
             for channel in self.listener.wanted_channels():
                 try:
-                    route_of = store.pubsub_route(channel)
+                    route_of = store.node_of(channel)
                 except (*store.errors, store.redis.RedisError) as exc:
                     # No node serves its slot now (mid-failover): next round.
                     log.debug("no route for %r now: %s", channel, exc)

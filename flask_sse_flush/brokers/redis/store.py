@@ -496,20 +496,20 @@ class Store:
         """A cluster's slot of ``channel``."""
         return int(self.connect().keyslot(channel))
 
-    def pubsub_route(self, channel: bytes) -> str:
-        """Which of this process's pub/sub connections carries ``channel``.
+    def node_of(self, key: str | bytes) -> str:
+        """Which node serves ``key`` (a key or a pub/sub channel): ``""`` on one
+        Redis, else the address (``host:port``) of the primary serving its slot.
 
-        One Redis: the one connection (``""``). A cluster: the connection to
-        the primary serving the channel's slot, named by its address.
+        It names the reader's pub/sub connection of a channel, and the round
+        trip a batch of commands to ``key`` goes in (:meth:`_per_node`).
         """
         if not self.cluster:
             return ""
         client = self.connect()
-        node = client.nodes_manager.get_node_from_slot(client.keyslot(channel))
-        return str(node.name)
+        return str(client.nodes_manager.get_node_from_slot(client.keyslot(key)).name)
 
     def pubsub_connection(self, route: str) -> Any:
-        """A new pub/sub connection for ``route`` (see :meth:`pubsub_route`), connected."""
+        """A new pub/sub connection to ``route`` (a node, see :meth:`node_of`), connected."""
         client = self.connect()
         if self.cluster:
             node = client.get_node(node_name=route)
@@ -785,18 +785,14 @@ class Store:
         # ran still ends with its error event rather than vanish.
         lifetime = self.queue_timeout_ms + self.alive_ms if queued else self.alive_ms
         args = [lease, lifetime, "1" if queued else "0"]
-        source = _lua("renew")
 
         def renew(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 keys = self.job_keys(job_id)
-                if self.cluster:
-                    # A cluster pipeline sends each call to its own node, where
-                    # the script may not be cached: the source, not its SHA1.
-                    pipe.execute_command("EVAL", source, len(keys), *keys, *args)
-                else:
-                    self.scripts.renew(keys=[*keys, self.active_key], args=args, client=pipe)
+                if not self.cluster:
+                    keys.append(self.active_key)
+                self._queue(pipe, "renew", keys, args)
             return list(pipe.execute())
 
         answers = {
@@ -806,6 +802,18 @@ class Store:
         if self.cluster:
             self._keep_active(answers)
         return {job_id: answer for job_id, (answer, _, _) in answers.items()}
+
+    def _queue(self, pipe: Any, script: str, keys: list[str], args: list[Any]) -> None:
+        """Queue ``scripts/<script>.lua`` on ``pipe``.
+
+        By its SHA1 on one Redis (redis-py loads it if need be); by its source
+        on a cluster, whose pipeline sends each call to its own node, where the
+        script may not be cached.
+        """
+        if self.cluster:
+            pipe.execute_command("EVAL", _lua(script), len(keys), *keys, *args)
+        else:
+            getattr(self.scripts, script)(keys=keys, args=args, client=pipe)
 
     def _per_node(
         self, job_ids: Collection[str], call: Callable[[Any, list[str]], list[Any]]
@@ -817,8 +825,7 @@ class Store:
         """
         groups: dict[str, list[str]] = {}
         for job_id in job_ids:
-            node = self.node_of(self.key("job", job_id)) if self.cluster else ""
-            groups.setdefault(node, []).append(job_id)
+            groups.setdefault(self.node_of(self.key("job", job_id)), []).append(job_id)
         found: dict[str, Any] = {}
         failed: BrokerUnavailable | None = None
         for ids in groups.values():
@@ -849,11 +856,6 @@ class Store:
             self.release(gone)
         except BrokerUnavailable as exc:
             log.debug("the active jobs' set was not kept this round: %s", exc)
-
-    def node_of(self, key: str) -> str:
-        """The name (``host:port``) of the cluster primary serving ``key``'s slot now."""
-        client = self.connect()
-        return str(client.nodes_manager.get_node_from_slot(client.keyslot(key)).name)
 
     def check_nodes(self) -> None:
         """On a cluster: ping every primary, and note since when each has answered.
@@ -980,16 +982,11 @@ class Store:
         if not ids:
             return
         args = [0, self.process, self.lease_ms]
-        source = _lua("count_subscribers")
 
         def renew(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
-                keys = [self.key("job", job_id)]
-                if self.cluster:
-                    pipe.execute_command("EVAL", source, 1, *keys, *args)
-                else:
-                    self.scripts.count_subscribers(keys=keys, args=args, client=pipe)
+                self._queue(pipe, "count_subscribers", [self.key("job", job_id)], args)
             return list(pipe.execute())
 
         self._per_node(ids, renew)

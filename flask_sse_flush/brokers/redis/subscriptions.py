@@ -128,16 +128,17 @@ def replay(subscriber: Subscriber, status: JobStatus, entries: list[Entry], last
     failover lost the writes after :attr:`~JobStatus.lost_after`).
     """
     lost = status.lost_through > last
+    # The gap's "after": what comes before the hole reaches the stream first.
     hole = max(last, status.lost_after)
     for seq, frame, level in entries:
         if lost and seq > hole:
-            subscriber.deliver(gap_event(status, max(last, hole)).frame, None)
+            subscriber.deliver(gap_event(status, hole).frame, None)
             lost = False
         if seq > last:
             subscriber.deliver(frame, level)
             last = seq
     if lost:
-        subscriber.deliver(gap_event(status, max(last, hole)).frame, None)
+        subscriber.deliver(gap_event(status, hole).frame, None)
     return max(last, status.lost_through)
 
 
