@@ -123,10 +123,13 @@ class TooManyJobs(SSEFlushError):
 class TooManyStreams(SSEFlushError):
     """This worker holds ``max_streams`` open streams already; try again later.
 
-    The blueprint answers ``503`` with ``Retry-After``.
+    The blueprint answers ``503`` with ``Retry-After: 1``: a stream ends
+    every moment somewhere, so a client may try again soon.
     """
 
     status = 503
+    #: The ``Retry-After`` of its ``503``, seconds.
+    retry_after = 1
 
 
 class JobNotStarted(SSEFlushError):

@@ -22,6 +22,8 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -512,3 +514,24 @@ def test_decoded_event_reencodes_to_the_same_frame() -> None:
     (decoded,) = parse_ours([original.encode()])
     assert decoded == original
     assert decoded.encode() == original.encode()
+
+
+# -- the cases SSEFlushSource's parser is tested with too ---------------------
+
+SHARED_CASES = json.loads((Path(__file__).with_name("sse_cases.json")).read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", SHARED_CASES, ids=[c["name"] for c in SHARED_CASES])
+@pytest.mark.parametrize("split", ["as given", "byte by byte"])
+def test_decoder_agrees_with_the_shared_cases(case: dict[str, Any], split: str) -> None:
+    chunks = (
+        [bytes.fromhex(h) for h in case["hex"]]
+        if "hex" in case
+        else [c.encode("utf-8", "surrogatepass") for c in case["chunks"]]
+    )
+    if split == "byte by byte":
+        chunks = [bytes([b]) for b in b"".join(chunks)]
+    decoder, events = feed_all(*chunks)
+    assert [[e.event or "message", e.data, e.id] for e in events] == case["events"]
+    assert decoder.last_event_id == case["lastEventId"]
+    assert decoder.retry == case["retry"]

@@ -66,6 +66,16 @@ def test_the_wheel_holds_the_lua_scripts(wheel_files: list[str]) -> None:
     assert expected <= set(wheel_files)
 
 
+def test_the_wheel_holds_the_browser_client(wheel_files: list[str]) -> None:
+    """The app serves /sse-flush.js (and .mjs, .d.ts) from these files."""
+    client = ROOT / "flask_sse_flush" / "web" / "client"
+    expected = {f"flask_sse_flush/web/client/{p.name}" for p in client.iterdir() if p.is_file()}
+    assert {"flask_sse_flush/web/client/body.js", "flask_sse_flush/web/client/sse-flush.d.ts"} <= (
+        expected
+    )
+    assert expected <= set(wheel_files)
+
+
 def test_the_wheel_holds_no_demo_and_no_examples(wheel_files: list[str]) -> None:
     found = [
         name
@@ -79,7 +89,9 @@ def test_the_wheel_holds_no_templates_or_images(wheel_files: list[str]) -> None:
     found = [
         name
         for name in wheel_files
-        if name.lower().endswith(ASSETS) or "templates" in name.split("/")
+        if (name.lower().endswith(ASSETS) or "templates" in name.split("/"))
+        # The one asset of the library's own: the browser client it serves.
+        and not name.startswith("flask_sse_flush/web/client/")
     ]
     assert found == []
 

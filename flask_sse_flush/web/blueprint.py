@@ -25,6 +25,7 @@ from ..jobs.processes import ProcessRender
 from ..jobs.service import Executor, JobService, QueuedJob, Spawn, spawner
 from ..ops.lifecycle import lifecycle
 from ..wire.frames import Coalescing
+from .client import serve_client
 from .cors import cors
 from .settings import DisconnectPolicy, Settings
 from .state import REDIS_URL_KEY, app_broker, app_state, gevent_integration
@@ -71,6 +72,7 @@ def create_render_blueprint(
     keepalive_event: bool | None = None,
     diagnose: bool | None = None,
     max_stream_seconds: float | None = None,
+    client: bool = True,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -92,6 +94,9 @@ def create_render_blueprint(
         Start a detached job: ``202`` with ``{"id", "stream", "status"}``.
     ``GET /render/<id>``
         ``{"id", "state", "progress", "phase", "result", "error"}``.
+    ``GET /sse-flush.js``, ``/sse-flush.mjs``, ``/sse-flush.d.ts``
+        The :doc:`browser client </client>` (unless ``client=False``, or
+        the app serves those paths already).
     ``DELETE /render/<id>``
         Cancel cooperatively: the job's next ``progress()`` raises
         :class:`~flask_sse_flush.Cancelled`; its stream ends with an
@@ -199,11 +204,13 @@ def create_render_blueprint(
         resumes exactly; for proxies and platforms that cut long responses
         (:ref:`deploy-rotate`). ``None`` (the default): the app's
         ``SSE_FLUSH_MAX_STREAM_SECONDS``, else never.
+    :param client: serve the browser client, ``SSEFlushSource``, beside
+        the routes (:doc:`/client`).
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
 
     .. versionchanged:: 1.0
-       ``max_stream_seconds``.
+       ``max_stream_seconds``; ``client`` (the routes of ``SSEFlushSource``).
     """
     if not callable(render):
         raise TypeError(f"render must be callable, not {type(render).__name__}")
@@ -249,6 +256,8 @@ def create_render_blueprint(
         )
         app_state(app)[name] = jobs
         lifecycle().add_service(jobs)
+        if client:
+            serve_client(app, state.url_prefix)
 
     blueprint.record_once(register)
     blueprint.register_error_handler(SSEFlushError, views.error)

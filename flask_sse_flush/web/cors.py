@@ -6,6 +6,8 @@ from collections.abc import Collection
 
 from flask import Blueprint, Response, request
 
+from ..wsgi.headers import EXPOSED_HEADERS
+
 __all__ = ["cors"]
 
 _CORS_METHODS = "GET, HEAD, POST, DELETE"
@@ -54,6 +56,8 @@ def cors(blueprint: Blueprint, origins: Collection[str], *, credentials: bool = 
         headers["Access-Control-Allow-Origin"] = origin
         if credentials:
             headers["Access-Control-Allow-Credentials"] = "true"
+        # What SSEFlushSource reads: when to retry, the keepalive, the end.
+        headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             headers["Access-Control-Allow-Methods"] = _CORS_METHODS
             asked = request.headers.get("Access-Control-Request-Headers")

@@ -44,6 +44,7 @@ from ..ops.lifecycle import lifecycle
 from ..ops.metrics import install as install_metrics
 from ..wire.frames import Event
 from .blueprint import create_render_blueprint
+from .client import serve_client
 from .responses import admit_stream, come_back, json_error, open_stream, stream_headers
 from .settings import Settings
 from .state import EXTENSION_KEY, SSEFlushState, app_broker, app_state, gevent_integration
@@ -71,14 +72,17 @@ class SSEFlush:
         calling ``authorize(channel)`` inside the request for each channel:
         a false result answers ``403`` before any stream starts. Without it
         there is no such route: nothing is public by accident.
-    :param url_prefix: where ``/sse`` is mounted (e.g. ``"/api"``).
+    :param url_prefix: where ``/sse`` and the client are mounted (e.g. ``"/api"``).
+    :param client: serve the browser client, ``SSEFlushSource``, as
+        ``/sse-flush.js`` (a classic script), ``/sse-flush.mjs`` (an ES
+        module) and ``/sse-flush.d.ts`` (its types): :doc:`/client`.
 
     Per-deployment settings come from the app's ``SSE_FLUSH_*`` config
     (:doc:`/configuration`), read once by :meth:`init_app`.
 
     .. versionadded:: 1.0
        ``SSEFlush(app)``, ``publish``, ``stream``, ``authorize``,
-       ``render_blueprint``. The 0.2 form ``SSEFlush(render, ...)`` still
+       ``render_blueprint``, ``client``. The 0.2 form ``SSEFlush(render, ...)`` still
        works and warns: use :meth:`render_blueprint`.
     """
 
@@ -91,6 +95,7 @@ class SSEFlush:
         broker: Broker | None = None,
         authorize: Authorize | None = None,
         url_prefix: str | None = None,
+        client: bool = True,
         **legacy_options: Any,
     ) -> None:
         self._legacy: Blueprint | None = None
@@ -121,6 +126,7 @@ class SSEFlush:
         self._broker = broker
         self.authorize = authorize
         self.url_prefix = url_prefix
+        self.client = client
         self._apps: list[Flask] = []
         if isinstance(app, Flask):
             self.init_app(app)
@@ -152,6 +158,8 @@ class SSEFlush:
             )
         if self._legacy is not None:
             app.register_blueprint(self._legacy)
+        if self.client:
+            serve_client(app, self.url_prefix)
         self._apps.append(app)
 
     def render_blueprint(self, render: RenderFunction, **options: Any) -> Blueprint:

@@ -31,6 +31,7 @@ from ..exceptions import (
 from ..jobs.service import ANYONE, RETRY_AFTER_SECONDS, Anyone, JobService
 from ..ops.lifecycle import lifecycle
 from ..ops.metrics import METRICS
+from ..wsgi.headers import FINAL_HEADER
 from .diagnose import diagnose_view
 from .responses import admit_stream, come_back, json_error, open_stream, stream_headers
 
@@ -185,7 +186,10 @@ class RenderViews:
         stream = open_stream(settings, event_id(job_id, after))
         jobs.attach(job_id, stream, after)
         lifecycle().track(stream, shared)
-        return stream.response()
+        response = stream.response()
+        # A job's stream is over after these: a client need not come back.
+        response.headers[FINAL_HEADER] = "complete, error"
+        return response
 
     # -- hooks ---------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class RenderViews:
             ".render_stream"
         ):
             METRICS.stream_refused()
-        if isinstance(exc, TooManyJobs):
+        if isinstance(exc, (TooManyJobs, TooManyStreams)):
             headers["Retry-After"] = str(exc.retry_after)
         elif status == 503:
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)

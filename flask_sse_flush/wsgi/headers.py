@@ -9,7 +9,13 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .transport import set_tcp_nodelay
 
-__all__ = ["SSE_HEADERS", "setup_sse_headers"]
+__all__ = [
+    "EXPOSED_HEADERS",
+    "FINAL_HEADER",
+    "KEEPALIVE_HEADER",
+    "SSE_HEADERS",
+    "setup_sse_headers",
+]
 
 #: Headers every event stream carries. ``Connection`` is absent on purpose:
 #: it is hop-by-hop, which PEP 3333 forbids applications to set (``wsgiref``
@@ -26,6 +32,15 @@ SSE_HEADERS: dict[str, str] = {
     # mimetype lists say. Chromium, Firefox and WebKit read it as "none".
     "Content-Encoding": "identity",
 }
+
+#: A stream's keepalive period, in seconds (``15``): a client that hears
+#: nothing for about twice that may call the connection dead.
+KEEPALIVE_HEADER = "SSE-Flush-Keepalive"
+#: The event types after which a stream is over (a render job's
+#: ``complete, error``): a client need not reconnect after one.
+FINAL_HEADER = "SSE-Flush-Final"
+#: The response headers a cross-origin page's client reads.
+EXPOSED_HEADERS = ("Retry-After", KEEPALIVE_HEADER, FINAL_HEADER)
 
 R = TypeVar("R", bound=BaseResponse)
 

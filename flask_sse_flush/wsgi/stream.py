@@ -19,7 +19,7 @@ from ..exceptions import StreamClosed
 from ..ops.metrics import METRICS, enabled
 from ..runtime import Empty, Overflow, new_channel, new_lock, watch_for_hangup
 from ..wire.frames import PROGRESS_COALESCING, Coalescing, Event, comment
-from .headers import setup_sse_headers
+from .headers import KEEPALIVE_HEADER, setup_sse_headers
 from .servers import check_server
 from .transport import client_socket, end_connection, uwsgi_socket
 
@@ -417,6 +417,10 @@ class EventStream:
                 # connection, so the browser's reconnect opens a new one
                 # (to another worker) instead of reusing this one.
                 response.call_on_close(lambda: self._after_body(sock))
+        if self.keepalive is not None:
+            # How long a client may hear nothing before it calls the
+            # connection dead (SSEFlushSource waits about twice this).
+            response.headers[KEEPALIVE_HEADER] = f"{self.keepalive:g}"
         return setup_sse_headers(response)
 
     def _after_body(self, sock: Any) -> None:

@@ -1,0 +1,490 @@
+// SSEFlushSource: an EventSource that keeps every event. Served as
+// /sse-flush.js (a classic script: globalThis.SSEFlushSource) and as
+// /sse-flush.mjs (an ES module); both wrap this one text. No dependencies:
+// fetch, a stream reader, EventTarget; Web Locks and BroadcastChannel for
+// shareTabs. Runs in browsers and in Node 18+.
+
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 2;
+// How long the server waits between keepalives (seconds), and which event
+// types end a stream for good (a render job's complete and error).
+const KEEPALIVE_HEADER = "SSE-Flush-Keepalive";
+const FINAL_HEADER = "SSE-Flush-Final";
+const KEY = "sse-flush:";
+const HISTORY = 1000;
+
+/** The WHATWG event-stream parser, fed bytes (or text) as they arrive. */
+class EventStreamParser {
+  /**
+   * @param {(type: string, data: string | null, lastEventId: string, id: string | null) => void} onEvent
+   *   called at each blank line: `data` is null for a block without data
+   *   (it only moves the last event id), `id` is the block's own id field.
+   * @param {(ms: number) => void} [onRetry] called with each valid `retry:` field.
+   * @param {string} [lastEventId] the id a resumed stream starts from.
+   */
+  constructor(onEvent, onRetry, lastEventId = "") {
+    this.onEvent = onEvent;
+    this.onRetry = onRetry || (() => {});
+    this.lastEventId = lastEventId;
+    this._decoder = new TextDecoder("utf-8");
+    this._text = "";
+    this._skipLF = false;
+    this._reset();
+  }
+
+  _reset() {
+    this._data = [];
+    this._type = "";
+    this._id = null;
+  }
+
+  /** Parse a chunk (a Uint8Array of UTF-8, or a string). */
+  feed(chunk) {
+    let text = typeof chunk === "string" ? chunk : this._decoder.decode(chunk, { stream: true });
+    if (!text) return;
+    if (this._skipLF) {
+      // The last chunk ended in CR, taken as a line break already.
+      this._skipLF = false;
+      if (text[0] === "\n") text = text.slice(1);
+    }
+    const buffer = this._text + text;
+    const breaks = /\r\n|\r|\n/g;
+    let start = 0;
+    let match;
+    while ((match = breaks.exec(buffer)) !== null) {
+      this._line(buffer.slice(start, match.index));
+      start = breaks.lastIndex;
+    }
+    this._skipLF = buffer.endsWith("\r");
+    this._text = buffer.slice(start);
+  }
+
+  _line(line) {
+    if (line === "") {
+      const data = this._data.length ? this._data.join("\n") : null;
+      const type = this._type || "message";
+      const id = this._id;
+      this._reset();
+      this.onEvent(type, data, this.lastEventId, id);
+      return;
+    }
+    if (line[0] === ":") return;
+    const colon = line.indexOf(":");
+    const name = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (name === "data") this._data.push(value);
+    else if (name === "event") this._type = value;
+    else if (name === "id" && !value.includes("\0")) this._id = this.lastEventId = value;
+    else if (name === "retry" && /^[0-9]+$/.test(value)) this.onRetry(parseInt(value, 10));
+  }
+}
+
+function storage() {
+  try {
+    return globalThis.sessionStorage || null;
+  } catch {
+    return null; // storage refused (a sandboxed frame, privacy settings)
+  }
+}
+
+function remember(key, id) {
+  try {
+    const store = storage();
+    if (!store) return;
+    if (id) store.setItem(key, id);
+    else store.removeItem(key);
+  } catch {
+    // quota, or storage refused: resume then depends on this page alone
+  }
+}
+
+function recalled(key) {
+  try {
+    const store = storage();
+    return (store && store.getItem(key)) || "";
+  } catch {
+    return "";
+  }
+}
+
+// Retry-After: seconds, or an HTTP date; in milliseconds, or null.
+function retryAfter(response) {
+  const value = (response.headers.get("Retry-After") || "").trim();
+  if (!value) return null;
+  if (/^[0-9]+$/.test(value)) return parseInt(value, 10) * 1000;
+  const when = Date.parse(value);
+  return Number.isNaN(when) ? null : Math.max(0, when - Date.now());
+}
+
+function message(type, data, lastEventId, origin) {
+  if (typeof MessageEvent === "function") {
+    return new MessageEvent(type, { data, lastEventId, origin });
+  }
+  const event = new Event(type);
+  return Object.assign(event, { data, lastEventId, origin });
+}
+
+/**
+ * A drop-in for EventSource over fetch: headers, a body, backoff, Retry-After,
+ * a heartbeat timeout, resume across reloads and one connection for all tabs.
+ */
+class SSEFlushSource extends EventTarget {
+  #options;
+  #lastEventId = "";
+  #retry;
+  #failures = 0;
+  #timer = null;
+  #heartbeat = null;
+  #abort = null;
+  #final = null;
+  #key;
+  #origin;
+  #listening = [];
+  #channel = null;
+  #leader = false;
+  #release = null;
+  #lockAbort = null;
+  #token = Math.random().toString(36).slice(2);
+  #history = [];
+  #seen = new Set();
+  #waiting = null;
+
+  /**
+   * @param {string | URL} url the stream.
+   * @param {object} [options] see sse-flush.d.ts.
+   */
+  constructor(url, options = {}) {
+    super();
+    const base = globalThis.location ? globalThis.location.href : undefined;
+    this.url = new URL(String(url), base).href;
+    this.#origin = new URL(this.url).origin;
+    this.#options = {
+      method: "GET",
+      headers: {},
+      body: undefined,
+      withCredentials: false,
+      retry: 1000,
+      maxRetry: 30000,
+      heartbeatTimeout: undefined,
+      resume: true,
+      shareTabs: false,
+      finalEvents: undefined,
+      fetch: undefined,
+      ...options,
+    };
+    const o = this.#options;
+    for (const name of ["retry", "maxRetry"]) {
+      if (!(Number.isFinite(o[name]) && o[name] >= 0)) {
+        throw new TypeError(`SSEFlushSource: ${name} must be a number of milliseconds >= 0`);
+      }
+    }
+    this.withCredentials = Boolean(o.withCredentials);
+    this.readyState = CONNECTING;
+    this.onopen = this.onmessage = this.onerror = null;
+    for (const type of ["open", "message", "error"]) {
+      this.addEventListener(type, (event) => {
+        const handler = this["on" + type];
+        if (typeof handler === "function") handler.call(this, event);
+      });
+    }
+    this.#retry = o.retry;
+    if (o.finalEvents) this.#final = new Set(o.finalEvents);
+    this.#key = KEY + this.url;
+    if (o.resume) this.#lastEventId = recalled(this.#key);
+    this.#listen();
+    const share = o.shareTabs && globalThis.navigator && navigator.locks && globalThis.BroadcastChannel;
+    Promise.resolve().then(() => (share ? this.#share() : this.#connect()));
+  }
+
+  /** The id of the last event received (sent as Last-Event-ID on reconnects). */
+  get lastEventId() {
+    return this.#lastEventId;
+  }
+
+  /** Stop for good: no more requests, and the stored resume point is forgotten. */
+  close() {
+    if (this.readyState === CLOSED) return;
+    this.#stop(false);
+    remember(this.#key, "");
+  }
+
+  #stop(final) {
+    this.readyState = CLOSED;
+    clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#drop();
+    for (const [target, type, fn] of this.#listening) target.removeEventListener(type, fn);
+    this.#listening = [];
+    if (this.#lockAbort) this.#lockAbort.abort();
+    // After the last event, hold the lock a moment: the other tabs hear that
+    // event and close, rather than one taking over to ask for a finished stream.
+    if (this.#release) setTimeout(this.#release, final ? 1000 : 0);
+    if (this.#channel) this.#channel.close();
+    this.#channel = this.#release = this.#lockAbort = null;
+  }
+
+  // Abort the connection in flight, if any.
+  #drop() {
+    clearTimeout(this.#heartbeat);
+    this.#heartbeat = null;
+    if (this.#abort) this.#abort.abort();
+    this.#abort = null;
+  }
+
+  // Browsers: reconnect at once when the page comes back or the network
+  // does; leave the bfcache free to keep the page (no request in flight).
+  #listen() {
+    const on = (target, type, fn) => {
+      if (!target || typeof target.addEventListener !== "function") return;
+      target.addEventListener(type, fn);
+      this.#listening.push([target, type, fn]);
+    };
+    if (!globalThis.document) return;
+    const wake = () => {
+      if (this.readyState === CLOSED || this.#abort || (this.#channel && !this.#leader)) return;
+      if (document.visibilityState === "hidden") return;
+      clearTimeout(this.#timer);
+      this.#connect();
+    };
+    on(globalThis, "online", wake);
+    on(globalThis, "pageshow", wake);
+    on(document, "visibilitychange", wake);
+    on(globalThis, "pagehide", (event) => {
+      if (!event.persisted || this.readyState === CLOSED) return;
+      this.#drop();
+      clearTimeout(this.#timer);
+      this.readyState = CONNECTING;
+    });
+  }
+
+  async #connect() {
+    this.#timer = null;
+    if (this.readyState === CLOSED || this.#abort) return;
+    const o = this.#options;
+    const abort = new AbortController();
+    this.#abort = abort;
+    let response;
+    try {
+      // A function gives fresh headers (a token) and body at each connection.
+      const headers = new Headers(typeof o.headers === "function" ? await o.headers() : o.headers);
+      headers.set("Accept", "text/event-stream");
+      if (this.#lastEventId) headers.set("Last-Event-ID", this.#lastEventId);
+      const body = typeof o.body === "function" ? o.body() : o.body;
+      response = await (o.fetch || fetch)(this.url, {
+        method: o.method,
+        headers,
+        body,
+        credentials: this.withCredentials ? "include" : "same-origin",
+        cache: "no-store",
+        signal: abort.signal,
+      });
+    } catch {
+      if (this.#abort !== abort) return; // closed, or dropped on purpose
+      this.#abort = null;
+      this.#retryLater(null, null);
+      return;
+    }
+    if (this.#abort !== abort) return;
+    const status = response.status;
+    const type = response.headers.get("Content-Type") || "";
+    if (status === 200 && /^text\/event-stream/i.test(type) && response.body) {
+      await this.#read(response, abort);
+      return;
+    }
+    if (response.body) response.body.cancel().catch(() => {});
+    this.#abort = null;
+    if (status === 429 || status === 503) this.#retryLater(status, retryAfter(response));
+    else if (status >= 500 || status === 408) this.#retryLater(status, null);
+    else this.#fail(status);
+  }
+
+  async #read(response, abort) {
+    const header = parseFloat(response.headers.get(KEEPALIVE_HEADER) || "");
+    const given = this.#options.heartbeatTimeout;
+    const timeout = given !== undefined ? given : header > 0 ? header * 2000 : 0;
+    if (!this.#options.finalEvents) {
+      const final = (response.headers.get(FINAL_HEADER) || "").split(",").map((s) => s.trim());
+      this.#final = new Set(final.filter(Boolean));
+    }
+    this.#origin = new URL(response.url || this.url).origin;
+    const reader = response.body.getReader();
+    const parser = new EventStreamParser(
+      (type, data, lastEventId) => this.#received(type, data, lastEventId),
+      (ms) => {
+        this.#retry = ms;
+      },
+      this.#lastEventId
+    );
+    const arm = () => {
+      clearTimeout(this.#heartbeat);
+      if (timeout > 0) {
+        // No byte for about two keepalive periods: the connection is dead
+        // (a proxy or NAT dropped it without a word). Start over at once.
+        this.#heartbeat = setTimeout(() => {
+          if (this.#abort !== abort) return;
+          this.#drop();
+          this.#retryLater(null, 0);
+        }, timeout);
+      }
+    };
+    this.readyState = OPEN;
+    this.#failures = 0;
+    arm();
+    this.#announce("open");
+    this.dispatchEvent(new Event("open"));
+    try {
+      while (this.#abort === abort) {
+        const { done, value } = await reader.read();
+        if (done || this.#abort !== abort) break;
+        arm();
+        parser.feed(value);
+      }
+    } catch {
+      // the connection failed, or we aborted it
+    }
+    reader.cancel().catch(() => {});
+    if (this.#abort !== abort) return;
+    this.#abort = null;
+    clearTimeout(this.#heartbeat);
+    this.#retryLater(null, null);
+  }
+
+  #received(type, data, lastEventId) {
+    if (this.readyState === CLOSED) return;
+    if (lastEventId !== this.#lastEventId) {
+      this.#lastEventId = lastEventId;
+      if (this.#options.resume) remember(this.#key, lastEventId);
+    }
+    if (data === null) return;
+    const event = { type, data, id: lastEventId, final: Boolean(this.#final && this.#final.has(type)) };
+    if (this.#channel) this.#channel.postMessage({ kind: "event", ...event });
+    this.#deliver(event);
+  }
+
+  #deliver(event) {
+    if (this.#channel) {
+      // Shared: a new leader's first events may repeat what its last leader
+      // passed on (ids are unique there), and a tab that joins late is sent
+      // the events so far.
+      if (event.id) {
+        if (this.#seen.has(event.id)) return;
+        this.#seen.add(event.id);
+        if (this.#seen.size > HISTORY) this.#seen.delete(this.#seen.values().next().value);
+      }
+      this.#history.push(event);
+      if (this.#history.length > HISTORY) this.#history.shift();
+    }
+    this.dispatchEvent(message(event.type, event.data, event.id, this.#origin));
+    if (event.final && this.readyState !== CLOSED) {
+      // A render job's complete or error: nothing follows, ask for nothing.
+      this.#stop(true);
+      remember(this.#key, "");
+    }
+  }
+
+  #retryLater(status, delay) {
+    if (this.readyState === CLOSED) return;
+    this.readyState = CONNECTING;
+    let wait = delay;
+    if (wait === null) {
+      // The server's retry first, then jittered exponential backoff.
+      const n = this.#failures;
+      const cap = Math.min(this.#options.maxRetry, this.#retry * 2 ** n);
+      wait = n === 0 ? Math.min(cap, this.#retry) : cap / 2 + (Math.random() * cap) / 2;
+    } else if (status !== null) {
+      wait = delay * (1 + Math.random() * 0.2);
+    }
+    this.#failures += 1;
+    this.#announce("error", status);
+    this.dispatchEvent(Object.assign(new Event("error"), { status, retryIn: wait }));
+    if (this.readyState !== CONNECTING || this.#timer || this.#abort) return;
+    this.#timer = setTimeout(() => this.#connect(), wait);
+  }
+
+  #fail(status) {
+    this.#announce("error", status, true);
+    this.#stop(false);
+    this.dispatchEvent(Object.assign(new Event("error"), { status }));
+  }
+
+  // shareTabs: the tab that holds the lock reads the stream and passes each
+  // event on; the others wait for the lock, and the next takes over from its
+  // own last id when the leader goes.
+  #share() {
+    if (this.readyState === CLOSED) return;
+    const channel = new BroadcastChannel(this.#key);
+    this.#channel = channel;
+    channel.onmessage = (event) => this.#heard(event.data);
+    this.#lockAbort = new AbortController();
+    this.#waiting = [];
+    navigator.locks
+      .request(this.#key, { signal: this.#lockAbort.signal }, () => {
+        if (this.readyState === CLOSED) return undefined;
+        this.#synced(); // events heard before: this tab's own, in order
+        this.#leader = true;
+        channel.postMessage({ kind: "leader" });
+        this.#connect();
+        return new Promise((resolve) => {
+          this.#release = resolve;
+        });
+      })
+      .catch(() => {}); // closed before this tab's turn came
+    channel.postMessage({ kind: "hello", from: this.#token, id: this.#lastEventId });
+  }
+
+  #synced() {
+    const waiting = this.#waiting || [];
+    this.#waiting = null;
+    for (const event of waiting) this.#heard({ kind: "event", ...event });
+  }
+
+  #announce(state, status = null, closed = false) {
+    if (this.#channel && this.#leader) this.#channel.postMessage({ kind: state, status, closed });
+  }
+
+  #heard(note) {
+    if (this.readyState === CLOSED || !note) return;
+    if (note.kind === "hello") {
+      if (!this.#leader) return;
+      const at = note.id ? this.#history.findIndex((e) => e.id === note.id) : -1;
+      const events = this.#history.slice(at + 1);
+      this.#channel.postMessage({ kind: "history", to: note.from, events, state: this.readyState });
+      return;
+    }
+    if (this.#leader) return;
+    if (note.kind === "leader" && this.#waiting) {
+      // A leader that came after this tab said hello: ask it again.
+      this.#channel.postMessage({ kind: "hello", from: this.#token, id: this.#lastEventId });
+    } else if (note.kind === "history") {
+      if (note.to !== this.#token || !this.#waiting) return;
+      if (note.state === OPEN) this.#heard({ kind: "open" });
+      const waiting = this.#waiting;
+      this.#waiting = null;
+      for (const event of [...note.events, ...waiting]) this.#heard({ kind: "event", ...event });
+    } else if (note.kind === "event" && this.#waiting) {
+      // Until the leader's answer comes, live events wait behind the past.
+      this.#waiting.push(note);
+    } else if (note.kind === "event") {
+      if (note.id && note.id !== this.#lastEventId) {
+        this.#lastEventId = note.id;
+        if (this.#options.resume) remember(this.#key, note.id);
+      }
+      this.#deliver(note);
+    } else if (note.kind === "open" && this.readyState !== OPEN) {
+      this.readyState = OPEN;
+      this.dispatchEvent(new Event("open"));
+    } else if (note.kind === "error") {
+      if (note.closed) this.#stop(false);
+      else this.readyState = CONNECTING;
+      this.dispatchEvent(Object.assign(new Event("error"), { status: note.status }));
+    }
+  }
+}
+
+for (const [name, value] of Object.entries({ CONNECTING, OPEN, CLOSED })) {
+  Object.defineProperty(SSEFlushSource, name, { value, enumerable: true });
+  Object.defineProperty(SSEFlushSource.prototype, name, { value, enumerable: true });
+}
+SSEFlushSource.Parser = EventStreamParser;
