@@ -87,6 +87,47 @@ def test_stream_carries_progress_then_complete_with_ids(
     assert [e.id for e in events] == [f"{job}-{n}" for n in range(1, 8)]
 
 
+@pytest.mark.parametrize("how", ["option", "config"])
+def test_send_time_stamps_each_event_with_the_server_clock(how: str) -> None:
+    def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
+        progress(10, "bundling")
+        progress.event("note", {"text": "hi"})
+        progress.event("plain", "not an object")
+        return {"filename": "a.mp4", "url": "/a.mp4"}
+
+    app = Flask(__name__)
+    if how == "config":
+        app.config["SSE_FLUSH_SEND_TIME"] = True
+    options = {"send_time": True} if how == "option" else {}
+    app.register_blueprint(create_render_blueprint(render, **options))
+    client = app.test_client()
+    before = time.time() * 1000
+    events = parse_events(client.get(url({}), buffered=False))
+    after = time.time() * 1000
+    stamped = [e.json() for e in events if e.event != "plain"]
+    assert [{k: v for k, v in d.items() if k != "sent"} for d in stamped] == [
+        {"progress": 10, "phase": "bundling"},
+        {"text": "hi"},
+        {"filename": "a.mp4", "url": "/a.mp4"},
+    ]
+    sent = [d["sent"] for d in stamped]
+    assert before <= sent[0] <= sent[1] <= sent[2] <= after
+    assert [e.text for e in events if e.event == "plain"] == ["not an object"]
+    # The job's status keeps the render's own result.
+    job = events[0].id.rsplit("-", 1)[0]  # type: ignore[union-attr]
+    assert client.get(f"/render/{job}").get_json()["result"] == {
+        "filename": "a.mp4",
+        "url": "/a.mp4",
+    }
+
+
+def test_send_time_must_be_a_bool() -> None:
+    app = Flask(__name__)
+    app.config["SSE_FLUSH_SEND_TIME"] = "yes"
+    with pytest.raises(ValueError, match="send_time must be True or False"):
+        app.register_blueprint(create_render_blueprint(lambda p, pr: {}))
+
+
 def test_repeated_progress_is_dropped() -> None:
     def render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
         for _ in range(5):

@@ -35,7 +35,7 @@ def test_page_has_an_accessible_progress_bar(client: FlaskClient) -> None:
     assert 'role="progressbar"' in page
     assert 'aria-valuenow="0"' in page
     assert '<label for="month">' in page
-    assert "new EventSource(" in page
+    assert "new SSEFlushSource(" in page and "new EventSource(" in page
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,10 @@ wheel holds none of it) and uses only the public API. ``make run`` serves
 it from the checkout, as ``gunicorn 'examples.demo:create_app()'``.
 
 It renders a real MP4 (Pillow draws the frames, ffmpeg from
-``imageio-ffmpeg`` encodes them) and streams true progress over SSE.
+``imageio-ffmpeg`` encodes them) and streams true progress over SSE to a
+page that follows it with ``SSEFlushSource`` (served by the extension as
+``/sse-flush.js``), logs each event with its delay from the server's send
+time (``SSE_FLUSH_SEND_TIME``), and plays the finished video.
 Videos go to ``SSE_FLUSH_DEMO_OUTPUT_DIR`` (config or environment), by
 default a folder in the system's temporary directory.
 """
@@ -13,12 +16,13 @@ default a folder in the system's temporary directory.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, send_from_directory
 
-from flask_sse_flush import Progress, RenderFunction, create_render_blueprint
+from flask_sse_flush import Progress, RenderFunction, SSEFlush
 
 from .render import (
     FILENAME,
@@ -45,6 +49,8 @@ def create_app(
     """
     app = Flask(__name__)
     app.config["SSE_FLUSH_RETRY"] = 2000
+    # Each event carries the server's time of sending it: the page shows its delay.
+    app.config["SSE_FLUSH_SEND_TIME"] = True
     app.config.update(config)
     folder = Path(
         output_dir
@@ -58,13 +64,18 @@ def create_app(
     def real_render(payload: dict[str, Any], progress: Progress) -> dict[str, str]:
         return render_video(payload, progress, settings)
 
-    app.register_blueprint(
-        create_render_blueprint(render or real_render, validate=validate_payload)
-    )
+    sse = SSEFlush(app)  # also serves the client, /sse-flush.js
+    app.register_blueprint(sse.render_blueprint(render or real_render, validate=validate_payload))
 
     @app.get("/")
     def index() -> str:
         return render_template("index.html")
+
+    @app.get("/now")
+    def now() -> Response:
+        # The server's clock (ms): the page measures how far its own is from
+        # it, so the delays it shows are on one clock.
+        return jsonify(now=time.time() * 1000)
 
     @app.get("/download/<filename>")
     def download(filename: str) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
@@ -228,6 +229,8 @@ class RenderJob:
         ``identity`` option).
     :param owner_limit: refuse to create the job while ``owner`` has this
         many jobs running (:class:`~flask_sse_flush.TooManyJobs`).
+    :param send_time: add ``"sent"`` (the time of publishing, ms since the
+        epoch) to each event whose data is an object.
     :raises UnknownJob: ``existing`` and the broker has no such job.
     :raises JobEnded: ``existing`` and the job has ended already.
     """
@@ -244,8 +247,10 @@ class RenderJob:
         error_message: ErrorMessage = error_message,
         owner: str | None = None,
         owner_limit: int | None = None,
+        send_time: bool = False,
     ) -> None:
         self.id = job_id if job_id is not None else new_job_id()
+        self._send_time = send_time
         self._error_message = error_message
         self.payload = payload
         self.broker = broker
@@ -334,6 +339,8 @@ class RenderJob:
             if final:
                 self.state = change.get("state", "error")
             seq = self._next
+            if self._send_time and isinstance(data, dict):
+                data = {**data, "sent": round(time.time() * 1000, 3)}
             event = Event(data, event=name, id=event_id(self.id, seq))
             self.broker.publish(self.id, seq, event, change=change, final=final)
             self._next = seq + 1

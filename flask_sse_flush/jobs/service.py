@@ -244,6 +244,7 @@ class JobService:
             error_message=self.error_message,
             owner=owner,
             owner_limit=None if owner is None else self.settings.max_jobs_per_identity,
+            send_time=self.settings.send_time,
         )
         with self._lock:
             self._jobs.add(job.id)

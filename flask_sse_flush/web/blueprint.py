@@ -73,6 +73,7 @@ def create_render_blueprint(
     diagnose: bool | None = None,
     max_stream_seconds: float | None = None,
     client: bool = True,
+    send_time: bool | None = None,
 ) -> Blueprint:
     """Return a blueprint that runs render jobs and streams their progress.
 
@@ -204,13 +205,17 @@ def create_render_blueprint(
         resumes exactly; for proxies and platforms that cut long responses
         (:ref:`deploy-rotate`). ``None`` (the default): the app's
         ``SSE_FLUSH_MAX_STREAM_SECONDS``, else never.
+    :param send_time: stamp each event whose data is an object with
+        ``"sent"``, the server's time of sending it (ms since the epoch), for
+        pages that show each event's delay; else ``SSE_FLUSH_SEND_TIME``,
+        else off.
     :param client: serve the browser client, ``SSEFlushSource``, beside
         the routes (:doc:`/client`).
     :raises ValueError: an option is out of range (checked again, with the
         app's config, at registration).
 
     .. versionchanged:: 1.0
-       ``max_stream_seconds``; ``client`` (the routes of ``SSEFlushSource``).
+       ``max_stream_seconds``, ``send_time``; ``client`` (the routes of ``SSEFlushSource``).
     """
     if not callable(render):
         raise TypeError(f"render must be callable, not {type(render).__name__}")
@@ -235,6 +240,7 @@ def create_render_blueprint(
         "max_headers": max_headers,
         "keepalive_event": keepalive_event,
         "max_stream_seconds": max_stream_seconds,
+        "send_time": send_time,
     }
     Settings.resolve({}, **explicit)  # bad arguments fail here, not at registration
     coalescing = Coalescing.of(coalesce) if coalesce is not None else None

@@ -45,6 +45,7 @@ CONFIG_KEYS = {
     "lease": "SSE_FLUSH_LEASE",
     "max_stream_seconds": "SSE_FLUSH_MAX_STREAM_SECONDS",
     "gevent_logging_locks": "SSE_FLUSH_GEVENT_LOGGING_LOCKS",
+    "send_time": "SSE_FLUSH_SEND_TIME",
 }
 
 
@@ -101,6 +102,11 @@ class Settings:
         for native job threads when the app is initialised (a process-wide
         change, see :ref:`servers-gevent-logging`); ``False`` leaves logging
         alone (``SSE_FLUSH_GEVENT_LOGGING_LOCKS``).
+    :param send_time: stamp each event of a job whose data is an object
+        with ``"sent"``, the server's time of sending it (milliseconds since
+        the epoch), so a page can show each event's delay
+        (``SSE_FLUSH_SEND_TIME``; off by default, so the data stays exactly
+        ``{"progress", "phase"}``).
     :raises ValueError: a value is out of range.
     """
 
@@ -120,6 +126,7 @@ class Settings:
     lease: float = 10.0
     gevent_logging_locks: bool = True
     max_stream_seconds: float | None = None
+    send_time: bool = False
 
     @property
     def query_limit(self) -> int:
@@ -150,8 +157,9 @@ class Settings:
             raise ValueError(
                 f"max_headers must be a positive int (bytes), not {self.max_headers!r}"
             )
-        if not isinstance(self.keepalive_event, bool):
-            raise ValueError(f"keepalive_event must be True or False, not {self.keepalive_event!r}")
+        for name in ("keepalive_event", "send_time"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, not {getattr(self, name)!r}")
         if not _is_int(self.max_events) or self.max_events < 2:
             raise ValueError(f"max_events must be an int of at least 2, not {self.max_events!r}")
         retention = self.retention
