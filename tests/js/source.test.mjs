@@ -221,6 +221,34 @@ test("silence for twice the announced keepalive means a dead connection: it reco
   assert.ok(clock.now - 1_000_000 <= 50_000);
 });
 
+test("a request that gets no answer is given up after half a keepalive period, and retried at once", async () => {
+  open();
+  await server.request(0);
+  const body = server.stream(0, { "SSE-Flush-Keepalive": "4" });
+  body.send("id: j-1\ndata: a\n\n");
+  await clock.advance(8000); // silence: the connection is dead
+  assert.ok(body.aborted);
+  const swallowed = await server.request(1); // on a connection that is dead too
+  await clock.advance(1999);
+  assert.equal(server.requests.length, 2);
+  await clock.advance(1);
+  assert.ok(swallowed.aborted, "the unanswered request is dropped");
+  const third = await server.request(2);
+  assert.equal(third.headers.get("Last-Event-ID"), "j-1");
+});
+
+test("connectTimeout sets that patience itself; without a keepalive heard there is none", async () => {
+  open({ connectTimeout: 300 });
+  await server.request(0);
+  await clock.advance(300);
+  await server.request(1);
+  const patient = open();
+  await settle();
+  await clock.advance(3_600_000);
+  assert.ok(!server.requests[2].aborted);
+  patient.close();
+});
+
 test("heartbeatTimeout overrides the header, and 0 turns it off", async () => {
   open({ heartbeatTimeout: 0 });
   await server.request(0);
@@ -350,5 +378,6 @@ test("a method and a body are sent on every connection", async () => {
 test("bad options are refused with a TypeError", () => {
   assert.throws(() => new SSEFlushSource(URL_, { retry: -1 }), TypeError);
   assert.throws(() => new SSEFlushSource(URL_, { maxRetry: Number.NaN }), TypeError);
+  assert.throws(() => new SSEFlushSource(URL_, { heartbeatTimeout: "soon" }), TypeError);
   assert.throws(() => new SSEFlushSource("not a url"), TypeError);
 });

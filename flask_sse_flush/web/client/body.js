@@ -137,6 +137,8 @@ class SSEFlushSource extends EventTarget {
   #failures = 0;
   #timer = null;
   #heartbeat = null;
+  #silence = 0;
+  #shown = "";
   #abort = null;
   #final = null;
   #key;
@@ -168,6 +170,7 @@ class SSEFlushSource extends EventTarget {
       retry: 1000,
       maxRetry: 30000,
       heartbeatTimeout: undefined,
+      connectTimeout: undefined,
       resume: true,
       shareTabs: false,
       finalEvents: undefined,
@@ -175,7 +178,8 @@ class SSEFlushSource extends EventTarget {
       ...options,
     };
     const o = this.#options;
-    for (const name of ["retry", "maxRetry"]) {
+    for (const name of ["retry", "maxRetry", "heartbeatTimeout", "connectTimeout"]) {
+      if (o[name] === undefined && name.endsWith("Timeout")) continue;
       if (!(Number.isFinite(o[name]) && o[name] >= 0)) {
         throw new TypeError(`SSEFlushSource: ${name} must be a number of milliseconds >= 0`);
       }
@@ -265,6 +269,10 @@ class SSEFlushSource extends EventTarget {
     const o = this.#options;
     const abort = new AbortController();
     this.#abort = abort;
+    // A request the network swallowed (a pooled connection a NAT dropped)
+    // gets no answer at all: give up on it after half a keepalive period.
+    const patience = o.connectTimeout !== undefined ? o.connectTimeout : this.#silence / 4;
+    if (patience > 0) this.#heartbeat = setTimeout(() => this.#dead(abort), patience);
     let response;
     try {
       // A function gives fresh headers (a token) and body at each connection.
@@ -287,6 +295,7 @@ class SSEFlushSource extends EventTarget {
       return;
     }
     if (this.#abort !== abort) return;
+    clearTimeout(this.#heartbeat);
     const status = response.status;
     const type = response.headers.get("Content-Type") || "";
     if (status === 200 && /^text\/event-stream/i.test(type) && response.body) {
@@ -304,6 +313,7 @@ class SSEFlushSource extends EventTarget {
     const header = parseFloat(response.headers.get(KEEPALIVE_HEADER) || "");
     const given = this.#options.heartbeatTimeout;
     const timeout = given !== undefined ? given : header > 0 ? header * 2000 : 0;
+    this.#silence = timeout;
     if (!this.#options.finalEvents) {
       const final = (response.headers.get(FINAL_HEADER) || "").split(",").map((s) => s.trim());
       this.#final = new Set(final.filter(Boolean));
@@ -322,11 +332,7 @@ class SSEFlushSource extends EventTarget {
       if (timeout > 0) {
         // No byte for about two keepalive periods: the connection is dead
         // (a proxy or NAT dropped it without a word). Start over at once.
-        this.#heartbeat = setTimeout(() => {
-          if (this.#abort !== abort) return;
-          this.#drop();
-          this.#retryLater(null, 0);
-        }, timeout);
+        this.#heartbeat = setTimeout(() => this.#dead(abort), timeout);
       }
     };
     this.readyState = OPEN;
@@ -349,6 +355,13 @@ class SSEFlushSource extends EventTarget {
     this.#abort = null;
     clearTimeout(this.#heartbeat);
     this.#retryLater(null, null);
+  }
+
+  // The connection is dead, not the server: drop it and start over at once.
+  #dead(abort) {
+    if (this.#abort !== abort) return;
+    this.#drop();
+    this.#retryLater(null, 0);
   }
 
   #received(type, data, lastEventId) {
@@ -376,6 +389,7 @@ class SSEFlushSource extends EventTarget {
       this.#history.push(event);
       if (this.#history.length > HISTORY) this.#history.shift();
     }
+    if (event.id) this.#shown = event.id;
     this.dispatchEvent(message(event.type, event.data, event.id, this.#origin));
     if (event.final && this.readyState !== CLOSED) {
       // A render job's complete or error: nothing follows, ask for nothing.
@@ -431,7 +445,7 @@ class SSEFlushSource extends EventTarget {
         });
       })
       .catch(() => {}); // closed before this tab's turn came
-    channel.postMessage({ kind: "hello", from: this.#token, id: this.#lastEventId });
+    channel.postMessage({ kind: "hello", from: this.#token, id: this.#shown });
   }
 
   #synced() {
@@ -456,7 +470,7 @@ class SSEFlushSource extends EventTarget {
     if (this.#leader) return;
     if (note.kind === "leader" && this.#waiting) {
       // A leader that came after this tab said hello: ask it again.
-      this.#channel.postMessage({ kind: "hello", from: this.#token, id: this.#lastEventId });
+      this.#channel.postMessage({ kind: "hello", from: this.#token, id: this.#shown });
     } else if (note.kind === "history") {
       if (note.to !== this.#token || !this.#waiting) return;
       if (note.state === OPEN) this.#heard({ kind: "open" });

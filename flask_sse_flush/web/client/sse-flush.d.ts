@@ -18,6 +18,11 @@ export interface SSEFlushSourceInit {
    * twice the keepalive period the server announces (SSE-Flush-Keepalive); 0 turns it off.
    */
   heartbeatTimeout?: number;
+  /**
+   * A request unanswered this long (ms) was lost with its connection: retry. By default
+   * half the keepalive period last announced; none before a first answer.
+   */
+  connectTimeout?: number;
   /** Keep the last event id in sessionStorage (per URL), to resume after a reload (default true). */
   resume?: boolean;
   /** One connection per browser for this URL, shared by every tab of the origin (default false). */
