@@ -8,11 +8,12 @@ RUFF_OPTS := --line-length 100 --target-version py310
 RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 
 # Debian packages the browser, proxy and Redis tests use: real Chromium,
-# Firefox and WebKitGTK on a virtual display, nginx, and redis-server (tests
-# start their own on a free port; no service is enabled). Installed when missing and
+# Firefox and WebKitGTK on a virtual display, nginx, redis-server (tests
+# start their own on a free port; no service is enabled), and Node (18 or
+# later) for the JavaScript client's own tests and the docs' JS samples. Installed when missing and
 # we may (root with apt-get); otherwise those tests skip, saying why.
-SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server
-SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server
+SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server nodejs
+SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server /usr/bin/node
 
 .PHONY: run test smoke pytest lint format typecheck docs clean system-deps bench bench-quick matrix
 

@@ -79,6 +79,14 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def js_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """What the docs' JavaScript samples talk to (``tests/js/app.py``), under gunicorn -k gevent."""
+    log_dir = tmp_path_factory.mktemp("js-samples")
+    with running_server("gunicorn-gevent", log_dir, app_dir=REPO / "tests" / "js") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def nginx(demo_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser.Nginx]:
     """Debian's nginx in front of the demo: default buffering, and gzip on."""
     found = shutil.which("nginx") or Path("/usr/sbin/nginx").exists()

@@ -50,14 +50,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from tests.integration.support import Server, raw_get
+from tests.js_support import JS_CONTEXTS, run_js_sample
+
 REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst"))]
-RUN = {"python": "python", "py": "python", "python3": "python", "pycon": "pycon"}
+RUN = {
+    "python": "python",
+    "py": "python",
+    "python3": "python",
+    "pycon": "pycon",
+    # Run in Node against a real server: tests/js_support.py.
+    "javascript": "javascript",
+    "js": "javascript",
+}
 MARKERS = ("not-runnable", "sample-context", "sample-argv")
 TIMEOUT = 60.0
 
@@ -328,7 +340,9 @@ def test_the_rule_finds_the_samples() -> None:
     assert {s.page.name for s in SAMPLES} >= {"README.md", "quickstart.rst", "scaling.rst"}
     contexts = {s.markers["sample-context"] for s in SAMPLES if "sample-context" in s.markers}
     for context in contexts:
-        assert context in CONTEXTS or context.endswith(".py"), f"unknown context {context!r}"
+        known = CONTEXTS.keys() | JS_CONTEXTS.keys()
+        assert context in known or context.endswith(".py"), f"unknown context {context!r}"
+    assert sum(s.language == "javascript" for s in SAMPLES) >= 6
     for page in PAGE_OF.values():
         for other in page.files_from:
             assert other in PAGE_OF, f"{page.path.name}: sample-files-from names no page: {other}"
@@ -413,11 +427,26 @@ def run_sample(
     return _run([sys.executable, "-m", "tests.test_docs_samples", "sample.json"], folder, env)
 
 
+def run_in_node(
+    text: str, context: str, folder: Path, server: Server, timeout: float = TIMEOUT
+) -> CompletedProcess[str]:
+    """A JavaScript sample, in Node, against ``server`` (with a job of its own started)."""
+    body = json.dumps({"title": "intro"}).encode()
+    with raw_get(server.port, "/render", method="POST", body=body) as response:
+        job = json.loads(response.body())["id"]
+    base = f"http://127.0.0.1:{server.port}"
+    return run_js_sample(text, context, folder, base, job, timeout)
+
+
 @pytest.mark.parametrize("sample", SAMPLES, ids=[s.id for s in SAMPLES])
 def test_sample(sample: Sample, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if "not-runnable" in sample.markers:
         pytest.skip(f"not runnable: {sample.markers['not-runnable']}")
-    result = run_sample(sample, tmp_path, _environment(request, sample))
+    if sample.language == "javascript":
+        context = sample.markers.get("sample-context", "")
+        result = run_in_node(sample.text, context, tmp_path, request.getfixturevalue("js_server"))
+    else:
+        result = run_sample(sample, tmp_path, _environment(request, sample))
     assert result.returncode == 0, (
         f"{sample.id} failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
     )
@@ -437,6 +466,24 @@ def test_a_broken_sample_fails(tmp_path: Path) -> None:
         language = "pycon" if text.startswith(">>>") else "python"
         result = run_sample(Sample(page, 1, language, text), tmp_path, base_environment())
         assert result.returncode != 0, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "showProgres(1);\n",  # a name that drifted
+        # A source that ends refused, having dispatched nothing.
+        'const s = new SSEFlushSource("/nowhere"); s.onerror = () => s.close();\n',
+        # One left open: the process never ends by itself.
+        'new SSEFlushSource("/sse?channel=quiet");\n',
+    ],
+)
+def test_a_broken_javascript_sample_fails(text: str, tmp_path: Path, js_server: Server) -> None:
+    try:
+        result = run_in_node(text, "", tmp_path, js_server, timeout=10)
+    except subprocess.TimeoutExpired:
+        return
+    assert result.returncode != 0, result.stdout + result.stderr
 
 
 def test_the_sigterm_sample_lets_the_process_exit(tmp_path: Path) -> None:
