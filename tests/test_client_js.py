@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from flask import Flask
 
 from flask_sse_flush import SSEFlush, create_render_blueprint
 from flask_sse_flush.testing import parse_events
-from tests.browser.support import require
+from tests.js_support import node, write_client
 
 HERE = Path(__file__).resolve().parent
 SUITES = sorted((HERE / "js").glob("*.test.mjs"))
@@ -41,22 +40,8 @@ def app() -> Flask:
     return app
 
 
-def node() -> str:
-    found = shutil.which("node")
-    if found is None:
-        require("node")
-    assert found is not None
-    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-    major = int(re.match(r"v(\d+)", version).group(1))  # type: ignore[union-attr]
-    if major < 18:
-        pytest.fail(f"Node {version.strip()} is too old: SSEFlushSource needs Node 18+")
-    return found
-
-
 def test_the_node_suites(app: Flask, tmp_path: Path) -> None:
-    client = app.test_client()
-    for name in FILES:
-        (tmp_path / name).write_bytes(client.get(f"/{name}").data)
+    write_client(tmp_path)
     result = subprocess.run(
         [node(), "--test", *map(str, SUITES)],
         env={"SSE_FLUSH_CLIENT_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},

@@ -32,8 +32,9 @@ KEEPALIVE = 1.0  # the app's SSE_FLUSH_KEEPALIVE
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    checkout = ["--pythonpath", str(APP_DIR.parent.parent.parent)]
     with running_server(
-        "gunicorn-gevent", tmp_path_factory.mktemp("client"), app_dir=APP_DIR
+        "gunicorn-gevent", tmp_path_factory.mktemp("client"), app_dir=APP_DIR, options=checkout
     ) as running:
         yield running
 

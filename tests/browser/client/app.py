@@ -18,21 +18,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from flask import Flask, Response, request
 
-from flask_sse_flush import Progress, SSEFlush
+from flask_sse_flush import SSEFlush
+from tests.integration.channels.app import paced_render  # the server runs with the checkout
 
 PAGES = Path(__file__).resolve().parent
-
-
-def paced_render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    steps, interval = int(payload.get("steps", 40)), float(payload.get("interval", 0.25))
-    for step in range(1, steps + 1):
-        progress(round(100 * step / steps), "rendering")
-        time.sleep(interval)
-    return {"filename": "paced.mp4", "url": "/files/paced.mp4"}
 
 
 def bearer() -> str | None:
