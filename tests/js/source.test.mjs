@@ -311,9 +311,58 @@ test("finalEvents names the end of a stream the server does not name", async () 
   const source = open({ finalEvents: ["done"] });
   await server.request(0);
   const body = server.stream(0);
-  body.send("event: done\ndata: {}\n\n");
+  body.send("event: done\nid: c-1\ndata: {}\n\n");
   await settle();
   assert.equal(source.readyState, SSEFlushSource.CLOSED);
+});
+
+test("an error event without an id of its own (the event store away) is not the end", async () => {
+  const source = open();
+  const seen = record(source);
+  await server.request(0);
+  const body = server.stream(0, { "SSE-Flush-Final": "complete, error" });
+  body.send("id: j-3\ndata: a\n\n");
+  body.send('event: error\ndata: {"message":"the event store is away","reconnect":true}\n\n');
+  body.end();
+  await settle();
+  assert.equal(source.readyState, SSEFlushSource.CONNECTING);
+  assert.ok(seen.some((e) => e.type === "error" && e.data));
+  await clock.advance(1000);
+  assert.equal((await server.request(1)).headers.get("Last-Event-ID"), "j-3");
+});
+
+test("a server's retry: 0 reconnects at once, but repeated failures still back off", async () => {
+  open();
+  await server.request(0);
+  const body = server.stream(0);
+  body.send("retry: 0\nid: j-1\ndata: a\n\n");
+  body.end();
+  await settle();
+  assert.deepEqual(clock.pending(), [0]);
+  for (let n = 1; n < 4; n++) {
+    await clock.advance(clock.pending()[0]);
+    (await server.request(n)).reject(new TypeError("refused"));
+    await settle();
+  }
+  // 1000 * 2^n jittered (three quarters here), not 0: no spinning.
+  assert.deepEqual(clock.pending(), [6000]);
+  assert.equal(server.requests.length, 4);
+});
+
+test("the connect timeout does not count the time a headers function takes", async () => {
+  let calls = 0;
+  open({
+    connectTimeout: 100,
+    headers: () => new Promise((resolve) => setTimeout(() => resolve({ "X-N": `${++calls}` }), 500)),
+  });
+  await clock.advance(500);
+  const request = await server.request(0);
+  assert.equal(request.headers.get("X-N"), "1");
+  await clock.advance(99);
+  assert.ok(!request.aborted);
+  server.stream(0);
+  await clock.advance(10_000);
+  assert.equal(server.requests.length, 1);
 });
 
 test("without a final event, complete is an event like another", async () => {

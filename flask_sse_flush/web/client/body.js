@@ -28,8 +28,9 @@ class EventStreamParser {
     this.onRetry = onRetry || (() => {});
     this.lastEventId = lastEventId;
     this._decoder = new TextDecoder("utf-8");
-    this._text = "";
+    this._partial = []; // the pieces of a line not ended yet
     this._skipLF = false;
+    this._first = true;
     this._reset();
   }
 
@@ -43,21 +44,29 @@ class EventStreamParser {
   feed(chunk) {
     let text = typeof chunk === "string" ? chunk : this._decoder.decode(chunk, { stream: true });
     if (!text) return;
+    if (this._first) {
+      // The decoder drops one leading BOM from bytes; text given as such may have one.
+      this._first = false;
+      if (typeof chunk === "string" && text[0] === "\ufeff") text = text.slice(1);
+    }
     if (this._skipLF) {
       // The last chunk ended in CR, taken as a line break already.
       this._skipLF = false;
       if (text[0] === "\n") text = text.slice(1);
     }
-    const buffer = this._text + text;
+    // Only the new text is searched: a long line costs its length, once.
     const breaks = /\r\n|\r|\n/g;
     let start = 0;
     let match;
-    while ((match = breaks.exec(buffer)) !== null) {
-      this._line(buffer.slice(start, match.index));
+    while ((match = breaks.exec(text)) !== null) {
+      this._partial.push(text.slice(start, match.index));
+      const line = this._partial.join("");
+      this._partial = [];
+      this._line(line);
       start = breaks.lastIndex;
     }
-    this._skipLF = buffer.endsWith("\r");
-    this._text = buffer.slice(start);
+    if (start < text.length) this._partial.push(text.slice(start));
+    this._skipLF = text.endsWith("\r");
   }
 
   _line(line) {
@@ -126,6 +135,9 @@ function message(type, data, lastEventId, origin) {
   return Object.assign(event, { data, lastEventId, origin });
 }
 
+// The longest delay setTimeout keeps (about 24.8 days).
+const LONGEST = 2 ** 31 - 1;
+
 /**
  * A drop-in for EventSource over fetch: headers, a body, backoff, Retry-After,
  * a heartbeat timeout, resume across reloads and one connection for all tabs.
@@ -135,23 +147,26 @@ class SSEFlushSource extends EventTarget {
   #lastEventId = "";
   #retry;
   #failures = 0;
+  #notBefore = 0; // a Retry-After: no request before this time (ms)
   #timer = null;
   #heartbeat = null;
   #silence = 0;
-  #shown = "";
   #abort = null;
   #final = null;
   #key;
   #origin;
   #listening = [];
+  // shareTabs
   #channel = null;
   #leader = false;
   #release = null;
   #lockAbort = null;
   #token = Math.random().toString(36).slice(2);
+  #seq = 0; // the number of the last event this tab relayed as leader
   #history = [];
   #seen = new Set();
   #waiting = null;
+  #shown = "";
 
   /**
    * @param {string | URL} url the stream.
@@ -198,8 +213,7 @@ class SSEFlushSource extends EventTarget {
     this.#key = KEY + this.url;
     if (o.resume) this.#lastEventId = recalled(this.#key);
     this.#listen();
-    const share = o.shareTabs && globalThis.navigator && navigator.locks && globalThis.BroadcastChannel;
-    Promise.resolve().then(() => (share ? this.#share() : this.#connect()));
+    Promise.resolve().then(() => (this.#sharing() ? this.#share() : this.#connect()));
   }
 
   /** The id of the last event received (sent as Last-Event-ID on reconnects). */
@@ -221,12 +235,7 @@ class SSEFlushSource extends EventTarget {
     this.#drop();
     for (const [target, type, fn] of this.#listening) target.removeEventListener(type, fn);
     this.#listening = [];
-    if (this.#lockAbort) this.#lockAbort.abort();
-    // After the last event, hold the lock a moment: the other tabs hear that
-    // event and close, rather than one taking over to ask for a finished stream.
-    if (this.#release) setTimeout(this.#release, final ? 1000 : 0);
-    if (this.#channel) this.#channel.close();
-    this.#channel = this.#release = this.#lockAbort = null;
+    this.#unshare(final);
   }
 
   // Abort the connection in flight, if any.
@@ -238,7 +247,8 @@ class SSEFlushSource extends EventTarget {
   }
 
   // Browsers: reconnect at once when the page comes back or the network
-  // does; leave the bfcache free to keep the page (no request in flight).
+  // does (not before a Retry-After); leave the bfcache free to keep the page
+  // (no request in flight, no lock held).
   #listen() {
     const on = (target, type, fn) => {
       if (!target || typeof target.addEventListener !== "function") return;
@@ -247,9 +257,15 @@ class SSEFlushSource extends EventTarget {
     };
     if (!globalThis.document) return;
     const wake = () => {
-      if (this.readyState === CLOSED || this.#abort || (this.#channel && !this.#leader)) return;
-      if (document.visibilityState === "hidden") return;
+      if (this.readyState === CLOSED || document.visibilityState === "hidden") return;
+      if (this.#sharing() && !this.#channel) {
+        this.#share(); // back from the bfcache: join the tabs again
+        return;
+      }
+      if (this.#abort || (this.#channel && !this.#leader)) return;
+      if (Date.now() < this.#notBefore) return;
       clearTimeout(this.#timer);
+      this.#timer = null;
       this.#connect();
     };
     on(globalThis, "online", wake);
@@ -257,8 +273,10 @@ class SSEFlushSource extends EventTarget {
     on(document, "visibilitychange", wake);
     on(globalThis, "pagehide", (event) => {
       if (!event.persisted || this.readyState === CLOSED) return;
-      this.#drop();
       clearTimeout(this.#timer);
+      this.#timer = null;
+      this.#drop();
+      this.#unshare(false);
       this.readyState = CONNECTING;
     });
   }
@@ -269,10 +287,6 @@ class SSEFlushSource extends EventTarget {
     const o = this.#options;
     const abort = new AbortController();
     this.#abort = abort;
-    // A request the network swallowed (a pooled connection a NAT dropped)
-    // gets no answer at all: give up on it after half a keepalive period.
-    const patience = o.connectTimeout !== undefined ? o.connectTimeout : this.#silence / 4;
-    if (patience > 0) this.#heartbeat = setTimeout(() => this.#dead(abort), patience);
     let response;
     try {
       // A function gives fresh headers (a token) and body at each connection.
@@ -280,6 +294,11 @@ class SSEFlushSource extends EventTarget {
       headers.set("Accept", "text/event-stream");
       if (this.#lastEventId) headers.set("Last-Event-ID", this.#lastEventId);
       const body = typeof o.body === "function" ? o.body() : o.body;
+      if (this.#abort !== abort) return;
+      // A request the network swallowed (a pooled connection a NAT dropped)
+      // gets no answer at all: give up on it after half a keepalive period.
+      const patience = o.connectTimeout !== undefined ? o.connectTimeout : this.#silence / 4;
+      if (patience > 0) this.#heartbeat = setTimeout(() => this.#dead(abort), patience);
       response = await (o.fetch || fetch)(this.url, {
         method: o.method,
         headers,
@@ -288,13 +307,20 @@ class SSEFlushSource extends EventTarget {
         cache: "no-store",
         signal: abort.signal,
       });
+      if (!response || typeof response.status !== "number" || !response.headers) {
+        throw new TypeError("fetch gave no response");
+      }
     } catch {
       if (this.#abort !== abort) return; // closed, or dropped on purpose
+      clearTimeout(this.#heartbeat);
       this.#abort = null;
       this.#retryLater(null, null);
       return;
     }
-    if (this.#abort !== abort) return;
+    if (this.#abort !== abort) {
+      if (response.body) response.body.cancel().catch(() => {});
+      return;
+    }
     clearTimeout(this.#heartbeat);
     const status = response.status;
     const type = response.headers.get("Content-Type") || "";
@@ -321,7 +347,7 @@ class SSEFlushSource extends EventTarget {
     this.#origin = new URL(response.url || this.url).origin;
     const reader = response.body.getReader();
     const parser = new EventStreamParser(
-      (type, data, lastEventId) => this.#received(type, data, lastEventId),
+      (type, data, lastEventId, id) => this.#received(type, data, lastEventId, id),
       (ms) => {
         this.#retry = ms;
       },
@@ -329,16 +355,14 @@ class SSEFlushSource extends EventTarget {
     );
     const arm = () => {
       clearTimeout(this.#heartbeat);
-      if (timeout > 0) {
-        // No byte for about two keepalive periods: the connection is dead
-        // (a proxy or NAT dropped it without a word). Start over at once.
-        this.#heartbeat = setTimeout(() => this.#dead(abort), timeout);
-      }
+      // No byte for about two keepalive periods: the connection is dead (a
+      // proxy or NAT dropped it without a word). Start over at once.
+      if (timeout > 0) this.#heartbeat = setTimeout(() => this.#dead(abort), timeout);
     };
     this.readyState = OPEN;
     this.#failures = 0;
     arm();
-    this.#announce("open");
+    this.#announce({ kind: "open" });
     this.dispatchEvent(new Event("open"));
     try {
       while (this.#abort === abort) {
@@ -364,33 +388,44 @@ class SSEFlushSource extends EventTarget {
     this.#retryLater(null, 0);
   }
 
-  #received(type, data, lastEventId) {
+  #received(type, data, lastEventId, id) {
     if (this.readyState === CLOSED) return;
-    if (lastEventId !== this.#lastEventId) {
-      this.#lastEventId = lastEventId;
-      if (this.#options.resume) remember(this.#key, lastEventId);
+    this.#moveTo(lastEventId);
+    if (data === null) {
+      // A block with an id and no data: the other tabs' resume point moves too.
+      if (this.#channel) this.#channel.postMessage({ kind: "id", id: lastEventId });
+      return;
     }
-    if (data === null) return;
-    const event = { type, data, id: lastEventId, final: Boolean(this.#final && this.#final.has(type)) };
+    // A job's last event carries an id of its own; an id-less "error" (the
+    // event store away for a while) is not the end.
+    const final = Boolean(id !== null && this.#final && this.#final.has(type));
+    const event = { type, data, lastEventId, id, final, seq: ++this.#seq };
     if (this.#channel) this.#channel.postMessage({ kind: "event", ...event });
     this.#deliver(event);
+  }
+
+  #moveTo(lastEventId) {
+    if (lastEventId === this.#lastEventId) return;
+    this.#lastEventId = lastEventId;
+    if (this.#options.resume) remember(this.#key, lastEventId);
   }
 
   #deliver(event) {
     if (this.#channel) {
       // Shared: a new leader's first events may repeat what its last leader
-      // passed on (ids are unique there), and a tab that joins late is sent
-      // the events so far.
+      // passed on (the library's event ids are unique), and a tab that joins
+      // late is sent the events so far.
       if (event.id) {
         if (this.#seen.has(event.id)) return;
         this.#seen.add(event.id);
         if (this.#seen.size > HISTORY) this.#seen.delete(this.#seen.values().next().value);
       }
+      if (!this.#leader) this.#moveTo(event.lastEventId);
       this.#history.push(event);
       if (this.#history.length > HISTORY) this.#history.shift();
     }
-    if (event.id) this.#shown = event.id;
-    this.dispatchEvent(message(event.type, event.data, event.id, this.#origin));
+    if (event.lastEventId) this.#shown = event.lastEventId;
+    this.dispatchEvent(message(event.type, event.data, event.lastEventId, this.#origin));
     if (event.final && this.readyState !== CLOSED) {
       // A render job's complete or error: nothing follows, ask for nothing.
       this.#stop(true);
@@ -403,22 +438,26 @@ class SSEFlushSource extends EventTarget {
     this.readyState = CONNECTING;
     let wait = delay;
     if (wait === null) {
-      // The server's retry first, then jittered exponential backoff.
+      // The server's retry first, then jittered exponential backoff (from
+      // at least the option's retry: a "retry: 0" must not spin).
       const n = this.#failures;
-      const cap = Math.min(this.#options.maxRetry, this.#retry * 2 ** n);
+      const base = n === 0 ? this.#retry : Math.max(this.#retry, this.#options.retry, 100);
+      const cap = Math.min(this.#options.maxRetry, base * 2 ** n);
       wait = n === 0 ? Math.min(cap, this.#retry) : cap / 2 + (Math.random() * cap) / 2;
     } else if (status !== null) {
       wait = delay * (1 + Math.random() * 0.2);
+      this.#notBefore = Date.now() + wait;
     }
+    wait = Math.min(wait, LONGEST);
     this.#failures += 1;
-    this.#announce("error", status);
+    this.#announce({ kind: "error", status, retryIn: wait });
     this.dispatchEvent(Object.assign(new Event("error"), { status, retryIn: wait }));
     if (this.readyState !== CONNECTING || this.#timer || this.#abort) return;
     this.#timer = setTimeout(() => this.#connect(), wait);
   }
 
   #fail(status) {
-    this.#announce("error", status, true);
+    this.#announce({ kind: "error", status, closed: true });
     this.#stop(false);
     this.dispatchEvent(Object.assign(new Event("error"), { status }));
   }
@@ -426,17 +465,24 @@ class SSEFlushSource extends EventTarget {
   // shareTabs: the tab that holds the lock reads the stream and passes each
   // event on; the others wait for the lock, and the next takes over from its
   // own last id when the leader goes.
+  #sharing() {
+    const o = this.#options;
+    return Boolean(o.shareTabs && globalThis.navigator && navigator.locks && globalThis.BroadcastChannel);
+  }
+
   #share() {
     if (this.readyState === CLOSED) return;
     const channel = new BroadcastChannel(this.#key);
+    const lock = new AbortController();
     this.#channel = channel;
-    channel.onmessage = (event) => this.#heard(event.data);
-    this.#lockAbort = new AbortController();
+    this.#lockAbort = lock;
     this.#waiting = [];
+    channel.onmessage = (event) => this.#heard(event.data);
     navigator.locks
-      .request(this.#key, { signal: this.#lockAbort.signal }, () => {
-        if (this.readyState === CLOSED) return undefined;
+      .request(this.#key, { signal: lock.signal }, () => {
+        if (this.readyState === CLOSED || this.#channel !== channel) return undefined;
         this.#synced(); // events heard before: this tab's own, in order
+        if (this.readyState === CLOSED) return undefined; // one of them was the last
         this.#leader = true;
         channel.postMessage({ kind: "leader" });
         this.#connect();
@@ -444,27 +490,47 @@ class SSEFlushSource extends EventTarget {
           this.#release = resolve;
         });
       })
-      .catch(() => {}); // closed before this tab's turn came
+      .catch((error) => {
+        // Aborted: closed before this tab's turn. Refused (an opaque origin,
+        // a sandboxed frame): this tab reads the stream on its own.
+        if (error && error.name === "AbortError") return;
+        if (this.readyState === CLOSED || this.#channel !== channel) return;
+        this.#options = { ...this.#options, shareTabs: false };
+        this.#unshare(false);
+        this.#connect();
+      });
     channel.postMessage({ kind: "hello", from: this.#token, id: this.#shown });
+  }
+
+  // Leave the tabs: give up the lock (or the wait for it) and the channel.
+  #unshare(final) {
+    if (this.#lockAbort) this.#lockAbort.abort();
+    // After the last event, hold the lock a moment: the other tabs hear that
+    // event and close, rather than one taking over to ask for a finished stream.
+    if (this.#release) setTimeout(this.#release, final ? 1000 : 0);
+    if (this.#channel) this.#channel.close();
+    this.#channel = this.#release = this.#lockAbort = this.#waiting = null;
+    this.#leader = false;
   }
 
   #synced() {
     const waiting = this.#waiting || [];
     this.#waiting = null;
-    for (const event of waiting) this.#heard({ kind: "event", ...event });
+    for (const event of waiting) this.#heard(event);
   }
 
-  #announce(state, status = null, closed = false) {
-    if (this.#channel && this.#leader) this.#channel.postMessage({ kind: state, status, closed });
+  #announce(note) {
+    if (this.#channel && this.#leader) this.#channel.postMessage(note);
   }
 
   #heard(note) {
     if (this.readyState === CLOSED || !note) return;
     if (note.kind === "hello") {
       if (!this.#leader) return;
-      const at = note.id ? this.#history.findIndex((e) => e.id === note.id) : -1;
+      const at = note.id ? this.#history.findIndex((e) => e.lastEventId === note.id) : -1;
       const events = this.#history.slice(at + 1);
-      this.#channel.postMessage({ kind: "history", to: note.from, events, state: this.readyState });
+      const reply = { kind: "history", to: note.from, events, state: this.readyState };
+      this.#channel.postMessage({ ...reply, upTo: this.#seq });
       return;
     }
     if (this.#leader) return;
@@ -474,25 +540,26 @@ class SSEFlushSource extends EventTarget {
     } else if (note.kind === "history") {
       if (note.to !== this.#token || !this.#waiting) return;
       if (note.state === OPEN) this.#heard({ kind: "open" });
-      const waiting = this.#waiting;
+      // Live events heard meanwhile that the history holds already are dropped.
+      const waiting = this.#waiting.filter((e) => e.kind !== "event" || e.seq > note.upTo);
       this.#waiting = null;
-      for (const event of [...note.events, ...waiting]) this.#heard({ kind: "event", ...event });
-    } else if (note.kind === "event" && this.#waiting) {
+      for (const event of note.events) this.#deliver(event);
+      for (const event of waiting) this.#heard(event);
+    } else if (this.#waiting && (note.kind === "event" || note.kind === "id")) {
       // Until the leader's answer comes, live events wait behind the past.
       this.#waiting.push(note);
     } else if (note.kind === "event") {
-      if (note.id && note.id !== this.#lastEventId) {
-        this.#lastEventId = note.id;
-        if (this.#options.resume) remember(this.#key, note.id);
-      }
       this.#deliver(note);
+    } else if (note.kind === "id") {
+      this.#moveTo(note.id);
     } else if (note.kind === "open" && this.readyState !== OPEN) {
       this.readyState = OPEN;
       this.dispatchEvent(new Event("open"));
     } else if (note.kind === "error") {
       if (note.closed) this.#stop(false);
       else this.readyState = CONNECTING;
-      this.dispatchEvent(Object.assign(new Event("error"), { status: note.status }));
+      const detail = note.closed ? { status: note.status } : { status: note.status, retryIn: note.retryIn };
+      this.dispatchEvent(Object.assign(new Event("error"), detail));
     }
   }
 }

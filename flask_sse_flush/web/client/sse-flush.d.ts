@@ -19,8 +19,9 @@ export interface SSEFlushSourceInit {
    */
   heartbeatTimeout?: number;
   /**
-   * A request unanswered this long (ms) was lost with its connection: retry. By default
-   * half the keepalive period last announced; none before a first answer.
+   * A request unanswered this long (ms) was lost with its connection: retry. By default a
+   * quarter of the heartbeat timeout last in force (half the keepalive period); none
+   * before a first answer.
    */
   connectTimeout?: number;
   /** Keep the last event id in sessionStorage (per URL), to resume after a reload (default true). */
@@ -28,8 +29,9 @@ export interface SSEFlushSourceInit {
   /** One connection per browser for this URL, shared by every tab of the origin (default false). */
   shareTabs?: boolean;
   /**
-   * Event types after which the stream is over: no reconnection. By default what the
-   * server names (SSE-Flush-Final: a render job's "complete" and "error").
+   * Event types after which the stream is over (when the event has an id of its own): no
+   * reconnection. By default what the server names (SSE-Flush-Final: a render job's
+   * "complete" and "error").
    */
   finalEvents?: string[];
   /** The fetch to use (default the global one). */
