@@ -24,6 +24,7 @@ from examples.demo.render import RenderSettings, find_ffmpeg, render_video
 from flask_sse_flush import EventStream, Progress, send_event
 
 HARNESS = (Path(__file__).parent / "harness.html").read_text()
+RELOAD = (Path(__file__).parent / "reload.html").read_text()
 
 
 def create_app(log_dir: str, output_dir: str | None = None) -> Flask:
@@ -49,6 +50,10 @@ def create_app(log_dir: str, output_dir: str | None = None) -> Flask:
     @app.get("/__harness")
     def harness() -> str:
         return HARNESS
+
+    @app.get("/__reload")
+    def reload_harness() -> str:
+        return RELOAD
 
     @app.get("/__ping")
     def ping() -> Response:

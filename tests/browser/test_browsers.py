@@ -99,3 +99,26 @@ def test_a_failed_render_shows_its_message(engine: str, display: str, demo_serve
     assert report["resultClass"] == "error"
     assert "simulated failure" in report["result"], json.dumps(report)[:500]
     assert report["link"] is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_demo_survives_a_reload_mid_render(
+    engine: str, display: str, demo_server: Server
+) -> None:
+    """Reloaded mid-render, the demo page follows the same render on: its
+    log holds every event once (the events before the reload kept, the rest
+    resumed from the last id), each with its delay, and the video plays."""
+    require(*missing_tools(engine))
+    run = f"{engine}-reload-{uuid.uuid4().hex[:8]}"
+    url = f"http://127.0.0.1:{demo_server.port}/__reload?run={run}"
+    with browser(engine, display, url, demo_server.log_dir, run) as harness:
+        report: dict[str, Any] = harness.wait_for("done", timeout=90)
+    before, after = report["before"], report["after"]
+    assert len(before) >= 15 and after[: len(before)] == before, "the log before the reload"
+    ids = [row["id"] for row in after]
+    job = ids[0].rsplit("-", 1)[0]
+    assert ids == [f"{job}-{n}" for n in range(1, len(ids) + 1)], ids
+    assert len(ids) > len(before) + 5, "the render went on after the reload"
+    assert [row["type"] for row in after][-1] == "complete"
+    assert all(row["delay"].endswith(" ms") for row in after), after[:3]
+    assert report["video"].startswith("/download/recap-") and not report["videoHidden"]

@@ -296,8 +296,9 @@ class SSEFlushSource extends EventTarget {
       const body = typeof o.body === "function" ? o.body() : o.body;
       if (this.#abort !== abort) return;
       // A request the network swallowed (a pooled connection a NAT dropped)
-      // gets no answer at all: give up on it after half a keepalive period.
-      const patience = o.connectTimeout !== undefined ? o.connectTimeout : this.#silence / 4;
+      // gets no answer at all: give up on it after a quarter of a keepalive
+      // period (the server answers a stream's headers at once).
+      const patience = o.connectTimeout !== undefined ? o.connectTimeout : this.#silence / 8;
       if (patience > 0) this.#heartbeat = setTimeout(() => this.#dead(abort), patience);
       response = await (o.fetch || fetch)(this.url, {
         method: o.method,

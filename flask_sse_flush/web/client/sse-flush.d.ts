@@ -19,9 +19,9 @@ export interface SSEFlushSourceInit {
    */
   heartbeatTimeout?: number;
   /**
-   * A request unanswered this long (ms) was lost with its connection: retry. By default a
-   * quarter of the heartbeat timeout last in force (half the keepalive period); none
-   * before a first answer.
+   * A request unanswered this long (ms) was lost with its connection: retry. By default an
+   * eighth of the heartbeat timeout last in force (a quarter of the keepalive period);
+   * none before a first answer.
    */
   connectTimeout?: number;
   /** Keep the last event id in sessionStorage (per URL), to resume after a reload (default true). */
