@@ -296,7 +296,7 @@ class SSEFlush:
         try:
             admit_stream(settings)
         except TooManyStreams as exc:
-            return json_error(503, str(exc), **{"Retry-After": "1"})
+            return json_error(503, str(exc), **{"Retry-After": str(exc.retry_after)})
         stream = open_stream(settings, opening)
         if len(names) == 1:
             followers: list[tuple[str, Any]] = [(names[0], stream)]
