@@ -248,7 +248,7 @@ def sentinel_pool(redis: Any, url: SentinelURL, options: dict[str, Any]) -> Any:
     """A blocking pool of connections to the master that ``url``'s sentinels name."""
     from redis.sentinel import Sentinel, SentinelManagedConnection
 
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         list(url.sentinels),
         sentinel_kwargs={
             "socket_timeout": options["socket_connect_timeout"],
@@ -308,7 +308,7 @@ def cluster_client(
     try:
         return RedisCluster(
             url=url,
-            startup_nodes=[ClusterNode(host, port) for host, port in seeds],  # type: ignore[no-untyped-call]
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
             connection_pool_class=redis.BlockingConnectionPool,
             require_full_coverage=False,
             retry=retry,
