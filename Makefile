@@ -10,12 +10,14 @@ RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 # Debian packages the browser, proxy and Redis tests use: real Chromium,
 # Firefox and WebKitGTK on a virtual display, nginx, redis-server (tests
 # start their own on a free port; no service is enabled), and Node (18 or
-# later) for the JavaScript client's own tests and the docs' JS samples. Installed when missing and
-# we may (root with apt-get); otherwise those tests skip, saying why.
-SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server nodejs
-SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server /usr/bin/node
+# later) for the JavaScript client's own tests and the docs' JS samples, and
+# iproute2's ip for the delayed link between two network namespaces
+# (benchmarks/link.py). Installed when missing and we may (root with
+# apt-get); otherwise those tests skip, saying why.
+SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server nodejs iproute2
+SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server /usr/bin/node /bin/ip
 
-.PHONY: run test smoke pytest lint format typecheck docs clean system-deps bench bench-quick matrix
+.PHONY: run test test-stream-worker smoke pytest lint format typecheck docs clean system-deps bench bench-quick matrix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +79,11 @@ smoke: $(VENV)/.dev-stamp
 
 pytest: $(VENV)/.dev-stamp
 	$(BIN)/python -m pytest -m "not smoke"
+
+# The real-server and browser tests again, every gunicorn -k gevent of them
+# on the stream worker (flask_sse_flush.wsgi.worker.StreamWorker) instead.
+test-stream-worker: system-deps $(VENV)/.dev-stamp
+	SSE_FLUSH_TEST_WORKER=stream $(BIN)/python -m pytest -m integration
 
 lint: $(VENV)/.dev-stamp
 	$(BIN)/ruff check $(RUFF_OPTS) $(RUFF_RULES) flask_sse_flush examples tests benchmarks docs/conf.py

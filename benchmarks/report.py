@@ -10,8 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS_PAGE = ROOT / "docs" / "benchmarks.rst"
 PLOT = ROOT / "docs" / "_static" / "bench-latency.png"
 LIMIT, PEER, FLOOR, OURS = "raw-asyncio", "sse-starlette", "bare-gevent", "ours-gevent"
+STREAM = "ours-stream"  # ours on the stream worker
+SCALE = "ours-scale"  # 40,000 streams, 4 stream workers, Redis
 REDIS = "ours-redis"
 CLUSTER = "ours-cluster"
+#: The largest level every contender that goes that far is measured at;
+#: ``ours-scale`` alone goes beyond.
+COMMON_TOP = 10_000
 #: The most Redis connections a worker of ``ours-redis`` should hold: the
 #: broker's command pool (3) and its one pub/sub reader.
 CONNECTIONS_GOAL = 4
@@ -42,10 +47,12 @@ def metrics(result: dict[str, Any]) -> list[tuple[str, tuple[str, ...], str, boo
     big = [lv for lv in levels if int(lv) >= 1_000]
     for level in big:
         rows.append((f"fan-out {level}", ("levels", level, "fanout", "median"), "ms", False))
-    top = levels[-1]
+    top = level_at_most(result, COMMON_TOP) or levels[-1]
     rows.append((f"KiB/stream @{top}", ("levels", top, "rss_per_stream_kib"), "KiB", False))
     rows.append((f"held @{top}", ("levels", top, "held"), "", True))
     rows.append(("events/s", ("throughput", "median"), "/s", True))
+    native = ("native_publish", "p50", "median")
+    rows.append(("p50 @1, native-thread publisher", native, "ms", False))
     rows.append(("CPU job p99", ("cpu_job", "p99", "median"), "ms", False))
     rows.append(("CPU job p99, process", ("cpu_job_process", "p99", "median"), "ms", False))
     rows.append(("Redis publishes/s", ("publish", "median"), "/s", True))
@@ -168,9 +175,126 @@ def _aligned(header: list[str], body: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
 
 
+def goals(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The figures the close-to-the-wire work aims at: ratio, bound, and whether it holds.
+
+    Each is a ratio of figures measured in this run (or an absolute bound
+    where the goal is one); a goal whose figures were not measured (a
+    quick run, a skipped contender) is left out.
+    """
+    header = ["goal", "figure", "against", "ratio", "bound", "met"]
+    found: list[list[str]] = []
+    top = str(level_at_most(result, COMMON_TOP) or "")
+    scale_level = max(result.get("contenders", {}).get(SCALE, {}).get("levels", {"0": 0}), key=int)
+
+    def add(
+        title: str,
+        value: float,
+        other: float,
+        against: str,
+        bound: float,
+        higher: bool = False,
+        unit: str = "ms",
+        absolute: bool = False,
+    ) -> None:
+        if math.isnan(value) or (not absolute and (math.isnan(other) or other == 0)):
+            return
+        ratio = value if absolute else value / other
+        met = ratio >= bound if higher else ratio <= bound
+        shown = f"{_fmt(value, unit)} {unit}".strip()
+        found.append([title, shown, against, "-" if absolute else f"{ratio:.2f}x",
+                      (">= " if higher else "<= ") + (f"{bound:g} {unit}" if absolute else
+                                                       f"{bound:g}x"),
+                      "yes" if met else "NO"])  # fmt: skip
+
+    def fig(name: str, *path: str) -> float:
+        return _get(result, name, *path)
+
+    def against(name: str, value: float, unit: str = "ms") -> str:
+        return f"{name}: {_fmt(value, unit)} {unit}".strip()
+
+    p50 = ("levels", "1", "p50", "median")
+    floor = fig(FLOOR, *p50)
+    add("p50 @1", fig(OURS, *p50), floor, against(FLOOR, floor), 1.1)
+    add("p50 @1, stream worker", fig(STREAM, *p50), floor, against(FLOOR, floor), 1.1)
+    native = fig(OURS, "native_publish", "p50", "median")
+    add("p50 @1, from a native thread", native, floor, against(FLOOR, floor), 1.45)
+    rate = ("throughput", "median")
+    for other, bound in ((FLOOR, 1.5), (LIMIT, 0.8)):
+        value = fig(other, *rate)
+        for name in (OURS, STREAM):
+            title = "events/s" + (", stream worker" if name == STREAM else "")
+            add(title, fig(name, *rate), value, against(other, value, "/s"), bound, True, "/s")
+    if top:
+        for key, what in (("fanout", f"fan-out {top}"), ("p99", f"p99 @{top}")):
+            path = ("levels", top, key, "median")
+            limit = fig(LIMIT, *path)
+            for name in (OURS, STREAM):
+                title = what + (", stream worker" if name == STREAM else "")
+                add(title, fig(name, *path), limit, against(LIMIT, limit), 1.2)
+        kib = ("levels", top, "rss_per_stream_kib")
+        limit, bare = fig(LIMIT, *kib), fig(FLOOR, *kib)
+        add(f"KiB/stream @{top}, stream worker", fig(STREAM, *kib), math.nan, "goal", 8.0,
+            unit="KiB", absolute=True)  # fmt: skip
+        add(f"KiB/stream @{top}, stream worker", fig(STREAM, *kib), limit,
+            against(LIMIT, limit, "KiB"), 1.5, unit="KiB")  # fmt: skip
+        add(f"KiB/stream @{top}, -k gevent", fig(OURS, *kib), bare, against(FLOOR, bare, "KiB"),
+            0.999, unit="KiB")  # fmt: skip
+    if scale_level != "0":
+        level = result["contenders"][SCALE]["levels"][scale_level]
+        held, delivered = float(level.get("held", 0)), fig(SCALE, "levels", scale_level,
+                                                           "delivered", "min")  # fmt: skip
+        add(f"{int(scale_level):,} streams, 4 workers, Redis: held", held, math.nan, "goal",
+            float(scale_level), True, "", absolute=True)  # fmt: skip
+        add(f"{int(scale_level):,} streams: broadcasts delivered (worst run)", delivered,
+            math.nan, "goal", 1.0, True, "", absolute=True)  # fmt: skip
+        if top:
+            one = fig(STREAM, "levels", top, "fanout", "median")
+            add(f"fan-out {int(scale_level):,} over 4 workers", fig(SCALE, "levels", scale_level,
+                "fanout", "median"), one, against(f"{STREAM} @{top}", one), 1.5)  # fmt: skip
+    return header, found
+
+
+def link_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The 20 ms link's rows: ms beyond the one-way delay, per app and server."""
+    link = result.get("link") or {}
+    header = ["app", "server", "events", "p50 (ms)", "p95 (ms)", "max (ms)", "late"]
+    body = [
+        [row["target"], row["server"], f"{row['events']}/{row['expected']}",
+         f"{row.get('p50_ms', math.nan):.1f}", f"{row.get('p95_ms', math.nan):.1f}",
+         f"{row.get('max_ms', math.nan):.1f}", f"{row.get('late_share', math.nan):.0%}"]
+        for row in link.get("results", [])
+    ]  # fmt: skip
+    return header, body
+
+
+def doctor_lines(result: dict[str, Any]) -> list[str]:
+    """What the doctor said of each case over the link."""
+    return [
+        f"{v['target']} on {v['server']}: "
+        + (", ".join(v["culprits"]) if v.get("culprits") else "nothing wrong")
+        for v in (result.get("link") or {}).get("doctor", [])
+    ]
+
+
+def link_text(result: dict[str, Any]) -> str:
+    """The docs page's section on the link, or nothing if the run has none."""
+    link = result.get("link")
+    header, body = link_table(result)
+    if not link or not body:
+        return ""
+    doctor = "\n".join(f"* {line}" for line in doctor_lines(result)) or "* (not run)"
+    return LINK_TEXT.format(
+        delay=link["delay_ms"], round_trip=link["round_trip_ms"], count=link["count"],
+        interval=link["interval"] * 1000, late=link["late_ms"], table=rst_table(header, body),
+        doctor=doctor,
+    )  # fmt: skip
+
+
 def table(result: dict[str, Any]) -> str:
     out = _aligned(*rows(result))
-    top = max(map(int, result["plan"]["levels"]))
+    top = level_at_most(result, COMMON_TOP) or max(map(int, result["plan"]["levels"]))
+    top = int(top)
     walls = [f"  {n}: stops at {max(map(int, c['levels']))} streams: {c['wall']}"
              for n, c in result["contenders"].items()
              if c.get("wall") and max(map(int, c["levels"])) < top]  # fmt: skip
@@ -179,6 +303,18 @@ def table(result: dict[str, Any]) -> str:
     header, found = targets(result)
     if found:
         out += ["", "Targets (ratios reported, not asserted):", *_aligned(header, found)]
+    header, found = goals(result)
+    if found:
+        out += ["", "Goals (this run's figures against its own contenders):",
+                *_aligned(header, found)]  # fmt: skip
+    header, found = link_table(result)
+    if found:
+        link = result["link"]
+        out += ["", f"The link: {link['delay_ms']:g} ms each way (round trip "
+                f"{link['round_trip_ms']:.1f} ms), {link['count']} events "
+                f"{link['interval'] * 1000:g} ms apart; ms beyond the one-way delay:",
+                *_aligned(header, found)]  # fmt: skip
+        out += [f"  doctor: {line}" for line in doctor_lines(result)]
     skipped = result.get("skipped") or {}
     if skipped:
         out += ["", "Skipped:", *(f"  {name}: {why}" for name, why in skipped.items())]
@@ -246,12 +382,14 @@ Results
 -------
 
 Latencies in milliseconds, from the send timestamp inside each event to its
-arrival. Our broadcasts are published from a native OS thread, as the
-blueprint runs its jobs by default, so each event crosses from that thread to
-the hub; the bare generator publishes from a greenlet, the asyncio servers
-from their loop. *fan-out N*: time until the last of N subscribers has one broadcast
-event. *KiB/stream*: server memory (RSS) added per open idle stream with
-keepalives running. *held*: streams that stayed open and received every
+arrival. Our broadcasts are published from a greenlet, as a view or an
+I/O-bound job publishes, and as the bare generator's ``threading.Thread`` does
+(a greenlet under gevent); the asyncio servers publish from their loop.
+*p50 @1, native-thread publisher*: ours again, published from a native OS
+thread, as the blueprint runs CPU-bound jobs by default, so each event also
+crosses from that thread to the hub. *fan-out N*: time until the last of N
+subscribers has one broadcast event. *KiB/stream*: server memory (RSS) added
+per open idle stream with keepalives running. *held*: streams that stayed open and received every
 event. *events/s*: one client, events sent back to back. *CPU job p99*: latency
 of {cpu_streams} other streams while a job holds the GIL for {cpu_seconds:g} s,
 run the way each stack's users would (ours: the default native-thread
@@ -260,15 +398,17 @@ gevent; sse-starlette: ``run_in_threadpool``; the limit: ``asyncio.to_thread``).
 
 {table}
 
-{walls}{targets}
+{walls}{targets}{goals}{link}
 
 What the numbers say
 --------------------
 
 * On loopback, Nagle's algorithm costs nothing measurable: acknowledgements
-  come back at once, so the naive two-writes pattern is not slowed here. On a
-  real network with delayed ACKs it stalls up to 40 ms (Linux) or 200 ms
-  (Windows) per event; see :doc:`buffering`. The benchmark does not stage it.
+  come back at once, so the naive two-writes pattern is not slowed there.
+  Over a link with a real round trip it is (*The link*, below): each
+  event's second write waits for the ACK of the first, a whole round trip,
+  plus the client's delayed-ACK timer where it has one (200 ms on Windows);
+  see :doc:`buffering`.
 * Latency at high concurrency is mostly fan-out: one worker writes the event
   to N sockets one after another, so the last subscriber waits for N writes.
 * A CPU-bound job in a greenlet stops every stream of its worker (the bare
@@ -312,6 +452,37 @@ PROCESS_TEXT = """
 runs in a child process of its own, so it shares no GIL with the worker's
 streams."""
 
+GOALS_TEXT = """
+
+Goals
+-----
+
+What the close-to-the-wire work aims at, each a ratio of figures of this
+run (or a bound of its own), and whether this run meets it.
+
+{table}"""
+
+LINK_TEXT = """
+
+The link
+--------
+
+``python -m benchmarks.link`` (part of ``make bench``) builds a link with a
+real round trip: two network namespaces of its own joined by TUN devices and
+a relay that delays every packet {delay:g} ms each way (round trip measured
+{round_trip:.1f} ms). Each app serves the broadcast on each server in the
+server's namespace; a client in the other reads one stream and takes each
+event's arrival less its send time less the one-way delay. {count} events,
+{interval:g} ms apart (each alone on the wire: when Nagle's algorithm
+bites). *late*: more than {late:g} ms beyond the one-way delay.
+
+{table}
+
+The doctor (``python -m flask_sse_flush doctor``), run from the client's
+side of the same link:
+
+{doctor}"""
+
 TARGETS_TEXT = """
 
 Targets
@@ -333,6 +504,7 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
     if any("cpu_job_process" in data for data in measured.values()):
         extra += PROCESS_TEXT
     goals = targets(result)
+    aims = globals()["goals"](result)
     contenders = "\n".join(
         f"``{name}``\n    {data['label']}." for name, data in result["contenders"].items()
     )
@@ -340,7 +512,7 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         f"* ``{name}`` stops at {max(map(int, data['levels']))} streams: {data['wall']}."
         for name, data in result["contenders"].items()
         if data.get("wall")
-        and max(map(int, data["levels"])) < max(map(int, result["plan"]["levels"]))
+        and max(map(int, data["levels"])) < int(level_at_most(result, COMMON_TOP) or 0)
     )
     skipped = "\n".join(
         f"* ``{name}`` was not measured: {why}." for name, why in result.get("skipped", {}).items()
@@ -360,6 +532,8 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         table=rst_table(header, body),
         walls=walls,
         targets=TARGETS_TEXT.format(table=rst_table(*goals)) if goals[1] else "",
+        goals=GOALS_TEXT.format(table=rst_table(*aims)) if aims[1] else "",
+        link=link_text(result),
     )
     page.write_text(text)
     return [page, plot(result, image)]

@@ -60,7 +60,13 @@ class Plan:
 
 
 FULL = Plan(
-    levels={1: (200, 0.005), 100: (50, 0.02), 1_000: (20, 0.1), 10_000: (10, 0.5)},
+    levels={
+        1: (200, 0.005),
+        100: (50, 0.02),
+        1_000: (20, 0.1),
+        10_000: (10, 0.5),
+        40_000: (10, 1.0),  # ours-scale only: 4 workers on Redis
+    },
     runs=3,
     burst=100_000,
     cpu_streams=100,
@@ -281,7 +287,7 @@ def runs_of(results: list[dict[str, Any]], per_run: int, runs: int) -> list[dict
 
 
 def measure_level(port: int, streams: int, count: int, interval: float, plan: Plan,
-                  pid: int, baseline: int, probe: RedisProbe | None = None,
+                  pid: int, baseline: int, probe: RedisProbe | None = None, query: str = "",
                   ) -> dict[str, Any]:  # fmt: skip
     timeout = plan.runs * (count * interval + 5) + 30
     with Clients(port, streams, count * plan.runs, timeout) as clients:
@@ -294,7 +300,7 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
             probe.count_streams()
             probe.sample()  # idle, every stream open
         for _ in range(plan.runs):
-            get_json(port, f"/pub?count={count}&interval={interval}")
+            get_json(port, f"/pub?count={count}&interval={interval}{query}")
             wait = count * interval + min(2.0, 0.2 + streams / 5_000)
             if probe is not None:  # and while the events flow
                 time.sleep(count * interval / 2)
@@ -435,6 +441,8 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
         for streams, (count, interval) in plan.levels.items():
             if streams > contender.max_streams:
                 continue
+            if contender.levels is not None and streams not in contender.levels:
+                continue
             level = levels[str(streams)] = measure_level(
                 port, streams, count, interval, plan, process.pid, baseline, probe
             )
@@ -452,6 +460,11 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
             "label": contender.label, "wall": contender.wall, "baseline_rss_kib": baseline,
             "levels": levels,
         }  # fmt: skip
+        if contender.native_publisher and 1 in plan.levels:
+            count, interval = plan.levels[1]
+            out["native_publish"] = measure_level(
+                port, 1, count, interval, plan, process.pid, baseline, query="&from=native"
+            )
         if contender.throughput:
             out["throughput"] = measure_throughput(port, plan)
         if nodes:
@@ -502,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--levels", nargs="*", type=int, help="measure only these stream counts (of the plan's)"
     )
+    parser.add_argument(
+        "--no-link", action="store_true", help="skip the 20 ms link (benchmarks.link)"
+    )
     args = parser.parse_args(argv)
     raise_open_file_limit()
     plan = QUICK if args.quick else FULL
@@ -519,6 +535,16 @@ def main(argv: list[str] | None = None) -> int:
         except Skip as exc:
             skipped[contender.name] = str(exc)
             print(f"    note: {contender.name} skipped: {exc}", flush=True)
+    link: dict[str, Any] | None = None
+    if not args.quick and not args.only and not args.no_link:
+        from .link import LinkUnavailable, measure_link
+
+        print("  the 20 ms link (benchmarks.link)", flush=True)
+        try:
+            link = measure_link(progress=lambda text: print(f"    {text}", flush=True))
+        except LinkUnavailable as exc:
+            skipped["link"] = str(exc)
+            print(f"    note: the link skipped: {exc}", flush=True)
     result = {
         "mode": "quick" if args.quick else "full",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -530,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                  "cpu_seconds": plan.cpu_seconds},
         "contenders": measured,
         "skipped": skipped,
+        **({"link": link} if link is not None else {}),
     }  # fmt: skip
     from .report import table, write_docs
 

@@ -1,7 +1,8 @@
 """Server-Sent Events from Flask that arrive in real time.
 
-One frame per write, an opening frame that flushes the headers, headers
-that switch proxy buffering off, and ``TCP_NODELAY`` on the client socket.
+Whole frames written as they come (never split, never held for the
+next), an opening frame that flushes the headers, headers that switch
+proxy buffering off, and ``TCP_NODELAY`` on the client socket.
 """
 
 from __future__ import annotations

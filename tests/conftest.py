@@ -20,7 +20,8 @@ from tests.timing import measurements
 REPO = Path(__file__).resolve().parent.parent
 #: The servers every ``server``-using integration test runs against.
 SERVERS = [
-    "gunicorn-gevent", "gunicorn-gevent_pywsgi", "gunicorn-gthread", "gunicorn-sync",
+    "gunicorn-gevent", "gunicorn-stream", "gunicorn-gevent_pywsgi", "gunicorn-gthread",
+    "gunicorn-sync",
     "gevent", "werkzeug", "waitress", "uwsgi-threads", "uwsgi-gevent", "wsgiref",
 ]  # fmt: skip
 

@@ -98,6 +98,7 @@ ALLOWED: dict[str, set[str]] = {
         "wsgi/servers",
         "wsgi/transport",
     },
+    "wsgi/worker": {"ops/metrics", "runtime", "wsgi/stream"},
     "wsgi/__init__": set(),
     "ops/metrics": {"runtime"},
     "ops/lifecycle": {"jobs/service", "runtime", "wsgi/servers", "wsgi/stream"},

@@ -301,3 +301,45 @@ def test_a_terminal_event_past_max_seconds_is_not_followed_by_a_rotation() -> No
 def test_max_seconds_must_be_positive(bad: float) -> None:
     with pytest.raises(ValueError, match="max_seconds must be a positive number"):
         EventStream(max_seconds=bad)
+
+
+def test_frames_already_queued_go_out_as_one_chunk_when_batching() -> None:
+    stream = EventStream(keepalive=None, batch=True)
+    body = iter(stream)
+    next(body)  # the opening frame
+    frames = [Event({"n": n}, event="tick").frame for n in range(5)]
+    for frame in frames:
+        stream.send(frame)
+    assert next(body) == b"".join(frames)  # one write for what was waiting
+    stream.send(frames[0])
+    assert next(body) == frames[0]  # a lone event is not held for company
+    stream.send(frames[1])
+    stream.close(retry=1000)
+    assert list(body) == [frames[1] + b"retry: 1000\n\n"]  # the end comes with it
+
+
+def test_a_batch_stays_within_64_kib_and_never_splits_a_frame() -> None:
+    stream = EventStream(keepalive=None, buffer=None, batch=True)
+    body = iter(stream)
+    next(body)
+    big = Event("x" * 40_000).frame
+    small = Event("y").frame
+    for frame in (small, big, big, small, Event("z" * 100_000).frame):
+        stream.send(frame)
+    stream.close()
+    chunks = list(body)
+    assert b"".join(chunks) == small + big + big + small + Event("z" * 100_000).frame
+    assert [len(c) for c in chunks[:-1]] == [len(small + big), len(big + small)]
+    assert chunks[-1] == Event("z" * 100_000).frame  # larger than a batch: alone, whole
+    for chunk in chunks:  # every chunk is whole frames
+        assert parse_events([chunk]) and chunk.endswith(b"\n\n")
+
+
+def test_without_batching_each_frame_is_its_own_chunk() -> None:
+    stream = EventStream(keepalive=None, batch=False)
+    body = iter(stream)
+    next(body)
+    for n in range(3):
+        stream.send(Event(n))
+    stream.close()
+    assert list(body) == [Event(n).frame for n in range(3)]

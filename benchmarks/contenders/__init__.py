@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from flask_sse_flush.testing import gunicorn_command
 
-__all__ = ["REDIS_URL_ENV", "Contender", "discover", "gunicorn", "werkzeug"]
+__all__ = ["REDIS_URL_ENV", "STREAM_WORKER", "Contender", "discover", "gunicorn", "werkzeug"]
 
 #: Where a contender that needs Redis finds the URL of the benchmark's own
 #: ``redis-server`` (started and stopped by the runner).
@@ -47,12 +47,25 @@ class Contender:
     #: users would run it (``cpu_job`` in the results); a name is
     #: ``/cpu?executor=<name>`` (``cpu_job_<name>``).
     cpu_executors: tuple[str | None, ...] = (None,)
+    #: Whether ``/pub?from=native`` (a publisher in a native OS thread) is
+    #: measured too, at one stream (``native_publish`` in the results).
+    native_publisher: bool = False
+    #: Only these levels of the plan (stream counts), if given.
+    levels: tuple[int, ...] | None = None
 
 
-def gunicorn(app: str, workers: int = 1) -> Callable[[int], list[str]]:
+#: The library's gunicorn worker that parks idle streams without a greenlet.
+STREAM_WORKER = "flask_sse_flush.wsgi.worker.StreamWorker"
+
+
+def gunicorn(
+    app: str, workers: int = 1, worker_class: str = "gevent"
+) -> Callable[[int], list[str]]:
     """gunicorn with ``workers`` gevent workers, each sized for 10,000 streams."""
     options = ["--worker-connections", "12000", "--backlog", "4096", "--log-level", "warning"]
-    return lambda port: gunicorn_command(app, port, workers=workers, options=options)
+    return lambda port: gunicorn_command(
+        app, port, workers=workers, worker_class=worker_class, options=options
+    )
 
 
 def werkzeug(app: str) -> Callable[[int], list[str]]:

@@ -1,7 +1,18 @@
 """flask-sse-flush: a detached job's broker fans events out to EventStreams.
 
-The broadcast publishes from a native OS thread, as the blueprint runs its
-jobs by default, so the fan-out crosses from that thread to the hub.
+The broadcast publishes from a greenlet, as a view or an I/O-bound job
+publishes, and as the bare generator's ``threading.Thread`` (a greenlet
+under gevent) does: the same footing. ``/pub?from=native`` publishes from
+a native OS thread instead, as the blueprint runs CPU-bound jobs by
+default, so each event also crosses from that thread to the hub; the
+runner measures that too, at one stream.
+
+``ours-stream`` is ``ours-gevent`` on the library's stream worker
+(``-k flask_sse_flush.wsgi.worker.StreamWorker``): idle streams without a
+greenlet, frames written from the event loop.
+
+``ours-scale`` holds 40,000 streams over four stream workers on one Redis
+(the only contender at that level).
 
 ``ours-redis`` is the same app on a :class:`RedisBroker` with two gunicorn
 workers: the streams of the one job land on both, and every event goes from
@@ -26,7 +37,7 @@ from flask_sse_flush.jobs.service import JobService, spawner
 from flask_sse_flush.runtime import new_lock, start_greenlet, start_native_thread
 from flask_sse_flush.web.settings import Settings
 
-from . import REDIS_URL_ENV, Contender, gunicorn, werkzeug
+from . import REDIS_URL_ENV, STREAM_WORKER, Contender, gunicorn, werkzeug
 from .common import KEEPALIVE, burn_render, pause, schedule, tick
 
 REDIS_PREFIX = "bench:"
@@ -39,6 +50,15 @@ CONTENDERS = [
         gunicorn("benchmarks.contenders.ours:app"),
         rank=1,
         cpu_executors=(None, "process"),
+        native_publisher=True,
+    ),
+    Contender(
+        "ours-stream",
+        "flask-sse-flush, gunicorn -k flask_sse_flush.wsgi.worker.StreamWorker",
+        10_000,
+        gunicorn("benchmarks.contenders.ours:app", worker_class=STREAM_WORKER),
+        rank=1,
+        cpu_executors=(),
     ),
     Contender(
         "ours-redis",
@@ -61,6 +81,21 @@ CONTENDERS = [
         redis_prefix=REDIS_PREFIX,
         throughput=False,
         cpu_executors=(),
+    ),
+    Contender(
+        "ours-scale",
+        "flask-sse-flush on a RedisBroker, stream worker, gunicorn -w 4",
+        40_000,
+        gunicorn(
+            "benchmarks.contenders.ours:create_redis_app()", workers=4, worker_class=STREAM_WORKER
+        ),
+        "",
+        rank=1,
+        redis=True,
+        redis_prefix=REDIS_PREFIX,
+        throughput=False,
+        cpu_executors=(),
+        levels=(40_000,),
     ),
     Contender(
         "ours-werkzeug",
@@ -132,7 +167,10 @@ def create_app(broker: Broker | None = None, *, paced: bool = False) -> Flask:
     def pub() -> Any:
         count, interval = int(request.args["count"]), float(request.args["interval"])
         start = int(request.args["start"]) if "start" in request.args else None
-        start_native_thread(lambda: publish(count, interval, start), name="bench publisher")
+        if request.args.get("from") == "native":
+            start_native_thread(lambda: publish(count, interval, start), name="bench publisher")
+        else:
+            start_greenlet(lambda: publish(count, interval, start), name="bench publisher")
         return jsonify(ok=True)
 
     @app.get("/count")

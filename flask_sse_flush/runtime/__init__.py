@@ -39,7 +39,7 @@ from .locks import (
     logging_locks_installed,
     uninstall_logging_locks,
 )
-from .watch import watch_for_hangup
+from .watch import hung_up, watch_for_hangup
 
 __all__ = [
     "DEFAULT_JOB_SWITCH_INTERVAL",
@@ -50,6 +50,7 @@ __all__ = [
     "gevent_is_active",
     "home_hub",
     "hub_safe_lock",
+    "hung_up",
     "install_logging_locks",
     "job_switch_interval",
     "logging_locks_installed",

@@ -71,6 +71,17 @@ class Channel(Protocol[T]):
         """Return the next item; raise :class:`Empty` after ``timeout`` seconds."""
         ...
 
+    def get_ready(self, budget: int, stamps: list[float | None] | None = None) -> list[T]:
+        """Return the items already queued, oldest first, without waiting.
+
+        Whole items only, while their ``len()`` adds up to at most
+        ``budget`` (the first is always taken); an item without a length
+        (an end marker) is taken and ends the list. Each item's ``stamp`` is
+        appended to ``stamps`` when given. Returns ``[]`` when nothing waits
+        or the channel has overflowed (the next :meth:`get` raises).
+        """
+        ...
+
     def pending(self) -> int:
         """How many items wait to be read."""
         ...
@@ -168,6 +179,22 @@ class _Queue(Generic[T]):
     def pending(self) -> int:
         return len(self.items)
 
+    def pop_ready(self, budget: int, stamps: list[float | None] | None) -> list[T]:
+        taken: list[T] = []
+        items = self.items
+        while items and not self.overflowed:
+            head: Any = items[0]
+            size = len(head) if isinstance(head, (bytes, bytearray)) else None
+            if taken and size is not None and size > budget:
+                break
+            taken.append(self.pop())
+            if stamps is not None:
+                stamps.append(self.stamp)
+            if size is None:
+                break
+            budget -= size
+        return taken
+
     def pop(self) -> T:
         if self.overflowed:
             raise Overflow
@@ -207,6 +234,10 @@ class _ThreadChannel(_Queue[T]):
                 raise Empty
             return self.pop()
 
+    def get_ready(self, budget: int, stamps: list[float | None] | None = None) -> list[T]:
+        with self._ready:
+            return self.pop_ready(budget, stamps)
+
     def close(self) -> None:
         pass
 
@@ -239,6 +270,21 @@ class _HubChannel(_Queue[T]):
         # which would keep itself alive in the loop for good.
         self._watcher: Any = None
         self._closed = False
+        # A reader without a greenlet (listen()): called on the hub instead.
+        self._listener: Callable[[], Any] | None = None
+
+    def listen(self, callback: Callable[[], Any]) -> None:
+        """Have ``callback()`` called on the hub whenever items arrive; call it on the hub.
+
+        For a reader that is not a greenlet (a stream the worker parked): it
+        reads with :meth:`get_ready` from the callback, which must neither
+        block nor switch. Replaces :meth:`get`; once per channel.
+        """
+        with self._lock:
+            self._listener = callback
+            if self._watcher is None and not self._closed:
+                self._watcher = self._hub.loop.async_()
+                self._watcher.start(self._wake)
 
     def put(
         self,
@@ -263,7 +309,7 @@ class _HubChannel(_Queue[T]):
                 if self._watcher is not None and not self._closed:
                     self._watcher.send()
                 return
-        if self._waiter is not None and not self._wake_pending:
+        if (self._waiter is not None or self._listener is not None) and not self._wake_pending:
             self._wake_pending = True
             self._hub.loop.run_callback(self._wake)
 
@@ -272,13 +318,17 @@ class _HubChannel(_Queue[T]):
         if self._get_ident() != self._hub_thread:
             if self._watcher is not None and not self._closed:
                 self._watcher.send()
-        elif self._waiter is not None and not self._wake_pending:
+        elif (self._waiter is not None or self._listener is not None) and not self._wake_pending:
             self._wake_pending = True
             self._hub.loop.run_callback(self._wake)
 
     def _wake(self) -> None:
-        """Resume the parked reader; runs in the hub greenlet."""
+        """Resume the parked reader (or call the listener); runs in the hub greenlet."""
         self._wake_pending = False
+        if self._listener is not None:
+            if not self._closed:
+                self._listener()
+            return
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.switch(True)
@@ -313,6 +363,10 @@ class _HubChannel(_Queue[T]):
                     timer.close()
             if not woken and not self.items and not self.overflowed:
                 raise Empty
+
+    def get_ready(self, budget: int, stamps: list[float | None] | None = None) -> list[T]:
+        with self._lock:
+            return self.pop_ready(budget, stamps)
 
     def close(self) -> None:
         with self._lock:

@@ -20,14 +20,14 @@ from typing import Any
 
 from .detect import gevent_is_active
 
-__all__ = ["watch_for_hangup"]
+__all__ = ["hung_up", "watch_for_hangup"]
 
 log = logging.getLogger(__name__)
 
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT)
 
 
-def _hung_up(sock: Any) -> bool | None:
+def hung_up(sock: Any) -> bool | None:
     """``True`` on EOF or reset, ``False`` if bytes wait, ``None`` if nothing yet."""
     try:
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -58,12 +58,16 @@ def watch_for_hangup(sock: Any, on_hangup: Callable[[], Any]) -> Callable[[], No
 
     watcher = gevent.get_hub().loop.io(fd, 1)  # 1: readable
 
-    def stop() -> None:
-        watcher.stop()
-        watcher.close()
+    stopped: list[bool] = []
+
+    def stop() -> None:  # idempotent: the stream's end and its server may both call it
+        if not stopped:
+            stopped.append(True)
+            watcher.stop()
+            watcher.close()
 
     def ready() -> None:
-        state = _hung_up(sock)
+        state = hung_up(sock)
         if state is None:
             return  # woken without data (a spurious wake-up): keep watching
         stop()

@@ -31,9 +31,9 @@ culprit with its fix:
     events arrive in bursts with no proxy in sight, or the response has a
     ``Content-Length``: the WSGI server (or a middleware) collects the body.
 ``nagle``
-    events come late by the delayed-ACK timer (about 40 ms or 200 ms) one
-    after another: Nagle's algorithm on a connection without
-    ``TCP_NODELAY``.
+    events come late one after another by what waiting for an ACK costs:
+    Nagle's algorithm on a connection without ``TCP_NODELAY``, where the
+    server writes each event in more than one piece (see below).
 ``idle-timeout``
     the stream was cut after a silence without its last event: a proxy or
     CDN idle timeout shorter than the keepalive period (some ignore comment
@@ -43,12 +43,32 @@ culprit with its fix:
     start while the others ran: HTTP/1.1's six connections per host in a
     browser, or a server with too few workers.
 
+How late Nagle's algorithm makes an event depends on the round trip. Each
+piece of an event after the first waits for the ACK of the one before: one
+round trip when the client acknowledges at once (Linux does, for a reader
+that keeps up), plus the client's delayed-ACK timer when it does not (about
+40 ms on Linux, 200 ms on Windows). The doctor takes the round trip from its
+own TCP handshake (``round_trip``; the time to headers if that was shorter)
+and names ``nagle`` when a quarter of the events or more are held back (by
+half a round trip and 10 ms at least) and nearly all land on time or in the
+windows that follow the round trip: one round trip (give or take a quarter
+of it, 5 ms at least), the round trip plus 30 to 60 ms, or plus 180 to
+230 ms. Events sent closer together than two round trips queue behind each
+other's ACKs; they count when they arrive one round trip after the event
+before. On loopback the round trip is nothing, and so is the cost: the
+first window is "on time" there. On a slow link (a round trip near the
+events' interval, 0.1 s by default) ask for events farther apart
+(``?interval=0.25``). Each event's delay is measured from the quickest trip
+the server's bytes made (the least-delayed event, or the response headers
+if they were quicker), so a delay that every event suffers alike, such as
+one round trip each, shows.
+
 The exit status is 0 when events arrive in time, 1 when a culprit was
 found, 2 when the stream could not be read at all: it works in CI and in
 monitoring. ``--json`` prints one JSON object (``ok``, ``culprits``,
 ``status``, ``http_version``, ``headers``, ``header_problems``,
-``time_to_headers``, ``time_to_first_event``, ``events``, ``gaps``,
-``delays``, ``diagnostic``, ``fixes``).
+``round_trip``, ``time_to_headers``, ``time_to_first_event``, ``events``,
+``gaps``, ``delays``, ``diagnostic``, ``fixes``).
 """
 
 from __future__ import annotations
@@ -111,7 +131,12 @@ CULPRITS: dict[str, str] = {
 #: How late an event may be and still count as real time.
 LATE = 0.100
 _COMPRESSED = ("gzip", "br", "deflate", "compress", "zstd")
-_NAGLE_WINDOWS = ((0.030, 0.060), (0.180, 0.230))
+#: An event no later than this is on time.
+_ON_TIME = 0.005
+#: What the client's delayed-ACK timer adds to a round trip: Linux, Windows.
+_DELAYED_ACK_WINDOWS = ((0.030, 0.060), (0.180, 0.230))
+#: An event held back by Nagle's algorithm is at least this late.
+_NAGLE_HELD = 0.010
 
 
 class DoctorError(Exception):
@@ -129,6 +154,9 @@ class Diagnosis:
     http_version: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     header_problems: list[str] = field(default_factory=list)
+    #: Seconds the TCP handshake took: one round trip to the server (or
+    #: the first proxy), or the time to headers if that was shorter.
+    round_trip: float | None = None
     time_to_headers: float | None = None
     time_to_first_event: float | None = None
     events: int = 0
@@ -236,15 +264,34 @@ class _Reader:
             self.ended_cleanly = True
 
 
-def _connect(url: str, timeout: float, insecure: bool) -> tuple[socket.socket, str]:
+def _open(host: str, port: int, timeout: float) -> tuple[socket.socket, float]:
+    """A TCP connection to ``host``, and the seconds its handshake took (name lookup apart)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise DoctorError(f"cannot connect to {host}:{port}: {exc}") from None
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        began = time.monotonic()
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock, time.monotonic() - began
+    raise DoctorError(f"cannot connect to {host}:{port}: {error}")
+
+
+def _connect(url: str, timeout: float, insecure: bool) -> tuple[socket.socket, str, float]:
+    """The connection to ``url`` (TLS done), its request, and the TCP handshake's time."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DoctorError(f"not an http(s) URL: {url!r}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        sock: socket.socket = socket.create_connection((parts.hostname, port), timeout)
-    except OSError as exc:
-        raise DoctorError(f"cannot connect to {parts.hostname}:{port}: {exc}") from None
+    sock, handshake = _open(parts.hostname, port, timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if parts.scheme == "https":
         context = ssl.create_default_context()
@@ -259,11 +306,12 @@ def _connect(url: str, timeout: float, insecure: bool) -> tuple[socket.socket, s
             raise DoctorError(f"TLS failed: {exc}") from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host = parts.netloc.rsplit("@", 1)[-1]
-    return sock, (
+    request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
         "Accept-Encoding: gzip, deflate, br\r\nCache-Control: no-cache\r\n"
         "User-Agent: flask-sse-flush-doctor\r\n\r\n"
     )
+    return sock, request, handshake
 
 
 def _header_problems(reader: _Reader) -> list[str]:
@@ -290,6 +338,52 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
+def _nagle_windows(round_trip: float) -> list[tuple[float, float]]:
+    """Where the delay of an event held back by Nagle's algorithm falls.
+
+    Its second piece waits for the ACK of the first: one round trip if the
+    client acknowledges at once, plus its delayed-ACK timer if not.
+    """
+    slack = max(_ON_TIME, round_trip / 4)
+    windows = [(round_trip - slack, round_trip + slack)]
+    windows += [(round_trip + lo, round_trip + hi) for lo, hi in _DELAYED_ACK_WINDOWS]
+    return windows
+
+
+def _looks_like_nagle(delays: Sequence[float], gaps: Sequence[float], round_trip: float) -> bool:
+    """Whether the events' delays show Nagle's algorithm waiting for ACKs.
+
+    ``delays``: each event's; ``gaps``: each event's arrival after the one
+    before (the first has none). A quarter of the events (two at least) are
+    held back, one of them by a whole wait for an ACK, and nearly all are on
+    time or fit: by their delay (they waited for the ACK of their own first
+    piece), or by their gap (events closer together than two round trips
+    pile up: each waits for the ACK of the one before, and arrives one
+    round trip after it).
+    """
+    if not delays:
+        return False
+    windows = _nagle_windows(round_trip)
+    threshold = max(_NAGLE_HELD, round_trip / 2)
+    low, high = windows[0]
+    after_previous = low >= _NAGLE_HELD  # a round trip, not loopback's "at once"
+
+    def waited(seconds: float) -> bool:
+        return any(lo <= seconds <= hi for lo, hi in windows)
+
+    held = [d for d in delays if d >= threshold]
+    fits = 0
+    for index, delay in enumerate(delays):
+        gap = gaps[index - 1] if 0 < index <= len(gaps) else None
+        piled = after_previous and gap is not None and low <= gap <= high
+        fits += delay <= _ON_TIME or waited(delay) or piled
+    return (
+        len(held) >= max(2.0, len(delays) / 4)
+        and any(waited(d) for d in held)
+        and fits >= 0.8 * len(delays)
+    )
+
+
 def _judge(result: Diagnosis, arrivals: list[_Arrival], reader: _Reader) -> None:
     events = [a for a in arrivals if a.name != "done"]
     gaps = [b.at - a.at for a, b in itertools.pairwise(arrivals)]
@@ -306,10 +400,14 @@ def _judge(result: Diagnosis, arrivals: list[_Arrival], reader: _Reader) -> None
         culprits.append("compression")
     late: list[float] = []
     if result.diagnostic and events and all(a.sent is not None for a in events):
-        # The server's clock and ours may differ: the least-delayed event
-        # sets the offset, and each event's delay is measured from it.
+        # The server's clock and ours may differ: the quickest trip sets the
+        # offset, and each event's delay is measured from it. The headers
+        # count (the server sent them as the stream began), so a delay
+        # every event suffers alike shows too.
         offsets = [a.at - (a.sent or 0.0) for a in events]
         base = min(offsets)
+        if reader.head_at is not None:
+            base = min(base, reader.head_at)
         late = [o - base for o in offsets]
         result.delays = {
             "p50": _percentile(late, 0.5),
@@ -323,10 +421,10 @@ def _judge(result: Diagnosis, arrivals: list[_Arrival], reader: _Reader) -> None
     burst = (
         result.diagnostic and len(gaps) >= 3 and sum(1 for g in gaps if g < 0.005) >= len(gaps) / 2
     )
-    if buffered or burst:
-        nagle = result.delays and all(
-            d < 0.005 or any(lo <= d <= hi for lo, hi in _NAGLE_WINDOWS) for d in late
-        )
+    nagle = bool(result.delays) and _looks_like_nagle(
+        late, [b.at - a.at for a, b in itertools.pairwise(events)], result.round_trip or 0.0
+    )
+    if buffered or burst or nagle:
         if compressed:
             pass
         elif nagle and not burst:
@@ -350,7 +448,7 @@ def _read(
     progress: Callable[[str], None],
 ) -> tuple[Diagnosis, list[_Arrival], _Reader]:
     result = Diagnosis(url=url, diagnostic="/render/diagnose" in urlsplit(url).path)
-    sock, request = _connect(url, timeout, insecure)
+    sock, request, result.round_trip = _connect(url, timeout, insecure)
     started = time.monotonic()
     arrivals: list[_Arrival] = []
     with sock:
@@ -363,6 +461,9 @@ def _read(
         result.status, result.http_version = reader.status, reader.version
         result.headers = dict(reader.headers)
         result.time_to_headers = reader.head_at
+        if reader.head_at is not None and result.round_trip is not None:
+            # Headers take a round trip too: a slower handshake (a lost SYN) was not one.
+            result.round_trip = min(result.round_trip, reader.head_at)
         result.header_problems = _header_problems(reader)
         if reader.status != 200:
             return result, arrivals, reader
@@ -437,7 +538,7 @@ def _concurrent_starts(url: str, count: int, timeout: float, insecure: bool) -> 
 
     def one(index: int) -> None:
         with contextlib.suppress(DoctorError, OSError):
-            sock, request = _connect(url, timeout, insecure)
+            sock, request, _ = _connect(url, timeout, insecure)
             with sock:
                 sock.sendall(request.encode("latin-1"))
                 reader = _Reader(sock, opened)
@@ -463,6 +564,7 @@ def _seconds(value: float | None) -> str:
 def _print_human(result: Diagnosis, out: TextIO) -> None:
     print(f"{result.url}", file=out)
     print(f"  status        {result.status}  {result.http_version or ''}", file=out)
+    print(f"  round trip    {_seconds(result.round_trip)} (TCP handshake)", file=out)
     for name in ("content-type", "cache-control", "x-accel-buffering", "content-encoding"):
         print(f"  {name:<18} {result.headers.get(name, '(none)')}", file=out)
     print(f"  headers after {_seconds(result.time_to_headers)}", file=out)

@@ -1,8 +1,10 @@
 """``EventStream``: one HTTP connection's frames, keepalives and end.
 
-The response body is a generator that yields **one frame per iteration**.
-WSGI servers write each yielded chunk with one ``send()`` and flush it, so
-an event never waits for the next one and never leaves in two pieces.
+The response body is a generator that yields **whole frames**: each event
+as soon as it is queued, or, when several are already waiting for a slow
+socket, all of them as one chunk. WSGI servers write each yielded chunk
+with one ``send()`` and flush it, so an event never waits for the next one
+and never leaves in two pieces.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _END = object()
 #: A stream ends as too slow once this many times ``buffer`` frames that
 #: cannot be coalesced wait for its client.
 _SLOW_CLIENT_FACTOR = 4
+#: The most bytes of frames already queued that go out as one chunk.
+_BATCH_BYTES = 64 * 1024
 _TOO_SLOW = "the client reads too slowly: its stream ended; it resumes with its Last-Event-ID"
 
 C = TypeVar("C", bound=Callable[[], Any])
@@ -88,7 +92,8 @@ class EventStream:
 
     Send events with :meth:`send` (or the ``send_*`` helpers) from anywhere;
     return :meth:`response` from a Flask view. The body yields an opening
-    frame at once, then each event as its own chunk, a keepalive comment
+    frame at once, then each event as it comes (events already queued
+    together, see ``batch``), a keepalive comment
     after ``keepalive`` seconds without one, and ends after :meth:`close`.
 
     When the client disconnects, the server stops the body: the stream
@@ -140,9 +145,15 @@ class EventStream:
         (:attr:`rotated`). Events queued but not yet written are not sent:
         only for streams that resume exactly from ``Last-Event-ID`` (a
         brokered job's or channel's). ``None`` (the default) never rotates.
+    :param batch: whether the frames already queued when the server asks
+        for the next chunk go out together, as one chunk (one write, one
+        syscall) of at most 64 KiB; a frame is never split, and nothing
+        waits for more. ``None`` (the default): on when a server with a
+        client socket serves the stream (every real server), off under
+        Flask's test client, where each frame stays its own chunk.
 
     .. versionchanged:: 1.0
-       ``max_seconds``.
+       ``max_seconds`` and ``batch``.
     """
 
     def __init__(
@@ -155,6 +166,7 @@ class EventStream:
         coalesce: Coalescing | Collection[str] = PROGRESS_COALESCING,
         keepalive_event: bool = False,
         max_seconds: float | None = None,
+        batch: bool | None = None,
     ) -> None:
         if keepalive is not None and not keepalive > 0:
             raise ValueError(
@@ -188,6 +200,9 @@ class EventStream:
         self._retry_at_close: int | None = None
         self._measure = enabled()
         self._ending = "closed"  # what the last frame said, for the metrics
+        self._batch_given = batch
+        self._stop_watching: Callable[[], None] | None = None
+        self._batch = bool(batch)
 
     @property
     def closed(self) -> bool:
@@ -297,7 +312,7 @@ class EventStream:
         return callback
 
     def __iter__(self) -> Iterator[bytes]:
-        """The body: one ``bytes`` frame per iteration. Iterate it once."""
+        """The body: whole ``bytes`` frames, one chunk per iteration. Iterate it once."""
         with self._lock:
             if self._started:
                 raise RuntimeError("an EventStream's body can be iterated only once")
@@ -305,13 +320,16 @@ class EventStream:
         return self._frames()
 
     def _frames(self) -> Iterator[bytes]:
-        # With metrics on, each frame's put time comes back as the channel's
-        # stamp; off, the loop does nothing more than yield.
+        # Frames already queued when the body comes for the next one go out
+        # together, as one chunk (one write, one syscall): nothing waits for
+        # more, and a frame is never split. With metrics on, each frame's put
+        # time comes back from the channel as its stamp.
         measure = self._measure
         if measure:
             METRICS.stream_opened()
         reason = "client_gone"
         deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
+        channel = self._channel
         try:
             yield self._opening
             while True:
@@ -320,7 +338,7 @@ class EventStream:
                     left = max(0.0, deadline - time.monotonic())
                     wait = left if wait is None else min(wait, left)
                 try:
-                    item = self._channel.get(wait)
+                    item = channel.get(wait)
                 except Empty:
                     if deadline is not None and time.monotonic() >= deadline:
                         yield self._rotate()
@@ -332,40 +350,61 @@ class EventStream:
                 if item is _END:
                     reason = self._ending
                     return
-                if deadline is not None and time.monotonic() >= deadline:
-                    # Rotate after this frame, unless it ends the job anyway.
-                    for name in ("complete", "error"):
-                        if item.startswith(b"event: %s\n" % name.encode()):
-                            self._ending = name
-                    yield item
-                    if self._ending == "closed":
-                        yield self._rotate()
-                        return
-                    continue
-                if not measure:
-                    yield item
-                    continue
-                queued = self._channel.stamp or time.monotonic()
-                if item.startswith(b"event: complete\n"):
-                    self._ending = "complete"
-                elif item.startswith(b"event: error\n"):
-                    self._ending = "error"
-                yield item
-                METRICS.event_sent(time.monotonic() - queued)
+                stamps = [channel.stamp] if measure else None
+                if not self._batch or not channel.pending():
+                    if not measure and deadline is None:
+                        yield item  # the common case: one event, nothing behind it
+                        continue
+                    frames = [item]
+                else:
+                    frames = [
+                        item,
+                        *channel.get_ready(_BATCH_BYTES - len(item), stamps),
+                    ]
+                ended = frames[-1] is _END
+                if ended:
+                    frames.pop()
+                if measure or deadline is not None:
+                    self._note_ending(frames)
+                # Past the deadline: rotate after these frames, unless the job ended anyway.
+                rotate = deadline is not None and time.monotonic() >= deadline
+                yield frames[0] if len(frames) == 1 else b"".join(frames)
+                if stamps is not None:
+                    now = time.monotonic()
+                    for stamp in stamps[: len(frames)]:
+                        METRICS.event_sent(now - (stamp or now))
+                if ended:
+                    reason = self._ending
+                    return
+                if rotate and self._ending == "closed":
+                    yield self._rotate()
+                    return
         finally:
             # Runs on normal end and on GeneratorExit (the server closing the
             # body after a failed write, i.e. a client disconnect).
             if measure:
-                if self.too_slow:
-                    reason = "slow_client"
-                elif self.rotated:
-                    reason = "rotated"
-                elif self.hung_up:
-                    reason = "client_gone"
-                elif self.retry_sent:
-                    reason = "shutdown"
-                METRICS.stream_closed(reason, self._channel.coalesced)
+                self._count_end(reason)
             self._finish()
+
+    def _count_end(self, reason: str) -> None:
+        """Count the stream's end in the metrics; ``reason`` unless a flag says more."""
+        if self.too_slow:
+            reason = "slow_client"
+        elif self.rotated:
+            reason = "rotated"
+        elif self.hung_up:
+            reason = "client_gone"
+        elif self.retry_sent:
+            reason = "shutdown"
+        METRICS.stream_closed(reason, self._channel.coalesced)
+
+    def _note_ending(self, frames: list[bytes]) -> None:
+        """Remember a ``complete`` or ``error`` among ``frames``: the stream's end, for metrics."""
+        for frame in frames:
+            if frame.startswith(b"event: complete\n"):
+                self._ending = "complete"
+            elif frame.startswith(b"event: error\n"):
+                self._ending = "error"
 
     def _rotate(self) -> bytes:
         """End the stream now, for ``max_seconds``: the ``retry:`` frame to write last.
@@ -394,7 +433,8 @@ class EventStream:
         Call it inside the request: it also sets ``TCP_NODELAY`` on the
         client socket before the first frame.
         """
-        response = Response(iter(self))
+        response = _StreamResponse(iter(self))
+        response.event_stream = self
         # Also covers a body the server never started iterating, whose
         # generator ``finally`` would never run.
         response.call_on_close(self._finish)
@@ -404,8 +444,11 @@ class EventStream:
             check_server(request.environ)
             sock = client_socket(request.environ)
             duplicate = uwsgi_socket() if sock is None else None  # uWSGI keeps its own
+            if self._batch_given is None:
+                self._batch = sock is not None or duplicate is not None
             stop = watch_for_hangup(sock or duplicate, self._hung_up)
             if stop is not None:
+                self._stop_watching = stop
                 self.on_close(stop)
             if duplicate is not None:
                 self.on_close(duplicate.close)
@@ -431,6 +474,58 @@ class EventStream:
         log.debug("client hung up; ending its stream")
         self.hung_up = True
         self.close()
+
+
+#: The WSGI environ key a server that can park streams sets (to ``True``):
+#: the body of a stream response is then a :class:`StreamBody` it recognises.
+PARK_KEY = "flask_sse_flush.park"
+
+
+class StreamBody:
+    """The WSGI body of an :class:`EventStream` response, under a server that parks streams.
+
+    Iterating it iterates the response as ever; a server that knows it
+    (:class:`~flask_sse_flush.wsgi.worker.StreamWorker`) may instead write
+    the stream's frames itself, from its event loop, and call
+    :meth:`close` when the stream ends. Middleware that wraps the body
+    hides it, and the stream is then served by iteration.
+    """
+
+    __slots__ = ("_inner", "stream")
+
+    def __init__(self, inner: Iterable[bytes], stream: EventStream) -> None:
+        self._inner = inner
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if callable(close):
+            close()
+
+
+class _StreamResponse(Response):
+    """A stream's response: its body is a :class:`StreamBody` where the server parks streams."""
+
+    event_stream: EventStream
+
+    def get_app_iter(self, environ: Any) -> Iterable[bytes]:
+        body = super().get_app_iter(environ)
+        if (
+            environ.get(PARK_KEY) is True
+            and environ.get("REQUEST_METHOD") == "GET"
+            and self.status_code == 200
+            and self.is_streamed
+            # Only the stream's own body, as the stream made it: an
+            # after_request hook (compression, say) may have replaced it.
+            and getattr(self.response, "gi_frame", None) is not None
+            and getattr(self.response, "gi_code", None) is EventStream._frames.__code__
+            and self.headers.get("Content-Encoding", "identity") == "identity"
+        ):
+            return StreamBody(body, self.event_stream)
+        return body
 
 
 def _run_callback(callback: Callable[[], Any]) -> None:

@@ -17,9 +17,17 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from flask_sse_flush import Cancelled, EventStream, Progress, create_render_blueprint, send_event
+from flask_sse_flush import (
+    Cancelled,
+    Event,
+    EventStream,
+    Progress,
+    create_render_blueprint,
+    send_event,
+)
 from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.runtime import gevent_is_active
+from flask_sse_flush.wsgi.servers import gunicorn_worker
 from flask_sse_flush.wsgi.transport import client_socket
 
 
@@ -247,6 +255,53 @@ def create_app(log_dir: str | None = None) -> Any:
             gevent.get_hub().threadpool.spawn(produce)
         else:
             threading.Thread(target=produce, daemon=True).start()
+        return response
+
+    idle: set[EventStream] = set()
+
+    @app.get("/idle")
+    def idle_stream() -> Any:
+        """A stream that waits for ``/idle/send``: nothing of its own runs meanwhile."""
+        keepalive = float(request.args.get("keepalive", 15))
+        max_seconds = request.args.get("max_seconds")
+        stream = EventStream(
+            keepalive=keepalive,
+            max_seconds=None if max_seconds is None else float(max_seconds),
+        )
+        idle.add(stream)
+        stream.on_close(lambda: idle.discard(stream))
+        return stream.response()
+
+    @app.get("/idle/send")
+    def idle_send() -> Any:
+        """Send ``count`` events to every ``/idle`` stream, now; ``close=1`` ends them."""
+        count = int(request.args.get("count", 1))
+        for stream in list(idle):
+            for i in range(count):
+                stream.send(Event({"i": i, "sent": time.time()}, event="tick"))
+            if request.args.get("close"):
+                stream.close()
+        return {"streams": len(idle)}
+
+    @app.get("/__parked")
+    def parked() -> Any:
+        """How many streams the stream worker holds parked (``null`` under any other)."""
+        return {"n": getattr(gunicorn_worker(), "parked", None)}
+
+    @app.get("/burst")
+    def burst() -> Any:
+        """``count`` events sent back to back, faster than any socket takes them."""
+        count = int(request.args.get("count", 2000))
+        pad = "x" * int(request.args.get("pad", 60))
+        stream = EventStream(keepalive=1.0, buffer=None)
+
+        def produce() -> None:
+            for i in range(count):
+                stream.send(Event({"i": i, "pad": pad}, event="tick"))
+            stream.close()
+
+        response = stream.response()
+        threading.Thread(target=produce, daemon=True).start()
         return response
 
     if log_dir:

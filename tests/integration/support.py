@@ -22,13 +22,21 @@ from flask_sse_flush.wire.frames import EventDecoder
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
+#: gunicorn worker classes by the short name a server kind uses.
+WORKER_CLASSES = {"stream": "flask_sse_flush.wsgi.worker.StreamWorker"}
+#: Set to ``stream`` to serve every ``gunicorn-gevent`` of the suite with
+#: the stream worker instead (``make test-stream-worker``).
+WORKER_ENV = "SSE_FLUSH_TEST_WORKER"
 
 
 def server_command(
     kind: str, port: int, log_dir: Path, app_dir: Path = HERE, options: Sequence[str] = ()
 ) -> list[str]:
+    if kind == "gunicorn-gevent" and os.environ.get(WORKER_ENV) == "stream":
+        kind = "gunicorn-stream"  # the whole suite on the stream worker
     if kind.startswith("gunicorn"):
         worker = kind.split("-", 1)[1]  # gunicorn-gevent -> gevent
+        worker = WORKER_CLASSES.get(worker, worker)
         threads = ["--threads", "16"] if worker == "gthread" else []
         return gunicorn_command(
             f"app:create_app({str(log_dir)!r})",

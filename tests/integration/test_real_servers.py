@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from flask_sse_flush.testing import parse_events
 from tests.timing import assert_p95_under, assert_under
 
 from .support import Server, raw_get, stream_path
@@ -75,6 +76,24 @@ def test_events_from_a_thread_beside_the_stream_arrive_in_real_time(
     assert [a.event.json()["i"] for a in arrivals] == list(range(25))
     latencies = [a.at - a.event.json()["sent"] for a in arrivals]
     assert_p95_under(latencies, LATENCY_P95_LIMIT, f"{server.kind}: native thread, p95 (s)")
+
+
+def test_frames_queued_together_leave_together_and_whole(server: Server) -> None:
+    count = 2000
+    with raw_get(server.port, f"/burst?count={count}") as response:
+        chunked = "chunked" in response.headers.get("transfer-encoding", "")
+        chunks = list(response.body_chunks())
+    events = parse_events(chunks)
+    assert [e.json()["i"] for e in events] == list(range(count))
+    if not chunked:
+        return  # the body arrives as the socket gives it: no write boundaries to see
+    for chunk in chunks:  # every chunk holds whole frames, never a piece of one
+        assert chunk.endswith(b"\n\n"), chunk[-40:]
+        assert chunk.startswith((b"event: tick\n", b":")), chunk[:40]
+    if server.kind in ("gunicorn-gevent", "gunicorn-stream"):
+        # The burst is queued before the body asks for its first event: it
+        # leaves in writes of up to 64 KiB, not one write per event.
+        assert len(chunks) <= 10, f"{len(chunks)} chunks for {count} events"
 
 
 def test_tcp_nodelay_is_set_on_the_server_side(server: Server) -> None:
