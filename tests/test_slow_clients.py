@@ -7,6 +7,7 @@ the newest waiting progress event is kept. Every other event (``complete``,
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import pytest
 from flask_sse_flush import Event, EventStream, StreamClosed
 from flask_sse_flush.brokers import MemoryBroker
 from flask_sse_flush.runtime import Empty, new_channel
-from flask_sse_flush.wire.frames import decode_events
+from flask_sse_flush.wire.frames import decode_events, newest_of_each_level
 from flask_sse_flush.wsgi.stream import KEEPALIVE
 
 TIMEOUT = 5.0
@@ -312,3 +313,40 @@ def test_channel_overflows_past_its_bound_of_plain_items() -> None:
             channel.put(17, level="a")
     finally:
         channel.close()
+
+
+def test_a_channel_stays_first_in_first_out_through_reads_cuts_and_coalescing() -> None:
+    # Random puts (levels and plain items, with stamps) and reads: the
+    # channel must give exactly what a plain model gives, whichever of its
+    # paths (caught up, cut after a long read, coalesced) each read takes.
+    rng = random.Random(7)
+    channel = new_channel(limit=50, overflow=None)
+    model: list[tuple[bytes, str | None, float]] = []
+    n = 0
+    for _ in range(20_000):
+        if rng.random() < 0.55:
+            n += 1
+            level = rng.choice([None, None, "progress", "phase"])
+            item = b"item%d" % n  # bytes: a batch counts their length
+            channel.put(item, level, float(n))
+            model.append((item, level, float(n)))
+            if level is not None and len(model) > 50:
+                keep = newest_of_each_level([lv for _, lv, _ in model])
+                model = [model[i] for i in keep]
+        elif model:
+            if rng.random() < 0.5:
+                got = channel.get(0)
+                expected = model.pop(0)
+                assert got == expected[0] and channel.stamp == expected[2]
+            else:
+                stamps: list[float | None] = []
+                taken = channel.get_ready(rng.randint(1, 40), stamps)
+                assert taken and sum(map(len, taken)) <= max(40, len(taken[0]))
+                assert taken == [item for item, _, _ in model[: len(taken)]]
+                assert stamps == [stamp for _, _, stamp in model[: len(taken)]]
+                del model[: len(taken)]
+        assert channel.pending() == len(model)
+    while model:
+        assert channel.get(0) == model.pop(0)[0]
+    with pytest.raises(Empty):
+        channel.get(0)

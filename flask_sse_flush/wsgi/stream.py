@@ -202,6 +202,8 @@ class EventStream:
         self._ending = "closed"  # what the last frame said, for the metrics
         self._batch_given = batch
         self._stop_watching: Callable[[], None] | None = None
+        self._body: Iterator[bytes] | None = None  # the frames' generator, once iterated
+        self._server_socket: Any = None  # gunicorn's, to end the connection after a hint
         self._batch = bool(batch)
 
     @property
@@ -317,7 +319,8 @@ class EventStream:
             if self._started:
                 raise RuntimeError("an EventStream's body can be iterated only once")
             self._started = True
-        return self._frames()
+        self._body = self._frames()
+        return self._body
 
     def _frames(self) -> Iterator[bytes]:
         # Frames already queued when the body comes for the next one go out
@@ -433,7 +436,9 @@ class EventStream:
         Call it inside the request: it also sets ``TCP_NODELAY`` on the
         client socket before the first frame.
         """
-        response = _StreamResponse(iter(self))
+        # The stream itself is the body: its frames' generator is made only
+        # when a server iterates it (a parked stream never has one).
+        response = _StreamResponse(self)
         response.event_stream = self
         # Also covers a body the server never started iterating, whose
         # generator ``finally`` would never run.
@@ -459,16 +464,17 @@ class EventStream:
                 # ended with a retry hint (a graceful stop) also ends its
                 # connection, so the browser's reconnect opens a new one
                 # (to another worker) instead of reusing this one.
-                response.call_on_close(lambda: self._after_body(sock))
+                self._server_socket = sock
+                response.call_on_close(self._after_body)
         if self.keepalive is not None:
             # How long a client may hear nothing before it calls the
             # connection dead (SSEFlushSource waits about twice this).
             response.headers[KEEPALIVE_HEADER] = f"{self.keepalive:g}"
         return setup_sse_headers(response)
 
-    def _after_body(self, sock: Any) -> None:
+    def _after_body(self) -> None:
         if self.retry_sent:
-            end_connection(sock)
+            end_connection(self._server_socket)
 
     def _hung_up(self) -> None:
         log.debug("client hung up; ending its stream")
@@ -513,19 +519,26 @@ class _StreamResponse(Response):
 
     def get_app_iter(self, environ: Any) -> Iterable[bytes]:
         body = super().get_app_iter(environ)
+        stream = self.event_stream
         if (
             environ.get(PARK_KEY) is True
             and environ.get("REQUEST_METHOD") == "GET"
             and self.status_code == 200
-            and self.is_streamed
-            # Only the stream's own body, as the stream made it: an
-            # after_request hook (compression, say) may have replaced it.
-            and getattr(self.response, "gi_frame", None) is not None
-            and getattr(self.response, "gi_code", None) is EventStream._frames.__code__
+            # Only the stream's own body, untouched: an after_request hook
+            # (compression, say) may have replaced it.
+            and self.response is stream
+            and stream._body is None
             and self.headers.get("Content-Encoding", "identity") == "identity"
         ):
-            return StreamBody(body, self.event_stream)
+            return StreamBody(body, stream)
         return body
+
+    def close(self) -> None:
+        body = self.event_stream._body
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()  # the frames' generator first: its finally ends the stream
+        super().close()  # the stream's close() (idempotent), then call_on_close
 
 
 def _run_callback(callback: Callable[[], Any]) -> None:

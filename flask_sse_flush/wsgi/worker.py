@@ -42,10 +42,10 @@ bytes sent so far.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import contextvars
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,7 +94,7 @@ class _Parked:
         self,
         worker: StreamWorker,
         body: StreamBody,
-        sock: socket.socket,
+        sock: _socket.socket,
         chunked: bool,
         loop: Any,
     ) -> None:
@@ -118,10 +118,10 @@ class _Parked:
         stream = self.stream
         if stream._measure:
             METRICS.stream_opened()
-        self._reader.start(self._guard, self._readable)
+        self._reader.start(self._on_readable)
         self._arm()
-        stream._channel.listen(lambda: self._guard(self._ready))  # type: ignore[attr-defined]
-        self._guard(self._ready)  # frames may already wait
+        stream._channel.listen(self._on_ready)  # type: ignore[attr-defined]
+        self._on_ready()  # frames may already wait
 
     # -- the loop's callbacks ------------------------------------------------
 
@@ -132,6 +132,19 @@ class _Parked:
         except Exception:
             log.exception("a parked stream failed; ending it")
             self._end_now("closed")
+
+    # Bound methods, not (callback, args) pairs: each watcher keeps one less tuple.
+    def _on_readable(self) -> None:
+        self._guard(self._readable)
+
+    def _on_ready(self) -> None:
+        self._guard(self._ready)
+
+    def _on_tick(self) -> None:
+        self._guard(self._tick)
+
+    def _on_writable(self) -> None:
+        self._guard(self._writable)
 
     def _readable(self) -> None:
         state = hung_up(self._sock)
@@ -225,7 +238,7 @@ class _Parked:
         if self._timer is not None:
             self._timer.close()
         timer = self._timer = self._loop.timer(max(0.0, due - time.monotonic()))
-        timer.start(self._guard, self._tick, update=True)
+        timer.start(self._on_tick, update=True)
 
     def _write(self, data: bytes, *, framed: bool = False) -> None:
         """Send ``data`` (whole frames; ``framed``: bytes of the HTTP framing itself)."""
@@ -247,7 +260,7 @@ class _Parked:
             self._out = bytearray(memoryview(data)[sent:])
             if self._writer is None:
                 self._writer = self._loop.io(self._sock.fileno(), 2)  # 2: writable
-            self._writer.start(self._guard, self._writable)
+            self._writer.start(self._on_writable)
 
     def _end(self, reason: str) -> None:
         """End the body cleanly once every byte written so far has gone out."""
@@ -360,9 +373,16 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         request, started = _REQUEST.get((None, time.monotonic()))
         if request is not None:
             self.log.access(resp, request, environ, _elapsed(started))
-        if stream._stop_watching is not None:
-            stream._stop_watching()  # it watched the socket gunicorn is about to let go
-        raw = socket.socket(fileno=sock.detach())
+        stop = stream._stop_watching
+        if stop is not None:  # it watched the socket gunicorn is about to let go
+            stop()
+            stream._stop_watching = None
+            with contextlib.suppress(ValueError):
+                stream._callbacks.remove(stop)
+        stream._server_socket = None  # gunicorn's socket object goes; the connection stays
+        # The C socket, not gevent's cooperative one (the module is patched):
+        # the loop's own watchers wait for it, and it keeps no watchers of its own.
+        raw = _socket.socket(fileno=sock.detach())
         raw.setblocking(False)
         parked = _Parked(self, body, raw, bool(resp.chunked), gevent.get_hub().loop)
         self._parked.add(parked)
