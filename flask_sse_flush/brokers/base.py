@@ -124,8 +124,20 @@ class JobStatus:
         return self.state in TERMINAL_STATES
 
     def changed(self, change: StatusChange | None, **fields: Any) -> JobStatus:
-        """Return a copy with ``change`` and ``fields`` applied."""
-        return dataclasses.replace(self, **(change or {}), **fields)
+        """Return a copy with ``change`` and ``fields`` applied.
+
+        :raises TypeError: a name that is not a field.
+        """
+        # What dataclasses.replace does, without its per-call introspection:
+        # every published event changes a job's status.
+        updates = {**(change or {}), **fields}
+        unknown = updates.keys() - _STATUS_FIELDS
+        if unknown:
+            raise TypeError(f"JobStatus has no field {sorted(unknown)[0]!r}")
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(updates)
+        return copy
 
     def to_json(self) -> dict[str, Any]:
         """The public JSON shape: id, state, progress, phase, result, error."""
@@ -142,6 +154,9 @@ class JobStatus:
 #: The event type of the frame a replay starts with when the log can no
 #: longer replay exactly after the client's ``Last-Event-ID``.
 GAP_EVENT = "gap"
+
+
+_STATUS_FIELDS = frozenset(field.name for field in dataclasses.fields(JobStatus))
 
 
 def gap_event(status: JobStatus, after: int) -> Event:

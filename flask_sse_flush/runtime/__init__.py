@@ -23,7 +23,7 @@ What apps need is re-exported here and documented in :doc:`/api`.
 from __future__ import annotations
 
 from .channels import Channel, Empty, Overflow, new_channel
-from .detect import gevent_is_active, new_lock
+from .detect import gevent_is_active, native_thread_ident, new_lock
 from .executors import (
     DEFAULT_JOB_SWITCH_INTERVAL,
     job_switch_interval,
@@ -54,6 +54,7 @@ __all__ = [
     "install_logging_locks",
     "job_switch_interval",
     "logging_locks_installed",
+    "native_thread_ident",
     "new_channel",
     "new_lock",
     "post_to_hub",

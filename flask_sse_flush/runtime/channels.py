@@ -58,11 +58,15 @@ class Channel(Protocol[T]):
         stamp: float | None = None,
         *,
         bounded: bool = True,
+        schedule: bool = True,
     ) -> None:
         """Queue ``item``; ``stamp`` (a time) comes back as :attr:`stamp` when it is read.
 
         ``bounded=False`` queues it past the overflow bound (an end marker:
         closing must not overflow a channel that was just within it).
+        ``schedule=False``: a caller in the hub's own thread will call the
+        listener itself (:meth:`_HubChannel.listen`), so no wake-up is
+        scheduled for it; from any other thread the reader is woken as ever.
         """
         ...
 
@@ -248,6 +252,7 @@ class _ThreadChannel(_Queue[T]):
         stamp: float | None = None,
         *,
         bounded: bool = True,
+        schedule: bool = True,
     ) -> None:
         with self._ready:
             try:
@@ -320,6 +325,7 @@ class _HubChannel(_Queue[T]):
         stamp: float | None = None,
         *,
         bounded: bool = True,
+        schedule: bool = True,
     ) -> None:
         with self._lock:
             try:
@@ -336,7 +342,11 @@ class _HubChannel(_Queue[T]):
                 if self._watcher is not None and not self._closed:
                     self._watcher.send()
                 return
-        if (self._waiter is not None or self._listener is not None) and not self._wake_pending:
+        if self._listener is not None:
+            if schedule and not self._wake_pending:
+                self._wake_pending = True
+                self._hub.loop.run_callback(self._wake)
+        elif self._waiter is not None and not self._wake_pending:
             self._wake_pending = True
             self._hub.loop.run_callback(self._wake)
 

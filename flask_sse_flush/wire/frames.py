@@ -51,10 +51,14 @@ def _check_field(name: str, value: str) -> None:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# Compact and unescaped, as JavaScript's JSON.stringify writes it. One
+# encoder for every event: json.dumps with options makes a new one each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _json(data: Any) -> str:
     try:
-        # Compact and unescaped, as JavaScript's JSON.stringify writes it.
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"Event data must be a str or JSON-serialisable, not {type(data).__name__}: {exc}"
@@ -149,10 +153,14 @@ class Event:
             parts.append(f"id: {self.id}\n")
         if self.retry is not None:
             parts.append(f"retry: {self.retry}\n")
-        for line in LINE_BREAK.split(self.text):
-            # The parser drops one space after the colon, so "data: " + line
-            # keeps any leading spaces of the line itself.
-            parts.append(f"data: {line}\n" if line else "data:\n")
+        text = self.text
+        if not isinstance(self.data, str):
+            parts.append(f"data: {text}\n")  # compact JSON is one line
+        else:
+            for line in LINE_BREAK.split(text):
+                # The parser drops one space after the colon, so "data: " + line
+                # keeps any leading spaces of the line itself.
+                parts.append(f"data: {line}\n" if line else "data:\n")
         parts.append("\n")
         try:
             return "".join(parts).encode("utf-8")

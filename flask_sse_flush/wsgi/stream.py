@@ -203,6 +203,9 @@ class EventStream:
         self._batch_given = batch
         self._stop_watching: Callable[[], None] | None = None
         self._body: Iterator[bytes] | None = None  # the frames' generator, once iterated
+        # Set by a server that parked the stream: called after each put, out
+        # of the stream's lock, so the frame is written at once from the hub.
+        self._pushed: Callable[[], None] | None = None
         self._server_socket: Any = None  # gunicorn's, to end the connection after a hint
         self._batch = bool(batch)
 
@@ -226,14 +229,17 @@ class EventStream:
         else:
             frame, level = _as_frame(event), None
         stamp = time.monotonic() if self._measure else None
+        pushed = self._pushed
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
             try:
-                self._channel.put(frame, level, stamp)
+                self._channel.put(frame, level, stamp, schedule=pushed is None)
             except Overflow:
                 self._overflowed()
                 raise StreamClosed(_TOO_SLOW) from None
+        if pushed is not None:
+            pushed()
 
     def deliver(self, frame: bytes, level: str | None = None) -> None:
         """Queue one complete, encoded frame; what a broker calls for each event.
@@ -248,14 +254,17 @@ class EventStream:
         # Checked and queued under the lock close() takes, so a frame can
         # never land behind the end marker and vanish without an error.
         stamp = time.monotonic() if self._measure else None
+        pushed = self._pushed
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
             try:
-                self._channel.put(frame, level, stamp)
+                self._channel.put(frame, level, stamp, schedule=pushed is None)
             except Overflow:
                 self._overflowed()
                 raise StreamClosed(_TOO_SLOW) from None
+        if pushed is not None:
+            pushed()
 
     def _overflowed(self) -> None:
         """The client fell too far behind (the overflow policy); lock held."""

@@ -55,7 +55,7 @@ from gunicorn.http.wsgi import Response as GunicornResponse
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..ops.metrics import METRICS
-from ..runtime import hung_up
+from ..runtime import hung_up, native_thread_ident
 from .stream import _BATCH_BYTES, _END, PARK_KEY, EventStream, StreamBody
 
 __all__ = ["StreamWorker"]
@@ -69,6 +69,20 @@ _REQUEST: contextvars.ContextVar[tuple[Any, float]] = contextvars.ContextVar(
 #: How often the stopping worker looks at its parked streams.
 _DRAIN_POLL = 0.05
 _LAST_CHUNK = b"0\r\n\r\n"
+_thread_ident = native_thread_ident()
+# The last frame chunk-framed, and its framing: one event fanned out to
+# 10,000 parked streams is framed once, not 10,000 times. Only the hub's
+# thread writes, so one entry needs no lock.
+_framed: list[bytes] = [b"", b"0\r\n\r\n"]
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk."""
+    if data is _framed[0]:
+        return _framed[1]
+    chunk = b"%X\r\n%b\r\n" % (len(data), data)
+    _framed[0], _framed[1] = data, chunk
+    return chunk
 
 
 class _Parked:
@@ -80,6 +94,7 @@ class _Parked:
         "_deadline",
         "_last",
         "_loop",
+        "_loop_thread",
         "_out",
         "_reader",
         "_sock",
@@ -109,6 +124,7 @@ class _Parked:
         self._writer: Any = None
         self._timer: Any = None
         self._reader: Any = loop.io(sock.fileno(), 1)  # 1: readable
+        self._loop_thread: int = worker._hub_thread
         now = time.monotonic()
         self._last = now  # the last write
         seconds = self.stream.max_seconds
@@ -121,6 +137,7 @@ class _Parked:
         self._reader.start(self._on_readable)
         self._arm()
         stream._channel.listen(self._on_ready)  # type: ignore[attr-defined]
+        stream._pushed = self._on_pushed
         self._on_ready()  # frames may already wait
 
     # -- the loop's callbacks ------------------------------------------------
@@ -139,6 +156,12 @@ class _Parked:
 
     def _on_ready(self) -> None:
         self._guard(self._ready)
+
+    def _on_pushed(self) -> None:
+        """A frame was queued: in the hub's thread, write it now (no loop callback)."""
+        if _thread_ident() == self._loop_thread:
+            self._guard(self._ready)
+        # From another thread the channel's async watcher wakes the loop.
 
     def _on_tick(self) -> None:
         self._guard(self._tick)
@@ -243,7 +266,7 @@ class _Parked:
     def _write(self, data: bytes, *, framed: bool = False) -> None:
         """Send ``data`` (whole frames; ``framed``: bytes of the HTTP framing itself)."""
         if self._chunked and not framed:
-            data = b"%X\r\n%b\r\n" % (len(data), data)
+            data = _chunk(data)
         self._last = time.monotonic()
         if self._out is not None:
             self._out += data
@@ -289,6 +312,7 @@ class _Parked:
                 watcher.close()
         self._reader = self._writer = self._timer = None
         self._out = None
+        self.stream._pushed = None
         with contextlib.suppress(OSError):
             self._sock.close()
         return gevent.spawn(self._release, reason)
@@ -322,6 +346,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._parked: set[_Parked] = set()
         self._stopped_at: float | None = None
+        self._hub_thread = 0  # the hub's OS thread, known once the worker runs
 
     @property
     def parked(self) -> int:
@@ -390,6 +415,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         return True
 
     def run(self) -> None:
+        self._hub_thread = gevent.get_hub().thread_ident
         gevent.spawn(self._note_stop)
         super().run()
         self._drain()
