@@ -4,7 +4,9 @@ Run as a separate process (``python -m benchmarks.client ...``) so that the
 server's and the clients' open files and CPU time stay apart. Prints one
 JSON object on stdout.
 
-* ``streams PORT N EXPECT TIMEOUT``: open N ``/sub`` streams, print
+* ``streams PORT N EXPECT TIMEOUT [SOURCE]``: open N ``/sub`` streams (from
+  the loopback address SOURCE: each source address has its own ~28,000
+  ephemeral ports, so 40,000 streams to one port need more than one), print
   ``ready <connected>``, then record, for every tick, arrival minus send
   time, until each stream has EXPECT ticks or TIMEOUT seconds pass.
 * ``burst PORT K``: read ``/burst?count=K`` and time the stream.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import resource
@@ -23,6 +26,14 @@ import time
 from typing import Any
 
 TICK = re.compile(rb'"seq":(\d+),"t":(\d+)')
+
+
+def _same(protocol: Stream) -> Stream:
+    return protocol
+
+
+#: How many times a stream refused with a non-200 status is tried.
+ATTEMPTS = 10
 REQUEST = "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
 
 
@@ -55,6 +66,13 @@ class Stream(asyncio.Protocol):
             if b"\r\n\r\n" not in buffer:
                 self.buffer = buffer
                 return
+            if not buffer.startswith(b"HTTP/1.1 200 "):
+                # A 503 (a worker whose store is busy): the caller tries again.
+                status = buffer.split(b"\r\n", 1)[0].decode("latin-1")
+                self.headers.set_exception(ConnectionRefusedError(status))
+                if self.transport is not None:
+                    self.transport.close()
+                return
             self.headers.set_result(True)
         end = 0
         for match in TICK.finditer(buffer):
@@ -71,27 +89,37 @@ class Stream(asyncio.Protocol):
             self.headers.set_exception(ConnectionError("closed before headers"))
 
 
-async def streams(port: int, count: int, expect: int, timeout: float) -> dict[str, Any]:
+async def streams(
+    port: int, count: int, expect: int, timeout: float, source: str | None = None
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     counter = [count]
     opened: list[Stream] = []
     failed = 0
     batch = 250  # do not overrun the server's accept backlog
-    for start in range(0, count, batch):
-        protocols = [Stream(expect, done, counter) for _ in range(min(batch, count - start))]
+    local = None if source is None else (source, 0)
 
-        async def connect(protocol: Stream) -> bool:
+    async def connect() -> Stream | None:
+        # A browser retries a refused stream after Retry-After; so do we.
+        for _ in range(ATTEMPTS):
+            protocol = Stream(expect, done, counter)
             try:
-                await loop.create_connection(lambda: protocol, "127.0.0.1", port)
+                await loop.create_connection(
+                    functools.partial(_same, protocol), "127.0.0.1", port, local_addr=local
+                )
                 await asyncio.wait_for(protocol.headers, 30)
-                return True
+                return protocol
+            except ConnectionRefusedError:
+                await asyncio.sleep(1.0)
             except (OSError, asyncio.TimeoutError, ConnectionError):
-                return False
+                return None
+        return None
 
-        results = await asyncio.gather(*(connect(p) for p in protocols))
-        for protocol, ok in zip(protocols, results, strict=True):
-            if ok:
+    for start in range(0, count, batch):
+        results = await asyncio.gather(*(connect() for _ in range(min(batch, count - start))))
+        for protocol in results:
+            if protocol is not None:
                 opened.append(protocol)
             else:
                 failed += 1
@@ -137,7 +165,8 @@ def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     if mode == "streams":
         count, expect, timeout = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-        result = asyncio.run(streams(port, count, expect, timeout))
+        source = sys.argv[6] if len(sys.argv) > 6 else None
+        result = asyncio.run(streams(port, count, expect, timeout, source))
     elif mode == "burst":
         result = burst(port, int(sys.argv[3]))
     else:

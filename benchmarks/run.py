@@ -228,8 +228,13 @@ class Clients:
 
     def __enter__(self) -> Clients:
         per = 5_000
-        for start in range(0, self.total, per):
+        for index, start in enumerate(range(0, self.total, per)):
             n = min(per, self.total - start)
+            # Past 20,000 streams, each client process connects from a
+            # loopback address of its own (127.0.0.2, ...): one address's
+            # ephemeral ports run out below 28,000 connections to one port,
+            # and 127.0.0.1 keeps its own for the runner's requests.
+            source = [f"127.0.0.{2 + index}"] if self.total > 20_000 else []
             self.processes.append(
                 subprocess.Popen(
                     [
@@ -241,6 +246,7 @@ class Clients:
                         str(n),
                         str(self.expect),
                         str(self.timeout),
+                        *source,
                     ],
                     cwd=ROOT,
                     stdout=subprocess.PIPE,

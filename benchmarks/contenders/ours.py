@@ -30,7 +30,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from flask_sse_flush import Event, EventStream
+from flask_sse_flush import BrokerUnavailable, Event, EventStream
 from flask_sse_flush.brokers import Broker, MemoryBroker, RedisBroker, event_id
 from flask_sse_flush.jobs.processes import ProcessRender
 from flask_sse_flush.jobs.service import JobService, spawner
@@ -157,7 +157,10 @@ def create_app(broker: Broker | None = None, *, paced: bool = False) -> Flask:
     @app.get("/sub")
     def sub() -> Any:
         stream = EventStream(keepalive=KEEPALIVE)
-        status = store.status(JOB)
+        try:
+            status = store.status(JOB)
+        except BrokerUnavailable:  # every pooled connection busy: as the library's routes do
+            return jsonify(error="the event store is busy"), 503, {"Retry-After": "1"}
         assert status is not None
         stream.on_close(lambda: store.unsubscribe(JOB, stream))
         store.subscribe(JOB, stream, after=status.last_seq)
