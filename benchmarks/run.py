@@ -536,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     contenders = [c for c in CONTENDERS if not args.only or c.name in args.only]
     measured, skipped = {}, {}
     for contender in contenders:
+        if contender.levels is not None and not set(contender.levels) & set(plan.levels):
+            print(f"  {contender.name}: not at this plan's levels", flush=True)
+            continue
         try:
             measured[contender.name] = measure(contender, plan)
         except Skip as exc:
