@@ -138,5 +138,5 @@ def test_an_idle_parked_stream_costs_less_memory_than_a_greenlet(
     greenlet = _rss_per_stream("gunicorn-gevent", tmp_path / "gevent", streams)
     parked_ = _rss_per_stream("gunicorn-stream", tmp_path / "stream", streams)
     print(f"KiB per idle stream: {greenlet:.1f} under -k gevent, {parked_:.1f} parked")
-    # Measured here: about 20 KiB a stream under -k gevent, a third of that parked.
+    # Measured here: about 18 KiB a stream under -k gevent, 5 to 6 KiB parked.
     assert parked_ < greenlet * 0.6, (parked_, greenlet)
