@@ -17,7 +17,7 @@ RUFF_RULES := --select E,F,W,I,B,UP,RUF,SIM
 SYSTEM_PACKAGES := chromium firefox-esr webkit2gtk-driver nginx xvfb xauth fonts-dejavu-core redis-server nodejs iproute2
 SYSTEM_TOOLS := /usr/bin/chromium /usr/bin/firefox-esr /usr/bin/WebKitWebDriver /usr/sbin/nginx /usr/bin/Xvfb /usr/bin/redis-server /usr/bin/node /bin/ip
 
-.PHONY: run test test-stream-worker smoke pytest lint format typecheck docs clean system-deps bench bench-quick matrix
+.PHONY: run test test-stream-worker smoke pytest lint format typecheck docs clean system-deps bench bench-quick bench-crosscheck matrix
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,14 +44,21 @@ test: system-deps lint typecheck docs smoke pytest bench-quick
 
 # Our streams against sse-starlette, a bare generator and the raw-socket
 # limit, in one run: prints the table, writes benchmarks/results/latest.json
-# and regenerates docs/benchmarks.rst and its plot (about 10 minutes).
+# and regenerates docs/benchmarks.rst and its plot (about 20 minutes, the
+# 20 ms link and the independent harness included).
 bench: $(VENV)/.dev-stamp
 	$(BIN)/python -m benchmarks.run
+
+# The independent harness alone, against the last full run's results
+# (benchmarks/results/latest.json): about 2 minutes.
+bench-crosscheck: $(VENV)/.dev-stamp
+	$(BIN)/python -m benchmarks.crosscheck
 
 # The same code at tiny sizes (under a minute), so it never rots; it
 # asserts nothing about speed.
 bench-quick: $(VENV)/.dev-stamp
 	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.crosscheck --quick --results benchmarks/results/quick.json
 	$(BIN)/python -m benchmarks.matrix --quick --only gunicorn-gevent waitress
 
 # Every WSGI server side by side: writes docs/_generated/compat.rst (the

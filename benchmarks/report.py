@@ -292,6 +292,20 @@ def link_text(result: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+def crosscheck_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The independent harness's ratios beside this run's."""
+    check = result.get("crosscheck") or {}
+    many = f"{check.get('streams', 0):,}"
+    header = ["figure", "ratio", "harness", "make bench", "noise", "agrees"]
+    body = [
+        [row["figure"].replace("_1", " @1").replace("_many", f" @{many}"), row["ratio"],
+         f"{row['harness']:.2f}x", f"{row['bench']:.2f}x", f"{row['noise']:.0%}",
+         "yes" if row["agrees"] else "NO"]
+        for row in check.get("rows", [])
+    ]  # fmt: skip
+    return header, body
+
+
 def table(result: dict[str, Any]) -> str:
     out = _aligned(*rows(result))
     top = level_at_most(result, COMMON_TOP) or max(map(int, result["plan"]["levels"]))
@@ -316,6 +330,10 @@ def table(result: dict[str, Any]) -> str:
                 f"{link['interval'] * 1000:g} ms apart; ms beyond the one-way delay:",
                 *_aligned(header, found)]  # fmt: skip
         out += [f"  doctor: {line}" for line in doctor_lines(result)]
+    header, found = crosscheck_table(result)
+    if found:
+        out += ["", "The independent harness (benchmarks.crosscheck) against this run:",
+                *_aligned(header, found)]  # fmt: skip
     skipped = result.get("skipped") or {}
     if skipped:
         out += ["", "Skipped:", *(f"  {name}: {why}" for name, why in skipped.items())]
@@ -365,8 +383,9 @@ Benchmarks
 
 Measured by ``make bench`` on {date}, in {seconds:.0f} s, on {cpu} ({cpus} cores),
 Python {python}. Every contender is its own server process on 127.0.0.1; the
-clients are other processes reading raw sockets and timestamping each event
-when its bytes arrive. Each figure is the median of {runs} runs (the JSON in
+clients are other processes reading raw sockets (one ``epoll`` loop each, no
+more, so that the clients are never what is measured) and timestamping each
+event when its bytes arrive. Each figure is the median of {runs} runs (the JSON in
 ``benchmarks/results/latest.json`` has min and max too). Absolute times move
 with the machine's load; the ratios, measured side by side, are what to read.
 
@@ -399,7 +418,7 @@ gevent; sse-starlette: ``run_in_threadpool``; the limit: ``asyncio.to_thread``).
 
 {table}
 
-{walls}{targets}{goals}{link}
+{walls}{targets}{goals}{crosscheck}{link}
 
 What the numbers say
 --------------------
@@ -484,6 +503,20 @@ side of the same link:
 
 {doctor}"""
 
+CROSSCHECK_TEXT = """
+
+Checked by a second harness
+---------------------------
+
+``python -m benchmarks.crosscheck`` (part of ``make bench``) measures the
+same servers again with clients of its own: blocking connects, one ``epoll``
+loop per process, every frame split out and its data parsed as JSON, one
+long publish instead of three runs. It compares the ratios it finds with
+this run's; a ratio *agrees* when the two are within the noise of this run's
+own repeats (never less than 15 %).
+
+{table}"""
+
 TARGETS_TEXT = """
 
 Targets
@@ -506,6 +539,7 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         extra += PROCESS_TEXT
     goals = targets(result)
     aims = globals()["goals"](result)
+    check = crosscheck_table(result)
     contenders = "\n".join(
         f"``{name}``\n    {data['label']}." for name, data in result["contenders"].items()
     )
@@ -534,6 +568,7 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         walls=walls,
         targets=TARGETS_TEXT.format(table=rst_table(*goals)) if goals[1] else "",
         goals=GOALS_TEXT.format(table=rst_table(*aims)) if aims[1] else "",
+        crosscheck=CROSSCHECK_TEXT.format(table=rst_table(*check)) if check[1] else "",
         link=link_text(result),
     )
     page.write_text(text)

@@ -524,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-link", action="store_true", help="skip the 20 ms link (benchmarks.link)"
     )
+    parser.add_argument(
+        "--no-crosscheck",
+        action="store_true",
+        help="skip the independent harness (benchmarks.crosscheck)",
+    )
     args = parser.parse_args(argv)
     raise_open_file_limit()
     plan = QUICK if args.quick else FULL
@@ -567,6 +572,18 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         **({"link": link} if link is not None else {}),
     }  # fmt: skip
+    if not args.quick and not args.only and not args.levels and not args.no_crosscheck:
+        from . import crosscheck
+
+        print("  the independent harness (benchmarks.crosscheck)", flush=True)
+        many = crosscheck.MANY
+        figures = crosscheck.run(crosscheck.CONTENDERS, many, quick=False)
+        result["crosscheck"] = {
+            "streams": many,
+            "figures": figures,
+            "rows": crosscheck.compare(figures, result, many),
+        }
+        result["seconds"] = round(time.monotonic() - started, 1)
     from .report import table, write_docs
 
     print(table(result))

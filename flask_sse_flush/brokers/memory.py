@@ -257,9 +257,11 @@ class MemoryBroker:
                 if replaced is not None:
                     job.stale.append(replaced)
                 job.newest[level] = seq
-            if len(job.events) > self.max_events:
-                self._compact(job)
             extra: dict[str, Any] = {"last_seq": seq}
+            if len(job.events) > self.max_events:
+                lost = self._compact(job)
+                if lost:
+                    extra["lost_through"] = lost  # one status copy for both
             if final:
                 extra["final_seq"] = seq
                 job.ended_at = self._clock()
@@ -293,7 +295,8 @@ class MemoryBroker:
                 for subscriber in gone:
                     job.leave(subscriber)
 
-    def _compact(self, job: _Job) -> None:
+    def _compact(self, job: _Job) -> int:
+        """Trim ``job``'s log; the last seq it dropped from the front (0: none)."""
         # Keep the newest event of each level and every other event: drop
         # the entries replaced since the last time, each once, so a publish
         # costs O(1) amortised however long the log is.
@@ -310,8 +313,7 @@ class MemoryBroker:
             lost, (_, _, level) = events.popitem(last=False)
             if level is not None and job.newest is not None and job.newest.get(level) == lost:
                 del job.newest[level]
-        if lost:
-            job.status = job.status.changed(None, lost_through=lost)
+        return lost
 
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
         job = self._require(job_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from flask import Response, has_request_context, request
@@ -206,6 +206,10 @@ class EventStream:
         # Set by a server that parked the stream: called after each put, out
         # of the stream's lock, so the frame is written at once from the hub.
         self._pushed: Callable[[], None] | None = None
+        # Also set by such a server: writes a frame in the caller's own call
+        # when nothing waits before it, and says whether it did (the
+        # fan-out's fast path: no queue, no second look at it).
+        self._direct: Callable[[bytes, float | None], bool] | None = None
         self._server_socket: Any = None  # gunicorn's, to end the connection after a hint
         self._batch = bool(batch)
 
@@ -228,18 +232,7 @@ class EventStream:
             level = event.event if event.event in self._levels else None
         else:
             frame, level = _as_frame(event), None
-        stamp = time.monotonic() if self._measure else None
-        pushed = self._pushed
-        with self._lock:
-            if self._closed:
-                raise StreamClosed("the stream is closed; its client will receive nothing more")
-            try:
-                self._channel.put(frame, level, stamp, schedule=pushed is None)
-            except Overflow:
-                self._overflowed()
-                raise StreamClosed(_TOO_SLOW) from None
-        if pushed is not None:
-            pushed()
+        self._queue(frame, level)
 
     def deliver(self, frame: bytes, level: str | None = None) -> None:
         """Queue one complete, encoded frame; what a broker calls for each event.
@@ -251,6 +244,10 @@ class EventStream:
 
         :raises StreamClosed: the stream was closed or its client left.
         """
+        self._queue(frame, level)
+
+    def _queue(self, frame: bytes, level: str | None) -> None:
+        """Queue ``frame`` (or have a server that parked the stream write it at once)."""
         # Checked and queued under the lock close() takes, so a frame can
         # never land behind the end marker and vanish without an error.
         stamp = time.monotonic() if self._measure else None
@@ -258,6 +255,9 @@ class EventStream:
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
+            direct = self._direct
+            if direct is not None and direct(frame, stamp):
+                return
             try:
                 self._channel.put(frame, level, stamp, schedule=pushed is None)
             except Overflow:
@@ -410,7 +410,7 @@ class EventStream:
             reason = "shutdown"
         METRICS.stream_closed(reason, self._channel.coalesced)
 
-    def _note_ending(self, frames: list[bytes]) -> None:
+    def _note_ending(self, frames: Sequence[bytes]) -> None:
         """Remember a ``complete`` or ``error`` among ``frames``: the stream's end, for metrics."""
         for frame in frames:
             if frame.startswith(b"event: complete\n"):

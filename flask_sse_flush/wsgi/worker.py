@@ -138,6 +138,7 @@ class _Parked:
         self._arm()
         stream._channel.listen(self._on_ready)  # type: ignore[attr-defined]
         stream._pushed = self._on_pushed
+        stream._direct = self._direct
         self._on_ready()  # frames may already wait
 
     # -- the loop's callbacks ------------------------------------------------
@@ -162,6 +163,40 @@ class _Parked:
         if _thread_ident() == self._loop_thread:
             self._guard(self._ready)
         # From another thread the channel's async watcher wakes the loop.
+
+    def _direct(self, frame: bytes, stamp: float | None) -> bool:
+        """Write one frame in the publisher's own call, if nothing waits before it.
+
+        The fan-out's fast path, called under the stream's lock: on the hub,
+        with no bytes pending, nothing queued and no deadline to check, the
+        frame goes to the socket here and never through the queue. Anything
+        else (another thread, a full socket, an error) says ``False``: the
+        frame is queued and :meth:`_ready` writes it, or finds the error.
+        """
+        if (
+            self._out is not None
+            or self._closing is not None
+            or self._deadline is not None
+            or _thread_ident() != self._loop_thread
+            or self.stream._channel.pending()
+        ):
+            return False
+        data = _chunk(frame) if self._chunked else frame
+        try:
+            sent = self._sock.send(data)
+        except OSError:
+            return False
+        self._last = now = time.monotonic()
+        if sent < len(data):
+            self._out = bytearray(memoryview(data)[sent:])
+            if self._writer is None:
+                self._writer = self._loop.io(self._sock.fileno(), 2)  # 2: writable
+            self._writer.start(self._on_writable)
+        stream = self.stream
+        if stream._measure:
+            stream._note_ending((frame,))
+            METRICS.event_sent(now - (stamp or now))
+        return True
 
     def _on_tick(self) -> None:
         self._guard(self._tick)
@@ -312,7 +347,7 @@ class _Parked:
                 watcher.close()
         self._reader = self._writer = self._timer = None
         self._out = None
-        self.stream._pushed = None
+        self.stream._pushed = self.stream._direct = None
         with contextlib.suppress(OSError):
             self._sock.close()
         return gevent.spawn(self._release, reason)
@@ -360,8 +395,17 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         def parking(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             environ[PARK_KEY] = True
             body = app(environ, start_response)
-            if type(body) is StreamBody and self._park(body, environ, start_response):
-                return _PARKED
+            if type(body) is StreamBody:
+                try:
+                    if self._park(body, environ, start_response):
+                        return _PARKED
+                except BaseException:
+                    # The client left before the head or the opening frame
+                    # went out: gunicorn never sees this body to close it, so
+                    # close it here (its hang-up watcher on the socket too,
+                    # which gunicorn is about to close).
+                    body.close()
+                    raise
             return body
 
         self.wsgi = parking

@@ -283,6 +283,43 @@ def create_app(log_dir: str | None = None) -> Any:
                 stream.close()
         return {"streams": len(idle)}
 
+    @app.get("/idle/handoff")
+    def idle_handoff() -> Any:
+        """``count`` pairs of events to every ``/idle`` stream, each pair in a known order.
+
+        Event ``{"from": "native", "i": n}`` is sent from a native thread;
+        once that send returned, ``{"from": "hub", "i": n}`` is sent from
+        here: the first happened before the second, so every client must
+        get them in that order. This greenlet learns of the first send
+        without letting the loop run (it spins on a flag), so the native
+        thread's frame may still wait in the queue. The streams close at the
+        end.
+        """
+        import gevent  # served by a gevent worker only
+
+        count = int(request.args.get("count", 100))
+        streams = list(idle)
+        pool = gevent.get_hub().threadpool
+
+        def send(source: str, i: int) -> None:
+            for stream in streams:
+                stream.send(Event({"from": source, "i": i}, event="tick"))
+
+        for i in range(count):
+            sent: list[bool] = []
+
+            def first(i: int = i, sent: list[bool] = sent) -> None:
+                send("native", i)
+                sent.append(True)
+
+            pool.spawn(first)
+            while not sent:  # no gevent call: the loop does not run meanwhile
+                pass
+            send("hub", i)
+        for stream in streams:
+            stream.close()
+        return {"streams": len(streams)}
+
     @app.get("/__parked")
     def parked() -> Any:
         """How many streams the stream worker holds parked (``null`` under any other)."""

@@ -12,6 +12,8 @@ greenlet's.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from flask_sse_flush.testing import parse_events
 from tests.timing import assert_under
 
 from .support import HOST, WORKER_ENV, Server, raw_get, rss_kib, running_server, worker_pids
+from .test_leaks import Cycles
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,53 @@ def test_a_slow_client_gets_every_frame_once_its_socket_drains(stream_server: Se
         events = parse_events(response.body_chunks())
     assert [e.json()["i"] for e in events] == list(range(count))
     wait_for_parked(stream_server, 0)
+
+
+def test_a_frame_written_at_once_never_overtakes_one_queued_before_it(
+    stream_server: Server,
+) -> None:
+    """The fast path (a frame written in the publisher's own call) keeps causal order.
+
+    A native thread's frame waits for the loop; a frame sent on the hub
+    after it (and because of it) must not be written first, however soon
+    the loop runs.
+    """
+    count = 200
+    with raw_get(stream_server.port, "/idle?keepalive=30") as response:
+        wait_for_parked(stream_server, 1)
+        with raw_get(stream_server.port, f"/idle/handoff?count={count}") as sent:
+            assert sent.json() == {"streams": 1}
+        events = [e.json() for e in parse_events(response.body_chunks()) if e.event == "tick"]
+    expected = [{"from": source, "i": i} for i in range(count) for source in ("native", "hub")]
+    assert events == expected
+
+
+def test_clients_gone_before_the_opening_frame_leave_the_worker_standing(
+    stream_server: Server,
+) -> None:
+    """Clients that hang up at every point, some before their stream is parked.
+
+    A client that closes as soon as it has asked gets the head, its kernel
+    answers with a reset, and the opening frame's write fails inside the
+    park, before the worker holds the stream. That stream must still be
+    closed: left open, its hang-up watcher outlived the descriptor, which
+    the next connection reused, and libev aborted the whole worker.
+    """
+    (pid,) = worker_pids(stream_server)
+    wait_for_parked(stream_server, 0)
+    before = len(os.listdir(f"/proc/{pid}/fd"))
+    body = json.dumps({"steps": 1, "interval": 30}).encode()
+    with raw_get(stream_server.port, "/short/render", method="POST", body=body) as response:
+        long_job = response.json()["id"]  # streams attached to it stay open: parked
+    # Clients that hang up at every point: mid-request, before the head,
+    # after the opening frame, mid-stream (seeded: the same every run).
+    Cycles(stream_server.port, long_job, seed=7).run(300)
+    assert worker_pids(stream_server) == [pid], "the worker died and gunicorn replaced it"
+    wait_for_parked(stream_server, 0)
+    deadline = time.monotonic() + 5
+    while len(os.listdir(f"/proc/{pid}/fd")) > before + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(f"/proc/{pid}/fd")) <= before + 5, "descriptors were left open"
 
 
 def _rss_per_stream(kind: str, folder: Path, streams: int) -> float:

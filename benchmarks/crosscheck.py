@@ -1,0 +1,326 @@
+"""An independent check of ``make bench``'s latencies.
+
+    python -m benchmarks.crosscheck                    # against benchmarks/results/latest.json
+    python -m benchmarks.crosscheck --results FILE     # against another run's results
+    python -m benchmarks.crosscheck --quick            # tiny sizes: checks the code runs
+
+``make bench`` measures with :mod:`benchmarks.client` (asyncio protocols, a
+regular expression over each chunk, three runs per level). This harness
+shares none of that: its clients are blocking-connect, non-blocking-read
+sockets on one ``epoll`` per process, each chunk is split into frames and
+every ``tick``'s data is parsed as JSON, and one longer publish replaces the
+three runs. Only the servers are the same (each contender's own command
+line, on 127.0.0.1): what is measured, not how.
+
+Each event carries its send time (``"t"``, ``time_ns()`` in the server, the
+same clock as the client's on one machine); a client stamps every chunk the
+moment ``recv`` returns it. Three figures per contender:
+
+* ``p50_1``: median latency of one stream;
+* ``p99_many`` and ``fanout_many`` at the many-streams level (10,000 by
+  default): the 99th percentile of every event's latency, and the median over
+  events of the time until the *last* stream had it.
+
+Absolute times drift on a shared machine; the comparison is of ratios (ours
+against the bare generator and against the raw asyncio limit), each taken
+within one run. A ratio *agrees* when it is within the noise of the results
+it is checked against: the spread of that run's own repeats (the largest
+over the run's max/min of the two figures), and never tighter than 15 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flask_sse_flush.testing import free_port, server_process
+
+from .contenders import Contender, discover
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Checked by default: ours in both workers, and what the goals compare them with.
+CONTENDERS = ("raw-asyncio", "bare-gevent", "ours-gevent", "ours-stream")
+#: (contender, reference) pairs whose ratios are compared.
+RATIOS = (
+    ("ours-gevent", "bare-gevent"),
+    ("ours-gevent", "raw-asyncio"),
+    ("ours-stream", "bare-gevent"),
+    ("ours-stream", "raw-asyncio"),
+)
+#: The figures compared, and where a ``make bench`` result holds each.
+FIGURES = {"p50_1": ("1", "p50"), "p99_many": ("many", "p99"), "fanout_many": ("many", "fanout")}
+#: The smallest noise allowed for: one run's repeats can agree by chance.
+MIN_NOISE = 0.15
+#: The many-streams level, as in ``make bench``'s plan.
+MANY = 10_000
+PER_PROCESS = 5_000
+REQUEST = b"GET /sub HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+
+
+# -- the client process ------------------------------------------------------
+
+
+class _Conn:
+    __slots__ = ("opened", "pending", "sock", "ticks")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = b""
+        self.opened = False
+        self.ticks = 0
+
+
+def _frames(conn: _Conn, data: bytes, now: int, seen: dict[int, list[int]]) -> None:
+    """Split what arrived into frames; note every tick's latency."""
+    pending = conn.pending + data
+    if not conn.opened:
+        head, sep, rest = pending.partition(b"\r\n\r\n")
+        if not sep:
+            conn.pending = pending
+            return
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1"))
+        conn.opened, pending = True, rest
+    # The body is chunked: the chunk-size lines sit between frames, never
+    # inside one (each frame is written whole), so a frame is found by its
+    # blank line and a size line before it is skipped like any other line.
+    *frames, conn.pending = pending.split(b"\n\n")
+    for frame in frames:
+        for line in frame.split(b"\n"):
+            if line.startswith(b"data: "):
+                body = json.loads(line[6:])
+                seen.setdefault(body["seq"], []).append(now - body["t"])
+                conn.ticks += 1
+
+
+def client(port: int, count: int, expect: int, timeout: float, source: str) -> dict[str, Any]:
+    """Hold ``count`` streams until each has ``expect`` ticks (or ``timeout``)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    poller = select.epoll()
+    conns: dict[int, _Conn] = {}
+    seen: dict[int, list[int]] = {}
+    batch = 200  # connected and answered before the next: the accept queue never overflows
+    for start in range(0, count, batch):
+        waiting = set()
+        for _ in range(min(batch, count - start)):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(REQUEST)
+            sock.setblocking(False)
+            conns[sock.fileno()] = _Conn(sock)
+            poller.register(sock.fileno(), select.EPOLLIN)
+            waiting.add(sock.fileno())
+        deadline = time.monotonic() + 30
+        while waiting and time.monotonic() < deadline:
+            for fd, _ in poller.poll(1.0):
+                data = conns[fd].sock.recv(65536)
+                _frames(conns[fd], data, time.time_ns(), seen)
+                if conns[fd].opened:
+                    waiting.discard(fd)
+        if waiting:
+            raise SystemExit(f"{len(waiting)} streams did not open in 30 s")
+    print(f"ready {len(conns)}", flush=True)
+    left = len(conns)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        for fd, _ in poller.poll(0.5):
+            conn = conns[fd]
+            data = conn.sock.recv(65536)
+            now = time.time_ns()
+            if not data:
+                poller.unregister(fd)
+                left -= conn.ticks < expect
+                continue
+            before = conn.ticks
+            _frames(conn, data, now, seen)
+            if before < expect <= conn.ticks:
+                left -= 1
+    for conn in conns.values():
+        conn.sock.close()
+    poller.close()
+    complete = sum(conn.ticks >= expect for conn in conns.values())
+    return {"connected": len(conns), "complete": complete, "seen": seen}
+
+
+# -- the coordinator -----------------------------------------------------------
+
+
+def _get(port: int, path: str) -> Any:
+    with socket.create_connection(("127.0.0.1", port), 30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if not status.startswith(b"HTTP/1.") or b" 200 " not in status:
+        raise RuntimeError(f"GET {path}: {status.decode('latin-1')}")
+    return json.loads(body)
+
+
+@contextlib.contextmanager
+def _clients(port: int, streams: int, expect: int, timeout: float) -> Iterator[list[Any]]:
+    processes = []
+    try:
+        for index, start in enumerate(range(0, streams, PER_PROCESS)):
+            count = min(PER_PROCESS, streams - start)
+            source = f"127.0.0.{2 + index}"  # ephemeral ports of its own
+            command = [sys.executable, "-m", "benchmarks.crosscheck", "--client", str(port),
+                       str(count), str(expect), str(timeout), source]  # fmt: skip
+            processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE))
+        for process in processes:
+            assert process.stdout is not None
+            line = process.stdout.readline().split()
+            if not line or line[0] != b"ready":
+                raise RuntimeError("a client process did not open its streams")
+        results: list[Any] = []
+        yield results
+        for process in processes:
+            stdout, _ = process.communicate(timeout=timeout + 60)
+            results.append(json.loads(stdout))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def _level(port: int, streams: int, count: int, interval: float) -> dict[str, Any]:
+    timeout = count * interval + 30
+    with _clients(port, streams, count, timeout) as results:
+        deadline = time.monotonic() + 30
+        while _get(port, "/count")["n"] < streams and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _get(port, f"/pub?count={count}&interval={interval}")
+    seen: dict[int, list[int]] = {}
+    for result in results:
+        for seq, values in result["seen"].items():
+            seen.setdefault(int(seq), []).extend(values)
+    latencies = sorted(v / 1e6 for values in seen.values() for v in values)
+    if not latencies:
+        raise RuntimeError(f"no event reached any of {streams} streams")
+    # The 99th percentile by rank: the value below which 99 % of latencies fall.
+    p99 = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
+    return {
+        "streams": streams,
+        "complete": sum(r["complete"] for r in results),
+        "delivered": len(latencies) / (streams * count),
+        "p50": statistics.median(latencies),
+        "p99": p99,
+        "fanout": statistics.median(max(values) / 1e6 for values in seen.values()),
+    }
+
+
+def measure(contender: Contender, many: int, quick: bool) -> dict[str, Any]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = contender.command(port)
+    with server_process(command, port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL):
+        _level(port, 1, 20, 0.002)  # warm up
+        one = _level(port, 1, 50 if quick else 600, 0.005)
+        spread = _level(port, many, 5 if quick else 30, 0.01 if quick else 0.5)
+    return {
+        "p50_1": one["p50"], "p99_many": spread["p99"], "fanout_many": spread["fanout"],
+        "delivered": min(one["delivered"], spread["delivered"]),
+    }  # fmt: skip
+
+
+def _bench(result: dict[str, Any], name: str, figure: str, many: int) -> tuple[float, float]:
+    """``make bench``'s median of a figure, and the spread (max/min) of its runs."""
+    level, key = FIGURES[figure]
+    summary = result["contenders"][name]["levels"][str(many) if level == "many" else level][key]
+    return summary["median"], summary["max"] / summary["min"]
+
+
+def compare(
+    mine: dict[str, dict[str, float]], bench: dict[str, Any], many: int
+) -> list[dict[str, Any]]:
+    """Each ratio as this harness and ``make bench`` measured it."""
+    rows = []
+    for figure in FIGURES:
+        for name, reference in RATIOS:
+            if name not in mine or reference not in mine:
+                continue
+            try:
+                ours, ours_spread = _bench(bench, name, figure, many)
+                theirs, theirs_spread = _bench(bench, reference, figure, many)
+            except KeyError:
+                continue
+            harness = mine[name][figure] / mine[reference][figure]
+            made = ours / theirs
+            noise = max(MIN_NOISE, ours_spread * theirs_spread - 1)
+            rows.append({
+                "figure": figure, "ratio": f"{name} / {reference}", "harness": harness,
+                "bench": made, "noise": noise,
+                "agrees": abs(math.log(harness / made)) <= math.log1p(noise),
+            })  # fmt: skip
+    return rows
+
+
+def run(names: tuple[str, ...], many: int, quick: bool) -> dict[str, Any]:
+    """Measure each contender named; the figures by contender."""
+    by_name = {c.name: c for c in discover()}
+    out: dict[str, Any] = {}
+    for name in names:
+        print(f"    crosscheck {name}", flush=True)
+        out[name] = measure(by_name[name], many, quick)
+    return out
+
+
+def text(rows: list[dict[str, Any]], many: int) -> str:
+    lines = [f"{'figure':<12} {'ratio':<28} {'harness':>8} {'bench':>8} {'noise':>6}  agrees"]
+    for row in rows:
+        figure = row["figure"].replace("many", f"{many:,}")
+        lines.append(
+            f"{figure:<12} {row['ratio']:<28} {row['harness']:>7.2f}x {row['bench']:>7.2f}x"
+            f" {row['noise']:>5.0%}  {'yes' if row['agrees'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--client"]:
+        port, count, expect = int(argv[1]), int(argv[2]), int(argv[3])
+        result = client(port, count, expect, float(argv[4]), argv[5])
+        print(json.dumps(result), flush=True)
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--streams", type=int, default=MANY, help="the many-streams level")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; checks the code runs")
+    parser.add_argument("--output", type=Path, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    many = 10 if args.quick else args.streams
+    mine = run(CONTENDERS, many, args.quick)
+    rows = []
+    if args.results.exists():
+        rows = compare(mine, json.loads(args.results.read_text()), many)
+    print(text(rows, many) if rows else f"no figures to compare in {args.results}")
+    output = args.output or RESULTS / ("crosscheck-quick.json" if args.quick else "crosscheck.json")
+    output.write_text(json.dumps({"streams": many, "figures": mine, "rows": rows}, indent=1) + "\n")
+    if args.quick:
+        return 0
+    return 0 if all(row["agrees"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
