@@ -413,10 +413,8 @@ class EventStream:
     def _note_ending(self, frames: Sequence[bytes]) -> None:
         """Remember a ``complete`` or ``error`` among ``frames``: the stream's end, for metrics."""
         for frame in frames:
-            if frame.startswith(b"event: complete\n"):
-                self._ending = "complete"
-            elif frame.startswith(b"event: error\n"):
-                self._ending = "error"
+            if frame.startswith(_ENDING_FRAMES):
+                self._ending = "complete" if frame.startswith(_ENDING_FRAMES[0]) else "error"
 
     def _rotate(self) -> bytes:
         """End the stream now, for ``max_seconds``: the ``retry:`` frame to write last.
@@ -490,6 +488,9 @@ class EventStream:
         self.hung_up = True
         self.close()
 
+
+#: How the frames that end a job's stream begin: ``complete``, then ``error``.
+_ENDING_FRAMES = (b"event: complete\n", b"event: error\n")
 
 #: The WSGI environ key a server that can park streams sets (to ``True``):
 #: the body of a stream response is then a :class:`StreamBody` it recognises.

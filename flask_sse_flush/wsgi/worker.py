@@ -56,7 +56,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from ..ops.metrics import METRICS
 from ..runtime import hung_up, native_thread_ident
-from .stream import _BATCH_BYTES, _END, PARK_KEY, EventStream, StreamBody
+from .stream import _BATCH_BYTES, _END, _ENDING_FRAMES, PARK_KEY, EventStream, StreamBody
 
 __all__ = ["StreamWorker"]
 
@@ -194,7 +194,8 @@ class _Parked:
             self._writer.start(self._on_writable)
         stream = self.stream
         if stream._measure:
-            stream._note_ending((frame,))
+            if frame.startswith(_ENDING_FRAMES):  # rare: the call only then
+                stream._note_ending((frame,))
             METRICS.event_sent(now - (stamp or now))
         return True
 
