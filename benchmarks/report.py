@@ -431,6 +431,13 @@ What the numbers say
   see :doc:`buffering`.
 * Latency at high concurrency is mostly fan-out: one worker writes the event
   to N sockets one after another, so the last subscriber waits for N writes.
+  Under ``-k gevent`` each of those writes also wakes the stream's greenlet
+  and goes through the server's response; the stream worker writes a frame
+  published on the hub in the publisher's own call, one ``send()`` per
+  socket, which is why its fan-out is close to the raw asyncio server's.
+* Fan-out over several workers on one machine shares its cores: the
+  workers write their own streams in parallel only as far as there are
+  cores for them and for the clients.
 * A CPU-bound job in a greenlet stops every stream of its worker (the bare
   generator's *CPU job* figure). In a native thread, each socket write of
   the worker gives up the GIL and waits up to a switch interval to get it
