@@ -188,10 +188,7 @@ class _Parked:
             return False
         self._last = now = time.monotonic()
         if sent < len(data):
-            self._out = bytearray(memoryview(data)[sent:])
-            if self._writer is None:
-                self._writer = self._loop.io(self._sock.fileno(), 2)  # 2: writable
-            self._writer.start(self._on_writable)
+            self._keep(data, sent)
         stream = self.stream
         if stream._measure:
             if frame.startswith(_ENDING_FRAMES):  # rare: the call only then
@@ -316,10 +313,14 @@ class _Parked:
             self._end_now("client_gone")
             return
         if sent < len(data):
-            self._out = bytearray(memoryview(data)[sent:])
-            if self._writer is None:
-                self._writer = self._loop.io(self._sock.fileno(), 2)  # 2: writable
-            self._writer.start(self._on_writable)
+            self._keep(data, sent)
+
+    def _keep(self, data: bytes, sent: int) -> None:
+        """Hold what the socket did not take of ``data``; the writer watcher sends it."""
+        self._out = bytearray(memoryview(data)[sent:])
+        if self._writer is None:
+            self._writer = self._loop.io(self._sock.fileno(), 2)  # 2: writable
+        self._writer.start(self._on_writable)
 
     def _end(self, reason: str) -> None:
         """End the body cleanly once every byte written so far has gone out."""
