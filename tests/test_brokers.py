@@ -469,6 +469,22 @@ class BrokerContract:
         broker.publish("a", 1, ev("a", 1, "complete", {}), final=True)
         broker.create("d", limit=3)  # a's slot is free again
 
+    def test_what_the_bound_dropped_is_known_without_a_status_read_in_between(self) -> None:
+        broker = self.make_broker(max_events=5)
+        broker.create("job")
+        for seq in range(1, 13):
+            broker.publish("job", seq, ev("job", seq, "note"))
+        late = Collector()  # no status() read before: the subscribe itself must know
+        broker.subscribe("job", late, after=2)
+        assert late.events[0].event == "gap"
+        # A publish that changes the status keeps what earlier ones noted.
+        broker.publish("job", 13, ev("job", 13, "note"))
+        progress = ev("job", 14, "progress", {"progress": 5})
+        broker.publish("job", 14, progress, change={"progress": 5})
+        status = broker.status("job")
+        assert status is not None
+        assert (status.last_seq, status.lost_through, status.progress) == (14, 9, 5)
+
     def test_a_replay_past_what_the_bound_dropped_starts_with_a_gap_event(self) -> None:
         broker = self.make_broker(max_events=5)
         broker.create("job")

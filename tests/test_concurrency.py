@@ -445,3 +445,39 @@ def test_a_keepalive_counts_from_now_after_the_hub_was_busy() -> None:
         """
     )
     assert 0.28 < float(out) < 2.0, out
+
+
+def test_a_wait_always_runs_its_whole_timeout_however_the_last_one_ended() -> None:
+    # One timer serves every wait of a channel: neither a wait an item cut
+    # short nor one the timer ended may leave it due sooner the next time.
+    out = run_under_gevent(
+        """
+        import time
+        import gevent
+        from flask_sse_flush.runtime import Empty, new_channel
+        channel = new_channel()
+        hub = gevent.get_hub()
+        def waited(put_after):
+            if put_after is not None:
+                hub.loop.timer(put_after).start(channel.put, "item")
+            started = time.monotonic()
+            try:
+                got = channel.get(0.2)
+            except Empty:
+                got = None
+            return got, time.monotonic() - started
+        for _ in range(5):  # each cut short by an item
+            got, took = waited(0.02)
+            assert got == "item" and took < 0.15, (got, took)
+        for _ in range(3):  # each ended by the timer
+            got, took = waited(None)
+            assert got is None and took >= 0.19, took
+        got, took = waited(0.02)
+        assert got == "item" and took < 0.15, (got, took)
+        got, took = waited(None)
+        assert got is None and took >= 0.19, took
+        channel.close()
+        print("ok")
+        """
+    )
+    assert out.strip().endswith("ok")

@@ -125,3 +125,35 @@ def test_install_returns_the_same_metrics_every_time() -> None:
         """
     )
     assert seen == {"same": True, "kind": "_Prometheus"}
+
+
+def test_events_written_at_once_are_counted_as_having_waited_nothing() -> None:
+    seen = run(
+        """
+        import threading
+        from flask_sse_flush import metrics
+        installed = metrics.install()
+        installed.event_sent(0.003)
+        threads = [
+            threading.Thread(target=lambda: [installed.event_sent_at_once() for _ in range(1000)])
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        metrics.METRICS.event_sent_at_once()  # the process's metrics lead to the same count
+        for family in REGISTRY.collect():
+            for sample in family.samples:
+                if sample.name.startswith("sse_flush_event"):
+                    key = sample.name + "".join(f"/{v}" for v in sample.labels.values())
+                    seen[key] = sample.value
+        """
+    )
+    assert seen["sse_flush_events_sent_total"] == 4002  # not one lost to a race
+    assert seen["sse_flush_event_queue_seconds_count"] == 4002
+    assert seen["sse_flush_event_queue_seconds_sum"] == pytest.approx(0.003)
+    assert seen["sse_flush_event_queue_seconds_bucket/0.0005"] == 4001
+    assert seen["sse_flush_event_queue_seconds_bucket/0.0025"] == 4001
+    assert seen["sse_flush_event_queue_seconds_bucket/0.005"] == 4002
+    assert seen["sse_flush_event_queue_seconds_bucket/+Inf"] == 4002

@@ -79,6 +79,25 @@ class _Job(_Live):
     on_cancel: list[Callable[[], Any]] = field(default_factory=list)
     cancelled: bool = False
     ended_at: float | None = None
+    # The last event published and the last the log dropped, not yet in
+    # ``status``: a publish that changes nothing else only notes them, and
+    # the status copy is made when someone reads it (a read comes with a
+    # request; a publish with every event).
+    unapplied: int | None = None
+    unapplied_lost: int = 0
+
+    def current(self) -> JobStatus:
+        """The status with every publish in it; call with the lock held."""
+        if self.unapplied is not None:
+            if self.unapplied_lost:
+                self.status = self.status.changed(
+                    None, last_seq=self.unapplied, lost_through=self.unapplied_lost
+                )
+                self.unapplied_lost = 0
+            else:
+                self.status = self.status.changed(None, last_seq=self.unapplied)
+            self.unapplied = None
+        return self.status
 
 
 @dataclass(eq=False, kw_only=True)
@@ -257,22 +276,13 @@ class MemoryBroker:
                 if replaced is not None:
                     job.stale.append(replaced)
                 job.newest[level] = seq
-            extra: dict[str, Any] = {"last_seq": seq}
-            if len(job.events) > self.max_events:
-                lost = self._compact(job)
+            lost = self._compact(job) if len(job.events) > self.max_events else 0
+            if change is None and not final:
+                job.unapplied = seq  # the common case: no status copy per event
                 if lost:
-                    extra["lost_through"] = lost  # one status copy for both
-            if final:
-                extra["final_seq"] = seq
-                job.ended_at = self._clock()
-                with self._lock:
-                    self._active -= 1
-                    owner = job.status.owner
-                    if owner is not None and owner in self._owned:
-                        self._owned[owner] -= 1
-                        if not self._owned[owner]:
-                            del self._owned[owner]
-            job.status = job.status.changed(change, **extra)
+                    job.unapplied_lost = lost
+            else:
+                self._change(job, seq, change, lost, final)
             members = job.members()
             if final:
                 # No one joins an ended job's fan-out: a late subscriber
@@ -294,6 +304,27 @@ class MemoryBroker:
             with job.lock:
                 for subscriber in gone:
                     job.leave(subscriber)
+
+    def _change(
+        self, job: _Job, seq: int, change: StatusChange | None, lost: int, final: bool
+    ) -> None:
+        """Fold event ``seq``, ``change`` and what the log ``lost`` into the status; lock held."""
+        extra: dict[str, Any] = {"last_seq": seq}
+        lost = lost or job.unapplied_lost
+        if lost:
+            extra["lost_through"] = lost
+        if final:
+            extra["final_seq"] = seq
+            job.ended_at = self._clock()
+            with self._lock:
+                self._active -= 1
+                owner = job.status.owner
+                if owner is not None and owner in self._owned:
+                    self._owned[owner] -= 1
+                    if not self._owned[owner]:
+                        del self._owned[owner]
+        job.unapplied, job.unapplied_lost = None, 0  # this copy has them
+        job.status = job.status.changed(change, **extra)
 
     def _compact(self, job: _Job) -> int:
         """Trim ``job``'s log; the last seq it dropped from the front (0: none)."""
@@ -318,12 +349,17 @@ class MemoryBroker:
     def update(self, job_id: str, change: StatusChange) -> JobStatus:
         job = self._require(job_id)
         with job.lock:
-            job.status = job.status.changed(change)
+            job.status = job.current().changed(change)
             return job.status
 
     def status(self, job_id: str) -> JobStatus | None:
         job = self._job(job_id)
-        return None if job is None else job.status
+        if job is None:
+            return None
+        if job.unapplied is None:
+            return job.status
+        with job.lock:
+            return job.current()
 
     def subscribe(self, job_id: str, subscriber: Subscriber, after: int = 0) -> bool:
         job = self._job(job_id)
@@ -333,8 +369,9 @@ class MemoryBroker:
             # Replay and registration in one step (a log holds at most
             # max_events frames, so this stays short).
             try:
-                if after < job.status.lost_through:
-                    subscriber.deliver(gap_event(job.status, after).frame, None)
+                status = job.current()
+                if after < status.lost_through:
+                    subscriber.deliver(gap_event(status, after).frame, None)
                 logged = job.events
                 entries = logged.values() if isinstance(logged, dict) else logged
                 for seq, frame, level in entries:

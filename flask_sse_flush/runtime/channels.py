@@ -301,6 +301,8 @@ class _HubChannel(_Queue[T]):
         # (a view that answers 403 instead) then leaves no started watcher,
         # which would keep itself alive in the loop for good.
         self._watcher: Any = None
+        self._timer: Any = None  # get()'s timeout, and the seconds it was made for
+        self._timer_after: float | None = None
         self._closed = False
         # A reader without a greenlet (listen()): called on the hub instead.
         self._listener: Callable[[], Any] | None = None
@@ -385,11 +387,21 @@ class _HubChannel(_Queue[T]):
             self._waiter = waiter
             timer = None
             if timeout is not None:
-                timer = self._hub.loop.timer(timeout)
+                timer = self._timer
+                if timer is None or self._timer_after != timeout:
+                    # One timer per timeout (a stream's keepalive never
+                    # changes), for every wait: making one and closing it
+                    # cost more than the rest of a wait. A repeating one,
+                    # so that again() starts it for the whole timeout
+                    # however the last wait ended; stopped after each.
+                    if timer is not None:
+                        timer.close()
+                    timer = self._timer = self._hub.loop.timer(timeout, timeout)
+                    self._timer_after = timeout
                 # From now, not from the loop's cached time: after a busy
                 # stretch (or CPU taken by other processes) that time lags,
                 # and the keepalive came up to 40 % early.
-                timer.start(waiter.switch, False, update=True)
+                timer.again(waiter.switch, False, update=True)
             try:
                 woken = waiter.get()
             finally:
@@ -397,7 +409,6 @@ class _HubChannel(_Queue[T]):
                     self._waiter = None
                 if timer is not None:
                     timer.stop()
-                    timer.close()
             if not woken and not self.pending() and not self.overflowed:
                 raise Empty
 
@@ -413,6 +424,9 @@ class _HubChannel(_Queue[T]):
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher.close()
+            if self._timer is not None:
+                self._timer.close()
+                self._timer = None
 
 
 def new_channel(limit: int | None = None, overflow: int | None = None) -> Channel[Any]:

@@ -98,7 +98,7 @@ def _json(data: Any) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Event:
     """One server-sent event.
 
@@ -130,25 +130,43 @@ class Event:
     #: and fan-out to many clients reuses the bytes.
     frame: bytes = field(init=False, repr=False, compare=False)
 
+    def __init__(
+        self, data: Any = "", event: str | None = None, id: str | None = None,
+        retry: int | None = None,
+    ) -> None:  # fmt: skip
+        # The dataclass's own __init__ sets each field through
+        # object.__setattr__ (frozen): a third of a small event's cost.
+        fields = self.__dict__
+        fields["data"] = data
+        fields["event"] = event
+        fields["id"] = id
+        fields["retry"] = retry
+        self.__post_init__()
+
     def __post_init__(self) -> None:
-        if self.event is not None:
-            if not isinstance(self.event, str):
-                raise TypeError(f"Event name must be a str, not {type(self.event).__name__}")
-            _check_field("event name", self.event)
+        # Also what a dataclass subclass's own __init__ calls.
+        fields = self.__dict__
+        event = self.event
+        if event is not None:
+            if type(event) is not str and not isinstance(event, str):
+                raise TypeError(f"Event name must be a str, not {type(event).__name__}")
+            _check_field("event name", event)
         given: object = self.id  # an int is accepted at run time, for convenience
         if given is not None:
-            if isinstance(given, int) and not isinstance(given, bool):
-                given = str(given)
-                object.__setattr__(self, "id", given)
+            if type(given) is str:
+                pass
+            elif isinstance(given, int) and not isinstance(given, bool):
+                given = fields["id"] = str(given)
             elif not isinstance(given, str):
                 raise TypeError(f"Event id must be a str or int, not {type(given).__name__}")
             _check_field("event id", given)
-        if self.retry is not None:
-            if isinstance(self.retry, bool) or not isinstance(self.retry, int):
-                raise TypeError(f"retry must be an int (milliseconds), not {self.retry!r}")
-            if self.retry < 0:
-                raise ValueError(f"retry must be >= 0 milliseconds, not {self.retry}")
-        object.__setattr__(self, "frame", self._build())
+        retry = self.retry
+        if retry is not None:
+            if isinstance(retry, bool) or not isinstance(retry, int):
+                raise TypeError(f"retry must be an int (milliseconds), not {retry!r}")
+            if retry < 0:
+                raise ValueError(f"retry must be >= 0 milliseconds, not {retry}")
+        fields["frame"] = self._build()
 
     @property
     def text(self) -> str:
@@ -177,24 +195,22 @@ class Event:
         return self
 
     def _build(self) -> bytes:
-        parts: list[str] = []
-        if self.event is not None:
-            parts.append(f"event: {self.event}\n")
+        head = "" if self.event is None else f"event: {self.event}\n"
         if self.id is not None:
-            parts.append(f"id: {self.id}\n")
+            head += f"id: {self.id}\n"
         if self.retry is not None:
-            parts.append(f"retry: {self.retry}\n")
-        text = self.text
-        if not isinstance(self.data, str):
-            parts.append(f"data: {text}\n")  # compact JSON is one line
+            head += f"retry: {self.retry}\n"
+        data = self.data
+        if not isinstance(data, str):
+            text = f"{head}data: {_json(data)}\n\n"  # compact JSON is one line
         else:
-            for line in LINE_BREAK.split(text):
-                # The parser drops one space after the colon, so "data: " + line
-                # keeps any leading spaces of the line itself.
-                parts.append(f"data: {line}\n" if line else "data:\n")
-        parts.append("\n")
+            # The parser drops one space after the colon, so "data: " + line
+            # keeps any leading spaces of the line itself.
+            lines = LINE_BREAK.split(data)
+            text = head + "".join(f"data: {line}\n" if line else "data:\n" for line in lines)
+            text += "\n"
         try:
-            return "".join(parts).encode("utf-8")
+            return text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ValueError(
                 f"Event contains a lone surrogate ({exc.object[exc.start : exc.end]!r}), "

@@ -209,7 +209,7 @@ class EventStream:
         # Also set by such a server: writes a frame in the caller's own call
         # when nothing waits before it, and says whether it did (the
         # fan-out's fast path: no queue, no second look at it).
-        self._direct: Callable[[bytes, float | None], bool] | None = None
+        self._direct: Callable[[bytes], bool] | None = None
         self._server_socket: Any = None  # gunicorn's, to end the connection after a hint
         self._batch = bool(batch)
 
@@ -244,20 +244,18 @@ class EventStream:
 
         :raises StreamClosed: the stream was closed or its client left.
         """
-        self._queue(frame, level)
-
-    def _queue(self, frame: bytes, level: str | None) -> None:
-        """Queue ``frame`` (or have a server that parked the stream write it at once)."""
-        # Checked and queued under the lock close() takes, so a frame can
-        # never land behind the end marker and vanish without an error.
-        stamp = time.monotonic() if self._measure else None
+        # The one way in for every frame (send() comes here too): checked and
+        # queued under the lock close() takes, so a frame can never land
+        # behind the end marker and vanish without an error. A server that
+        # parked the stream may write the frame at once instead.
         pushed = self._pushed
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
             direct = self._direct
-            if direct is not None and direct(frame, stamp):
+            if direct is not None and direct(frame):
                 return
+            stamp = time.monotonic() if self._measure else None
             try:
                 self._channel.put(frame, level, stamp, schedule=pushed is None)
             except Overflow:
@@ -265,6 +263,9 @@ class EventStream:
                 raise StreamClosed(_TOO_SLOW) from None
         if pushed is not None:
             pushed()
+
+    # send()'s way in: this class's own, whatever a subclass makes of deliver().
+    _queue = deliver
 
     def _overflowed(self) -> None:
         """The client fell too far behind (the overflow policy); lock held."""
@@ -362,11 +363,20 @@ class EventStream:
                 if item is _END:
                     reason = self._ending
                     return
-                stamps = [channel.stamp] if measure else None
-                if not self._batch or not channel.pending():
-                    if not measure and deadline is None:
-                        yield item  # the common case: one event, nothing behind it
+                alone = not self._batch or not channel.pending()
+                if alone and deadline is None:  # the common case: one event, nothing behind
+                    if not measure:
+                        yield item
                         continue
+                    stamp = channel.stamp
+                    if item.startswith(_ENDING_FRAMES):
+                        self._note_ending((item,))
+                    yield item
+                    now = time.monotonic()
+                    METRICS.event_sent(now - (stamp or now))
+                    continue
+                stamps = [channel.stamp] if measure else None
+                if alone:
                     frames = [item]
                 else:
                     frames = [

@@ -54,7 +54,7 @@ import gevent
 from gunicorn.http.wsgi import Response as GunicornResponse
 from gunicorn.workers.ggevent import GeventWorker
 
-from ..ops.metrics import METRICS
+from ..ops.metrics import METRICS, install
 from ..runtime import hung_up, native_thread_ident
 from .stream import _BATCH_BYTES, _END, _ENDING_FRAMES, PARK_KEY, EventStream, StreamBody
 
@@ -164,7 +164,7 @@ class _Parked:
             self._guard(self._ready)
         # From another thread the channel's async watcher wakes the loop.
 
-    def _direct(self, frame: bytes, stamp: float | None) -> bool:
+    def _direct(self, frame: bytes) -> bool:
         """Write one frame in the publisher's own call, if nothing waits before it.
 
         The fan-out's fast path, called under the stream's lock: on the hub,
@@ -186,14 +186,14 @@ class _Parked:
             sent = self._sock.send(data)
         except OSError:
             return False
-        self._last = now = time.monotonic()
+        self._last = time.monotonic()
         if sent < len(data):
             self._keep(data, sent)
         stream = self.stream
         if stream._measure:
             if frame.startswith(_ENDING_FRAMES):  # rare: the call only then
                 stream._note_ending((frame,))
-            METRICS.event_sent(now - (stamp or now))
+            self._worker.sent_at_once()  # it never waited in the queue
         return True
 
     def _on_tick(self) -> None:
@@ -384,6 +384,9 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         self._parked: set[_Parked] = set()
         self._stopped_at: float | None = None
         self._hub_thread = 0  # the hub's OS thread, known once the worker runs
+        # The metrics' count of a frame written at once: looked up once (in
+        # the worker's process, when it loads the app), not per event.
+        self.sent_at_once: Callable[[], object] = METRICS.event_sent_at_once
 
     @property
     def parked(self) -> int:
@@ -392,6 +395,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
+        self.sent_at_once = install().event_sent_at_once
         app: Callable[..., Any] = self.wsgi  # type: ignore[has-type]
 
         def parking(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

@@ -21,11 +21,22 @@ from pathlib import Path
 
 import pytest
 
+from flask_sse_flush import Event
 from flask_sse_flush.testing import parse_events
 from tests.timing import assert_under
 
-from .support import HOST, WORKER_ENV, Server, raw_get, rss_kib, running_server, worker_pids
+from .support import (
+    HOST,
+    WORKER_ENV,
+    RawResponse,
+    Server,
+    raw_get,
+    rss_kib,
+    running_server,
+    worker_pids,
+)
 from .test_leaks import Cycles
+from .test_metrics import scrape
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +49,16 @@ def parked(server: Server) -> int | None:
     with raw_get(server.port, "/__parked") as response:
         n: int | None = response.json()["n"]
         return n
+
+
+def read_ticks(response: RawResponse, count: int) -> list[Event]:
+    """The next ``count`` ``tick`` events of ``response`` (fewer if it ends first)."""
+    events: list[Event] = []
+    for chunk in response.body_chunks():
+        events += [e for e in parse_events([chunk]) if e.event == "tick"]
+        if len(events) >= count:
+            break
+    return events
 
 
 def wait_for_parked(server: Server, count: int, timeout: float = 5.0) -> float:
@@ -60,12 +81,7 @@ def test_a_stream_is_parked_and_let_go_as_soon_as_its_client_hangs_up(
         wait_for_parked(stream_server, 1)
         with raw_get(stream_server.port, "/idle/send?count=3") as sent:
             assert sent.json() == {"streams": 1}
-        events = []
-        for chunk in response.body_chunks():
-            events += [e for e in parse_events([chunk]) if e.event == "tick"]
-            if len(events) == 3:
-                break
-        assert [e.json()["i"] for e in events] == [0, 1, 2]
+        assert [e.json()["i"] for e in read_ticks(response, 3)] == [0, 1, 2]
     # The loop's read watcher sees the hang-up: no keepalive write needed.
     assert_under(wait_for_parked(stream_server, 0), 1.0, "parked stream let go after a hang-up (s)")
 
@@ -190,3 +206,21 @@ def test_an_idle_parked_stream_costs_less_memory_than_a_greenlet(
     print(f"KiB per idle stream: {greenlet:.1f} under -k gevent, {parked_:.1f} parked")
     # Measured here: about 18 KiB a stream under -k gevent, 5 to 6 KiB parked.
     assert parked_ < greenlet * 0.6, (parked_, greenlet)
+
+
+def test_frames_written_at_once_are_counted_in_the_metrics_as_waiting_nothing(
+    stream_server: Server,
+) -> None:
+    with raw_get(stream_server.port, "/idle?keepalive=30") as response:
+        wait_for_parked(stream_server, 1)
+        before = scrape(stream_server)
+        # Sent from the request's greenlet, on the hub: written in the send itself.
+        with raw_get(stream_server.port, "/idle/send?count=5") as sent:
+            assert sent.json() == {"streams": 1}
+        assert len(read_ticks(response, 5)) == 5
+        after = scrape(stream_server)
+    assert after["sse_flush_events_sent_total"] - before["sse_flush_events_sent_total"] == 5
+    count = "sse_flush_event_queue_seconds_count"
+    assert after[count] - before.get(count, 0) == 5
+    first = 'sse_flush_event_queue_seconds_bucket{le="0.0005"}'
+    assert after[first] - before.get(first, 0) == 5
