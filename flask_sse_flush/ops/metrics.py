@@ -86,7 +86,10 @@ class Metrics:
         """An event was written after ``waited`` seconds in its queue."""
 
     def event_sent_at_once(self) -> None:
-        """An event was written in its publisher's own call: it never waited in a queue."""
+        """An event was written in its publisher's own call: it never waited in a queue.
+
+        .. versionadded:: 1.0
+        """
         self.event_sent(0.0)
 
     def job_started(self) -> None:

@@ -148,14 +148,12 @@ class Event:
         fields = self.__dict__
         event = self.event
         if event is not None:
-            if type(event) is not str and not isinstance(event, str):
+            if not isinstance(event, str):
                 raise TypeError(f"Event name must be a str, not {type(event).__name__}")
             _check_field("event name", event)
         given: object = self.id  # an int is accepted at run time, for convenience
         if given is not None:
-            if type(given) is str:
-                pass
-            elif isinstance(given, int) and not isinstance(given, bool):
+            if isinstance(given, int) and not isinstance(given, bool):
                 given = fields["id"] = str(given)
             elif not isinstance(given, str):
                 raise TypeError(f"Event id must be a str or int, not {type(given).__name__}")
