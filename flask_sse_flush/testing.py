@@ -233,6 +233,11 @@ class RedisServer:
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="sse-flush-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        self._served = False  # answered once: its port is known, so it keeps it
+
+    def _choose_ports(self) -> None:
+        """Choose the server's port(s) again: another process took one first."""
+        self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -249,14 +254,38 @@ class RedisServer:
         return command
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers ``PING``."""
+        """Start the server and wait until it answers ``PING``.
+
+        A port chosen free may be taken by another process before the server
+        binds it; on its first start the server then tries other ports (a
+        few times), since nobody knows its address yet.
+        """
         if self.process is not None and self.process.poll() is None:
             return
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
+        for attempt in range(5):
+            try:
+                self._start(timeout)
+            except _PortTaken:
+                if self._served or attempt == 4:
+                    raise RuntimeError(f"redis-server could not bind port {self.port}") from None
+                self._choose_ports()
+            else:
+                self._served = True
+                return
+
+    def _start(self, timeout: float) -> None:
+        log = self.directory / "redis.log"
+        logged = log.stat().st_size if log.exists() else 0
+        process = self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            if process.poll() is not None:
+                self.process = None
+                with contextlib.suppress(OSError), log.open("rb") as lines:
+                    lines.seek(logged)
+                    if b"Address already in use" in lines.read():
+                        raise _PortTaken
+                raise RuntimeError(f"redis-server exited with {process.returncode}")
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), 0.2) as sock,
@@ -483,12 +512,20 @@ class RedisCluster:
             node.__exit__()
 
 
+class _PortTaken(Exception):
+    """A server could not bind a port chosen for it: another process took it first."""
+
+
 class _ClusterNode(RedisServer):
     """A :class:`RedisServer` in cluster mode, its bus on a free port of its own."""
 
     def __init__(self, node_timeout: int) -> None:
         super().__init__(appendonly=False)
         self.node_timeout = node_timeout
+        self.bus_port = free_port()
+
+    def _choose_ports(self) -> None:
+        super()._choose_ports()
         self.bus_port = free_port()
 
     def command(self) -> list[str]:

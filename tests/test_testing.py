@@ -249,3 +249,43 @@ def test_breaking_out_of_a_live_flask_stream_ends_the_server_side() -> None:
     finally:
         safety.cancel()
         stream.close()
+
+
+def test_a_redis_server_whose_port_is_taken_before_it_starts_takes_another() -> None:
+    import socket
+    import subprocess
+
+    from flask_sse_flush.testing import RedisServer, _ClusterNode
+
+    for server in (RedisServer(), _ClusterNode(1000)):
+        ports = [server.port, getattr(server, "bus_port", server.port)]
+        with socket.socket() as first, socket.socket() as second:
+            # Another process bound the chosen ports first.
+            first.bind(("127.0.0.1", ports[0]))
+            first.listen()
+            if ports[1] != ports[0]:
+                second.bind(("127.0.0.1", ports[1]))
+                second.listen()
+            with server:
+                assert server.port != ports[0]
+                answer = subprocess.run(
+                    ["redis-cli", "-p", str(server.port), "PING"], capture_output=True, text=True
+                )
+                assert answer.stdout.strip() == "PONG"
+
+
+def test_a_redis_server_that_served_keeps_its_port_on_a_restart() -> None:
+    import socket
+
+    from flask_sse_flush.testing import RedisServer
+
+    with RedisServer() as server:
+        port = server.port
+        server.stop()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            with pytest.raises(RuntimeError, match=f"could not bind port {port}"):
+                server.start()
+        server.start()
+        assert server.port == port
