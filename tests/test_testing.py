@@ -255,9 +255,9 @@ def test_a_redis_server_whose_port_is_taken_before_it_starts_takes_another() -> 
     import socket
     import subprocess
 
-    from flask_sse_flush.testing import RedisServer, _ClusterNode
+    from flask_sse_flush.testing import RedisCluster, RedisServer
 
-    for server in (RedisServer(), _ClusterNode(1000)):
+    for server in (RedisServer(), RedisCluster().nodes[0]):  # a node has a bus port too
         ports = [server.port, getattr(server, "bus_port", server.port)]
         with socket.socket() as first, socket.socket() as second:
             # Another process bound the chosen ports first.
