@@ -89,14 +89,11 @@ class _Job(_Live):
     def current(self) -> JobStatus:
         """The status with every publish in it; call with the lock held."""
         if self.unapplied is not None:
+            fields = {"last_seq": self.unapplied}
             if self.unapplied_lost:
-                self.status = self.status.changed(
-                    None, last_seq=self.unapplied, lost_through=self.unapplied_lost
-                )
-                self.unapplied_lost = 0
-            else:
-                self.status = self.status.changed(None, last_seq=self.unapplied)
-            self.unapplied = None
+                fields["lost_through"] = self.unapplied_lost
+            self.status = self.status.changed(None, **fields)
+            self.unapplied, self.unapplied_lost = None, 0
         return self.status
 
 
