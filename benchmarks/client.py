@@ -7,11 +7,13 @@ more: at 10,000 streams a client slower than the server would be what is
 measured (an asyncio client here measured the raw asyncio server's fan-out
 at twice what this loop does).
 
-* ``streams PORT N EXPECT TIMEOUT [SOURCE]``: open N ``/sub`` streams (from
-  the loopback address SOURCE: each source address has its own ~28,000
-  ephemeral ports, so 40,000 streams to one port need more than one), print
-  ``ready <connected>``, then record, for every tick, arrival minus send
-  time, until each stream has EXPECT ticks or TIMEOUT seconds pass.
+* ``streams PORT N EXPECT TIMEOUT [SOURCE] [--spin]``: open N ``/sub``
+  streams (from the loopback address SOURCE: each source address has its
+  own ~28,000 ephemeral ports, so 40,000 streams to one port need more than
+  one), print ``ready <connected>``, then record, for every tick, arrival
+  minus send time, until each stream has EXPECT ticks or TIMEOUT seconds
+  pass. With ``--spin`` it polls without sleeping: no wake-up of its own is
+  in a latency (:mod:`benchmarks.placement`).
 * ``burst PORT K``: read ``/burst?count=K`` and time the stream.
 """
 
@@ -129,7 +131,12 @@ def _open(
 
 
 def streams(
-    port: int, count: int, expect: int, timeout: float, source: str | None = None
+    port: int,
+    count: int,
+    expect: int,
+    timeout: float,
+    source: str | None = None,
+    spin: bool = False,
 ) -> dict[str, Any]:
     poller = select.epoll()
     opened: dict[int, Stream] = {}
@@ -137,8 +144,9 @@ def streams(
     print(f"ready {len(opened)}", flush=True)
     left = sum(len(stream.ticks) < expect for stream in opened.values())
     deadline = time.monotonic() + timeout
+    wait = 0.0 if spin else 0.5
     while left and time.monotonic() < deadline:
-        for fd, _ in poller.poll(0.5):
+        for fd, _ in poller.poll(wait):
             stream = opened[fd]
             try:
                 data = stream.sock.recv(1 << 16)
@@ -187,13 +195,14 @@ def burst(port: int, count: int) -> dict[str, Any]:
 
 def main() -> None:
     raise_open_file_limit()
-    mode, port = sys.argv[1], int(sys.argv[2])
+    args = [arg for arg in sys.argv[1:] if arg != "--spin"]
+    mode, port = args[0], int(args[1])
     if mode == "streams":
-        count, expect, timeout = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-        source = sys.argv[6] if len(sys.argv) > 6 else None
-        result = streams(port, count, expect, timeout, source)
+        count, expect, timeout = int(args[2]), int(args[3]), float(args[4])
+        source = args[5] if len(args) > 5 else None
+        result = streams(port, count, expect, timeout, source, "--spin" in sys.argv)
     elif mode == "burst":
-        result = burst(port, int(sys.argv[3]))
+        result = burst(port, int(args[2]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(result), flush=True)

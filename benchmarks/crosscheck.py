@@ -48,6 +48,7 @@ from typing import Any
 from flask_sse_flush.testing import free_port, server_process
 
 from .contenders import Contender, discover
+from .placement import Placement, describe, placement
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -107,8 +108,13 @@ def _frames(conn: _Conn, data: bytes, now: int, seen: dict[int, list[int]]) -> N
                 conn.ticks += 1
 
 
-def client(port: int, count: int, expect: int, timeout: float, source: str) -> dict[str, Any]:
-    """Hold ``count`` streams until each has ``expect`` ticks (or ``timeout``)."""
+def client(
+    port: int, count: int, expect: int, timeout: float, source: str, spin: bool
+) -> dict[str, Any]:
+    """Hold ``count`` streams until each has ``expect`` ticks (or ``timeout``).
+
+    ``spin``: poll without sleeping (:mod:`benchmarks.placement`).
+    """
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -138,24 +144,33 @@ def client(port: int, count: int, expect: int, timeout: float, source: str) -> d
         if waiting:
             raise SystemExit(f"{len(waiting)} streams did not open in 30 s")
     print(f"ready {len(conns)}", flush=True)
+    # While events flow, a chunk is only stamped and kept (and its ticks
+    # counted, to know when to stop): a client that parsed as it read would
+    # be slower than the fastest servers at 10,000 streams, and measured
+    # instead of them. The frames are parsed once the level is over.
+    arrived: list[tuple[_Conn, int, bytes]] = []
+    counted = dict.fromkeys(conns, 0)
     left = len(conns)
     deadline = time.monotonic() + timeout
+    wait = 0.0 if spin else 0.5
     while left and time.monotonic() < deadline:
-        for fd, _ in poller.poll(0.5):
+        for fd, _ in poller.poll(wait):
             conn = conns[fd]
             data = conn.sock.recv(65536)
-            now = time.time_ns()
+            arrived.append((conn, time.time_ns(), data))
             if not data:
                 poller.unregister(fd)
-                left -= conn.ticks < expect
+                left -= counted[fd] < expect
                 continue
-            before = conn.ticks
-            _frames(conn, data, now, seen)
-            if before < expect <= conn.ticks:
+            before = counted[fd]
+            counted[fd] += data.count(b"event: tick")
+            if before < expect <= counted[fd]:
                 left -= 1
     for conn in conns.values():
         conn.sock.close()
     poller.close()
+    for conn, now, data in arrived:
+        _frames(conn, data, now, seen)
     complete = sum(conn.ticks >= expect for conn in conns.values())
     return {"connected": len(conns), "complete": complete, "seen": seen}
 
@@ -177,15 +192,21 @@ def _get(port: int, path: str) -> Any:
 
 
 @contextlib.contextmanager
-def _clients(port: int, streams: int, expect: int, timeout: float) -> Iterator[list[Any]]:
+def _clients(
+    port: int, streams: int, expect: int, timeout: float, where: Placement
+) -> Iterator[list[Any]]:
     processes = []
     try:
         for index, start in enumerate(range(0, streams, PER_PROCESS)):
             count = min(PER_PROCESS, streams - start)
             source = f"127.0.0.{2 + index}"  # ephemeral ports of its own
             command = [sys.executable, "-m", "benchmarks.crosscheck", "--client", str(port),
-                       str(count), str(expect), str(timeout), source]  # fmt: skip
-            processes.append(subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE))
+                       str(count), str(expect), str(timeout), source,
+                       str(int(where.spin))]  # fmt: skip
+            pin = where.preexec()
+            processes.append(
+                subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, preexec_fn=pin)
+            )
         for process in processes:
             assert process.stdout is not None
             line = process.stdout.readline().split()
@@ -203,9 +224,12 @@ def _clients(port: int, streams: int, expect: int, timeout: float) -> Iterator[l
                 process.wait(10)
 
 
-def _level(port: int, streams: int, count: int, interval: float) -> dict[str, Any]:
+def _level(
+    port: int, pid: int, streams: int, count: int, interval: float, workers: int
+) -> dict[str, Any]:
     timeout = count * interval + 30
-    with _clients(port, streams, count, timeout) as results:
+    where = placement(streams, workers)
+    with where.server_on(pid), _clients(port, streams, count, timeout, where) as results:
         deadline = time.monotonic() + 30
         while _get(port, "/count")["n"] < streams and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -226,6 +250,7 @@ def _level(port: int, streams: int, count: int, interval: float) -> dict[str, An
         "p50": statistics.median(latencies),
         "p99": p99,
         "fanout": statistics.median(max(values) / 1e6 for values in seen.values()),
+        "placement": describe(where),
     }
 
 
@@ -233,13 +258,15 @@ def measure(contender: Contender, many: int, quick: bool) -> dict[str, Any]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     command = contender.command(port)
-    with server_process(command, port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL):
-        _level(port, 1, 20, 0.002)  # warm up
-        one = _level(port, 1, 50 if quick else 600, 0.005)
-        spread = _level(port, many, 5 if quick else 30, 0.01 if quick else 0.5)
+    workers = contender.workers
+    with server_process(command, port, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) as server:
+        _level(port, server.pid, 1, 20, 0.002, workers)  # warm up
+        one = _level(port, server.pid, 1, 50 if quick else 600, 0.005, workers)
+        spread = _level(port, server.pid, many, 5 if quick else 30, 0.01 if quick else 0.5, workers)
     return {
         "p50_1": one["p50"], "p99_many": spread["p99"], "fanout_many": spread["fanout"],
         "delivered": min(one["delivered"], spread["delivered"]),
+        "placement_many": spread["placement"],
     }  # fmt: skip
 
 
@@ -300,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--client"]:
         port, count, expect = int(argv[1]), int(argv[2]), int(argv[3])
-        result = client(port, count, expect, float(argv[4]), argv[5])
+        result = client(port, count, expect, float(argv[4]), argv[5], argv[6] == "1")
         print(json.dumps(result), flush=True)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

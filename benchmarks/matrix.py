@@ -158,7 +158,7 @@ def main() -> None:
             rows.append(row)
     if args.quick:
         return
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("gunicorn", "gevent", "waitress", "pyuwsgi", "werkzeug", "flask"):
         try:
             versions[package] = metadata.version(package)

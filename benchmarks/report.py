@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .placement import PIN_FROM
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_PAGE = ROOT / "docs" / "benchmarks.rst"
 PLOT = ROOT / "docs" / "_static" / "bench-latency.png"
@@ -416,6 +418,17 @@ run the way each stack's users would (ours: the default native-thread
 executor; the bare generator: a greenlet, as ``threading.Thread`` is under
 gevent; sse-starlette: ``run_in_threadpool``; the limit: ``asyncio.to_thread``).{extra}
 
+*Where each process runs.* From {pin_from:,} streams up, a server of one
+process runs on the first half of the machine's CPUs and its clients on the
+other half (``sched_setaffinity``, for every contender alike, in both
+harnesses; ``benchmarks/placement.py``): at that scale a broadcast keeps
+both busy at once, and a client the kernel placed on the server's CPU would
+take turns with it, a different number of times in each run. Smaller levels
+are not pinned: their latency is the time to wake one idle client, and a
+wake-up on another CPU costs more than most servers spend on an event.
+Servers of several worker processes are not pinned either: they are there
+to use every CPU.
+
 {table}
 
 {walls}{targets}{goals}{crosscheck}{link}
@@ -439,11 +452,13 @@ What the numbers say
   kernel runs the client decides as much as the server does. When a send
   wakes the client on the worker's own CPU, the client preempts the worker
   after each write, and the two take turns on one core while the other
-  idles: measured here, the stream worker is preempted about 1,100 times
-  per broadcast to 10,000 streams, the raw asyncio server a few times (its
-  faster loop keeps the client busy on the other core, so no send has to
-  wake it). With the client held to a CPU of its own (``taskset``), the
-  stream worker's fan-out is 1.2 times the raw server's rather than 1.4.
+  idles: measured here unpinned, the stream worker is preempted about 1,100
+  times per broadcast to 10,000 streams, the raw asyncio server a few times
+  (its faster loop keeps the client busy on the other core, so no send has
+  to wake it), and the same server's fan-out came out anywhere from 70 to
+  90 ms. Hence the pinning at {pin_from:,} streams and more (*Where each
+  process runs*, above): clients on other machines never take a server's
+  CPU.
 * Fan-out over several workers on one machine shares its cores: the
   workers write their own streams in parallel only as far as there are
   cores for them and for the clients.
@@ -526,8 +541,9 @@ Checked by a second harness
 
 ``python -m benchmarks.crosscheck`` (part of ``make bench``) measures the
 same servers again with clients of its own: blocking connects, one ``epoll``
-loop per process, every frame split out and its data parsed as JSON, one
-long publish instead of three runs. It compares the ratios it finds with
+loop per process that only stamps and keeps each chunk while events flow,
+every frame split out and its data parsed as JSON afterwards, one long
+publish instead of three runs, the same placement of processes. It compares the ratios it finds with
 this run's; a ratio *agrees* when the two are within the noise of this run's
 own repeats (never less than 15 %).
 
@@ -578,6 +594,7 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         runs=result["plan"]["runs"],
         cpu_streams=result["plan"]["cpu_streams"],
         cpu_seconds=result["plan"]["cpu_seconds"],
+        pin_from=PIN_FROM,
         contenders=contenders,
         extra=extra,
         table=rst_table(header, body),

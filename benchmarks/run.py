@@ -40,6 +40,7 @@ from flask_sse_flush.testing import RedisCluster, RedisServer, free_port, server
 
 from .client import raise_open_file_limit
 from .contenders import REDIS_URL_ENV, Contender, discover
+from .placement import Placement, children, describe, placement
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,16 +88,6 @@ QUICK = Plan(
 def get_json(port: int, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
         return json.loads(response.read())
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (a gunicorn master's workers)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -223,6 +214,7 @@ class Clients:
     total: int
     expect: int
     timeout: float
+    placement: Placement = field(default_factory=Placement)
     processes: list[subprocess.Popen[str]] = field(default_factory=list)
     connected: int = 0
 
@@ -247,10 +239,12 @@ class Clients:
                         str(self.expect),
                         str(self.timeout),
                         *source,
+                        *(["--spin"] if self.placement.spin else []),
                     ],
                     cwd=ROOT,
                     stdout=subprocess.PIPE,
                     text=True,
+                    preexec_fn=self.placement.preexec(),
                 )
             )
         for process in self.processes:
@@ -294,9 +288,13 @@ def runs_of(results: list[dict[str, Any]], per_run: int, runs: int) -> list[dict
 
 def measure_level(port: int, streams: int, count: int, interval: float, plan: Plan,
                   pid: int, baseline: int, probe: RedisProbe | None = None, query: str = "",
-                  ) -> dict[str, Any]:  # fmt: skip
+                  workers: int = 1) -> dict[str, Any]:  # fmt: skip
     timeout = plan.runs * (count * interval + 5) + 30
-    with Clients(port, streams, count * plan.runs, timeout) as clients:
+    where = placement(streams, workers)
+    with (
+        where.server_on(pid),
+        Clients(port, streams, count * plan.runs, timeout, where) as clients,
+    ):
         deadline = time.monotonic() + 30
         while get_json(port, "/count")["n"] < clients.connected and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -333,7 +331,8 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
     return {
         "streams": streams, "connected": clients.connected, "held": held,
         "rss_kib": rss, "rss_per_stream_kib": (rss - baseline) / max(1, clients.connected),
-        "runs": per_run, **summary, **(probe.take() if probe is not None else {}),
+        "runs": per_run, "placement": describe(where), **summary,
+        **(probe.take() if probe is not None else {}),
     }  # fmt: skip
 
 
@@ -450,7 +449,15 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
             if contender.levels is not None and streams not in contender.levels:
                 continue
             level = levels[str(streams)] = measure_level(
-                port, streams, count, interval, plan, process.pid, baseline, probe
+                port,
+                streams,
+                count,
+                interval,
+                plan,
+                process.pid,
+                baseline,
+                probe,
+                workers=contender.workers,
             )
             p50 = level.get("p50", {}).get("median", math.nan)
             note = f"    {streams:>6} streams: p50 {p50:.3f} ms"
@@ -469,7 +476,15 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
         if contender.native_publisher and 1 in plan.levels:
             count, interval = plan.levels[1]
             out["native_publish"] = measure_level(
-                port, 1, count, interval, plan, process.pid, baseline, query="&from=native"
+                port,
+                1,
+                count,
+                interval,
+                plan,
+                process.pid,
+                baseline,
+                query="&from=native",
+                workers=contender.workers,
             )
         if contender.throughput:
             out["throughput"] = measure_throughput(port, plan)

@@ -52,6 +52,9 @@ class Contender:
     native_publisher: bool = False
     #: Only these levels of the plan (stream counts), if given.
     levels: tuple[int, ...] | None = None
+    #: Its server processes (gunicorn ``-w``): one is pinned to half the CPUs
+    #: at many streams (:mod:`benchmarks.placement`), several are not.
+    workers: int = 1
 
 
 #: The library's gunicorn worker that parks idle streams without a greenlet.

@@ -66,6 +66,7 @@ CONTENDERS = [
         10_000,
         gunicorn("benchmarks.contenders.ours:create_redis_app()", workers=2),
         rank=1,
+        workers=2,
         redis=True,
         redis_prefix=REDIS_PREFIX,
         throughput=False,  # /burst never touches the broker: ours-gevent measures it
@@ -77,6 +78,7 @@ CONTENDERS = [
         10_000,
         gunicorn("benchmarks.contenders.ours:create_redis_app()", workers=2),
         rank=1,
+        workers=2,
         redis_cluster=True,
         redis_prefix=REDIS_PREFIX,
         throughput=False,
@@ -91,6 +93,7 @@ CONTENDERS = [
         ),
         "",
         rank=1,
+        workers=4,
         redis=True,
         redis_prefix=REDIS_PREFIX,
         throughput=False,

@@ -11,6 +11,8 @@ import asyncio
 import json
 import socket
 import sys
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import Contender
@@ -31,12 +33,20 @@ HEAD = (
     b"Connection: close\r\n\r\n: open\n\n"
 )
 subscribers: set[asyncio.StreamWriter] = set()
-state = {"seq": 0}
+
+
+class State:
+    seq = 0
+    #: The loop time of the last write to every subscriber (an event or a keepalive).
+    written = 0.0
+
+
+state = State()
 tasks: set[asyncio.Task[None]] = set()
 
 
-def _start(coroutine: object) -> None:
-    task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+def _start(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
 
@@ -44,19 +54,29 @@ def _start(coroutine: object) -> None:
 async def publish(count: int, interval: float, start: int | None) -> None:
     due = schedule(count, interval, start)
     await asyncio.sleep(pause(0, due[0]))
+    loop = asyncio.get_running_loop()
     for i in range(count):
-        state["seq"] += 1
-        frame = tick_frame(state["seq"], due[i])
+        state.seq += 1
+        frame = tick_frame(state.seq, due[i])
         for writer in list(subscribers):
             writer.write(frame)
+        state.written = loop.time()
         await asyncio.sleep(pause(interval, due[i + 1] if i + 1 < count else None))
 
 
 async def keepalives() -> None:
+    """A keepalive to every stream once ``KEEPALIVE`` seconds pass without a write.
+
+    As every contender sends them: none while events flow. A sweep on a fixed
+    clock instead would land on some broadcasts and not others, and slow those.
+    """
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(KEEPALIVE)
-        for writer in list(subscribers):
-            writer.write(b": keepalive\n\n")
+        await asyncio.sleep(max(0.0, state.written + KEEPALIVE - loop.time()))
+        if loop.time() - state.written >= KEEPALIVE:
+            for writer in list(subscribers):
+                writer.write(b": keepalive\n\n")
+            state.written = loop.time()
 
 
 def _json(writer: asyncio.StreamWriter, body: object) -> None:
