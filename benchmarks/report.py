@@ -418,16 +418,18 @@ run the way each stack's users would (ours: the default native-thread
 executor; the bare generator: a greenlet, as ``threading.Thread`` is under
 gevent; sse-starlette: ``run_in_threadpool``; the limit: ``asyncio.to_thread``).{extra}
 
-*Where each process runs.* From {pin_from:,} streams up, a server of one
-process runs on the first half of the machine's CPUs and its clients on the
-other half (``sched_setaffinity``, for every contender alike, in both
-harnesses; ``benchmarks/placement.py``): at that scale a broadcast keeps
-both busy at once, and a client the kernel placed on the server's CPU would
-take turns with it, a different number of times in each run. Smaller levels
-are not pinned: their latency is the time to wake one idle client, and a
-wake-up on another CPU costs more than most servers spend on an event.
-Servers of several worker processes are not pinned either: they are there
-to use every CPU.
+*Where each process runs* (``benchmarks/placement.py``, in both harnesses,
+for every contender alike). A server of one process runs on the first half
+of the machine's CPUs and its clients on the other half: clients on other
+machines never take a server's CPU, and clients the kernel placed beside
+the server would, a different number of times in each run. Below
+{pin_from:,} streams a client polls without sleeping, so a wake-up of its
+own (tens of microseconds on another CPU of a virtual machine) is not in
+what it measures; from {pin_from:,} up a broadcast keeps it busy anyway.
+Servers of several worker processes are not pinned: they are there to use
+every CPU. *One stream* is measured on {runs} servers of their own, each
+started, warmed up and measured once: a server's latency at one stream
+differs more between its processes than between runs of one process.
 
 {table}
 
@@ -543,9 +545,10 @@ Checked by a second harness
 same servers again with clients of its own: blocking connects, one ``epoll``
 loop per process that only stamps and keeps each chunk while events flow,
 every frame split out and its data parsed as JSON afterwards, one long
-publish instead of three runs, the same placement of processes. It compares the ratios it finds with
-this run's; a ratio *agrees* when the two are within the noise of this run's
-own repeats (never less than 15 %).
+publish instead of three runs at many streams; the same placement of
+processes, and one stream on three servers of its own. It compares the
+ratios it finds with this run's; a ratio *agrees* when the two are within
+the noise of this run's own repeats (never less than 15 %).
 
 {table}"""
 

@@ -324,15 +324,65 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
             "max": max(latencies), "fanout": statistics.median(fanout),
             "delivered": len(latencies) / (count * streams),
         })  # fmt: skip
-    summary = {
-        key: summarise([run[key] for run in per_run])
-        for key in ("p50", "p99", "max", "fanout", "delivered")
-    } if per_run else {}  # fmt: skip
     return {
         "streams": streams, "connected": clients.connected, "held": held,
         "rss_kib": rss, "rss_per_stream_kib": (rss - baseline) / max(1, clients.connected),
-        "runs": per_run, "placement": describe(where), **summary,
+        "runs": per_run, "placement": describe(where), **summarise_runs(per_run),
         **(probe.take() if probe is not None else {}),
+    }  # fmt: skip
+
+
+def summarise_runs(per_run: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each figure of a level over its runs: median, min and max."""
+    if not per_run:
+        return {}
+    keys = ("p50", "p99", "max", "fanout", "delivered")
+    return {key: summarise([run[key] for run in per_run]) for key in keys}
+
+
+def warm_up(port: int) -> None:
+    """One stream and 20 events: the server's imports and code paths are warm."""
+    with Clients(port, 1, 20, 30) as warm:
+        get_json(port, "/pub?count=20&interval=0.001")
+        warm.results()
+    time.sleep(0.3)
+
+
+def measure_fresh(
+    contender: Contender,
+    env: dict[str, str],
+    nodes: list[str],
+    level: tuple[int, int, float],
+    plan: Plan,
+) -> dict[str, Any]:
+    """A level whose every run is on a server of its own, started and warmed up for it.
+
+    At one stream, a server's latency differs more between its processes
+    than between runs of one process (up to twice, on a virtual machine:
+    where its memory landed, what the host runs beside it): runs of one
+    process would agree with each other and not with the next process, as
+    another harness's is. Several processes, each measured once, show that
+    spread in the figures, and their median is not one process's chance.
+    """
+    streams, count, interval = level
+    levels = []
+    once = dataclasses.replace(plan, runs=1)
+    for _ in range(plan.runs):
+        with server(contender, env) as (port, process):
+            warm_up(port)
+            baseline = tree_rss_kib(process.pid)
+            probe = None
+            if nodes:
+                probe = RedisProbe(nodes, contender.redis_prefix, process.pid, port)
+            levels.append(measure_level(
+                port, streams, count, interval, once, process.pid, baseline, probe,
+                workers=contender.workers,
+            ))  # fmt: skip
+    per_run = [run for level in levels for run in level["runs"]]
+    return {
+        **levels[0], "connected": min(level["connected"] for level in levels),
+        "held": min(level["held"] for level in levels), "servers": len(levels),
+        "runs": per_run, **summarise_runs(per_run),
     }  # fmt: skip
 
 
@@ -437,10 +487,7 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
         probe = None
         if nodes:
             probe = RedisProbe(nodes, contender.redis_prefix, process.pid, port)
-        with Clients(port, 1, 20, 30) as warm:  # warm up imports and code paths
-            get_json(port, "/pub?count=20&interval=0.001")
-            warm.results()
-        time.sleep(0.3)
+        warm_up(port)
         baseline = tree_rss_kib(process.pid)
         levels = {}
         for streams, (count, interval) in plan.levels.items():
@@ -448,17 +495,14 @@ def measure(contender: Contender, plan: Plan) -> dict[str, Any]:
                 continue
             if contender.levels is not None and streams not in contender.levels:
                 continue
-            level = levels[str(streams)] = measure_level(
-                port,
-                streams,
-                count,
-                interval,
-                plan,
-                process.pid,
-                baseline,
-                probe,
-                workers=contender.workers,
-            )
+            if streams == 1:  # each run on a server of its own: see measure_fresh
+                level = measure_fresh(contender, env, nodes, (streams, count, interval), plan)
+            else:
+                level = measure_level(
+                    port, streams, count, interval, plan, process.pid, baseline, probe,
+                    workers=contender.workers,
+                )  # fmt: skip
+            levels[str(streams)] = level
             p50 = level.get("p50", {}).get("median", math.nan)
             note = f"    {streams:>6} streams: p50 {p50:.3f} ms"
             if probe is not None:
