@@ -544,9 +544,10 @@ Checked by a second harness
 ``python -m benchmarks.crosscheck`` (part of ``make bench``) measures the
 same servers again with clients of its own: blocking connects, one ``epoll``
 loop per process that only stamps and keeps each chunk while events flow,
-every frame split out and its data parsed as JSON afterwards, one long
-publish instead of three runs at many streams; the same placement of
-processes, and one stream on three servers of its own. It compares the
+every frame split out and its data parsed as JSON afterwards, one publish
+of thirty events in place of three runs of ten at many streams (its figures
+taken over each ten, as here); the same placement of processes, and one
+stream on three servers of its own. It compares the
 ratios it finds with this run's; a ratio *agrees* when the two are within
 the noise of this run's own repeats (never less than 15 %).
 
