@@ -73,7 +73,7 @@ MIN_NOISE = 0.15
 #: The many-streams level, as in ``make bench``'s plan.
 MANY = 10_000
 #: The runs of ``make bench`` a level's figures are the median of: here, blocks
-#: of one publish.
+#: of one publish at many streams, and servers of their own at one stream.
 RUNS = 3
 PER_PROCESS = 5_000
 REQUEST = b"GET /sub HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
@@ -286,11 +286,11 @@ def measure(contender: Contender, many: int, quick: bool) -> dict[str, Any]:
             _level(port, server.pid, 1, 20, 0.002, workers)  # warm up
             yield port, server.pid
 
-    # One stream: three servers of their own, as ``make bench`` measures it
+    # One stream: RUNS servers of their own, as ``make bench`` measures it
     # (a server's latency differs more between its processes than between
     # runs of one); their median.
     ones = []
-    for _ in range(3):
+    for _ in range(RUNS):
         with serving() as (port, pid):
             ones.append(_level(port, pid, 1, 50 if quick else 200, 0.005, workers))
     with serving() as (port, pid):
