@@ -1,7 +1,7 @@
 """The demo app, instrumented for browser tests.
 
 The render is the real one; a wrapper around its progress reporter logs the
-wall-clock time each report was sent. A harness page loads the demo page
+time each report was sent, on this machine's monotonic clock. A harness page loads the demo page
 in a same-origin frame, fills in and submits its form, watches the progress
 bar with a MutationObserver (the moment the page shows an event is when
 its handler ran) and posts what it saw back here. No browser driver needed,
@@ -37,7 +37,7 @@ def create_app(log_dir: str, output_dir: str | None = None) -> Flask:
         class Timed(Progress):
             def __call__(self, percent: float, phase: str) -> None:
                 before = progress.last
-                sent = time.time()
+                sent = time.monotonic()
                 progress(percent, phase)
                 if progress.last != before:
                     with sent_log.open("a") as f:
@@ -57,10 +57,12 @@ def create_app(log_dir: str, output_dir: str | None = None) -> Flask:
 
     @app.get("/__ping")
     def ping() -> Response:
-        # The server's clock (ms), so the page can tell how far its own
-        # wall clock is from it: a browser keeps its own wall-clock baseline,
-        # which drifts from this machine's clock when the clock is adjusted.
-        return Response(json.dumps({"now": time.time() * 1000}), content_type="application/json")
+        # The server's monotonic clock (ms), so the page can tell how far its
+        # own clock (performance.now(), monotonic too) is from it. Wall clocks
+        # are no use here: a fresh-clone CI run saw the browser's and this
+        # machine's drift 20 ms apart within one five-second render.
+        now = time.monotonic() * 1000
+        return Response(json.dumps({"now": now}), content_type="application/json")
 
     @app.get("/__library/stream")
     def library() -> Response:

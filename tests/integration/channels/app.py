@@ -28,7 +28,7 @@ const source = new EventSource("/stream?channel=news");
 source.onopen = () => fetch("/__report/%(run)s/open", {method: "POST", body: "{}"});
 source.addEventListener("headline", (e) => {
   const data = JSON.parse(e.data);
-  report.events.push({id: e.lastEventId, data, at: performance.timeOrigin + performance.now()});
+  report.events.push({id: e.lastEventId, data, at: performance.now()});
   if (data.last) {
     source.close();
     clockOffset().then((offset) => {
@@ -38,15 +38,16 @@ source.addEventListener("headline", (e) => {
   }
 });
 source.onerror = () => { report.errors += 1; };
-// How far this page's clock is ahead of the server's: a browser's wall clock
-// drifts from the machine's while that is adjusted. The median of five.
+// How far this page's clock (performance.now()) is ahead of the server's
+// monotonic one, the median of five. Wall clocks are no use: they are adjusted
+// while a run goes on, and browsers follow that differently from this machine.
 async function clockOffset() {
   const offsets = [];
   for (let i = 0; i < 5; i++) {
     const sent = performance.now();
     const ping = await (await fetch("/__ping", {cache: "no-store"})).json();
     const back = performance.now();
-    offsets.push(performance.timeOrigin + (sent + back) / 2 - ping.now);
+    offsets.push((sent + back) / 2 - ping.now);
   }
   return offsets.sort((a, b) => a - b)[2];
 }
@@ -71,6 +72,13 @@ source.addEventListener("complete", (e) => {
 });
 </script>
 """
+
+
+def stamp(data: dict[str, Any]) -> dict[str, Any]:
+    """When an event is published: ``sent`` on the wall clock (the raw
+    clients' clock) and ``mono`` on the monotonic one (the page's)."""
+    data.update(sent=time.time(), mono=time.monotonic())
+    return data
 
 
 def paced_render(payload: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -111,12 +119,12 @@ def create_app(log_dir: str | None = None) -> Flask:
         channel = request.args.get("channel", "news")
         data = request.get_json()
         if how == "request":
-            data["sent"] = time.time()
+            stamp(data)
             return {"id": sse.publish(channel, data, event="headline")}
         ids: list[str] = []
 
         def send() -> None:
-            data["sent"] = time.time()
+            stamp(data)
             ids.append(sse.publish(channel, data, event="headline"))
 
         if how == "thread":
@@ -128,14 +136,19 @@ def create_app(log_dir: str | None = None) -> Flask:
 
             start_new_thread = get_original("_thread", "start_new_thread")
             done: list[bool] = []  # a flag: any Event's lock is a gevent lock here
-            start_new_thread(lambda: (send(), done.append(True)), ())
+
+            def send_and_flag() -> None:
+                send()
+                done.append(True)
+
+            start_new_thread(send_and_flag, ())
             while not done:
                 time.sleep(0.001)  # gevent's sleep: the hub runs the publish
         return {"id": ids[0]}
 
     @app.get("/__ping")
     def ping() -> Any:
-        return {"now": time.time() * 1000}
+        return {"now": time.monotonic() * 1000}
 
     @app.get("/__page")
     def page() -> Response:
@@ -165,6 +178,6 @@ if __name__ == "__main__":  # a process with no app: what a cron job or a job wo
     url, channel, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     publisher = SSEFlush(redis_url=url)
     for n in range(count):
-        data = {"from": "process", "n": n, "sent": time.time(), "last": n == count - 1}
+        data = stamp({"from": "process", "n": n, "last": n == count - 1})
         print(json.dumps(publisher.publish(channel, data, event="headline")), flush=True)
         time.sleep(0.02)
