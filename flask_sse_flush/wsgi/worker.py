@@ -11,9 +11,10 @@ browser stays. This worker serves every request as gunicorn's gevent worker
 does, until a view returns an :class:`~flask_sse_flush.EventStream`
 response over plain HTTP/1.x. Then it writes the headers and the opening
 frame from the request's greenlet as ever, takes the connection over and
-lets the greenlet end. What is left of the stream is its queue, its socket
-and three loop watchers (readable: the client hung up; writable: a slow
-client's socket has room again; a timer: keepalives and ``max_seconds``).
+lets the greenlet end. What is left of the stream is its queue, its socket,
+two loop watchers (readable: the client hung up; writable: a slow client's
+socket has room again) and a place on the worker's one timer wheel
+(keepalives and ``max_seconds``).
 Frames are written from the event loop as they arrive, with one
 non-blocking ``send()`` for everything already queued; nothing waits for
 more, and a frame is never split.
@@ -46,6 +47,7 @@ import _socket
 import contextlib
 import contextvars
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +78,69 @@ _thread_ident = native_thread_ident()
 _framed: list[bytes] = [b"", b"0\r\n\r\n"]
 
 
+class _Wheel:
+    """When parked streams are next due (a keepalive, a rotation): one loop timer for all.
+
+    Each stream sits in the slot of the moment it is next due, rounded up to
+    :attr:`RESOLUTION`, so never early and at most that late. A write does
+    not move a stream: when its slot comes and it turns out not due (it
+    wrote since), it goes to a later slot. A timer watcher per stream cost
+    more: made anew whenever it fired, ten thousand streams with a 1 s
+    keepalive made ten thousand garbage-collected objects a second, and the
+    collector's full passes over them stalled whole broadcasts.
+    """
+
+    #: How finely due times are told apart, seconds.
+    RESOLUTION = 0.05
+
+    def __init__(self, loop: Any) -> None:
+        self._slots: dict[int, dict[_Parked, None]] = {}
+        self._done = math.floor(time.monotonic() / self.RESOLUTION)  # every slot up to it ran
+        self._timer: Any = loop.timer(self.RESOLUTION, self.RESOLUTION)  # repeats
+        self._running = False
+
+    def add(self, parked: _Parked, due: float) -> None:
+        """Have ``parked._on_tick()`` called once ``due`` (``time.monotonic()``) has come."""
+        self.discard(parked)
+        slot = max(math.ceil(due / self.RESOLUTION), self._done + 1)
+        self._slots.setdefault(slot, {})[parked] = None
+        parked._slot = slot
+        if not self._running:
+            self._running = True
+            self._timer.start(self._turn)
+
+    def discard(self, parked: _Parked) -> None:
+        slot = parked._slot
+        if slot is None:
+            return
+        parked._slot = None
+        members = self._slots.get(slot)
+        if members is not None:
+            members.pop(parked, None)
+            if not members:
+                del self._slots[slot]
+
+    def _turn(self) -> None:
+        now = math.floor(time.monotonic() / self.RESOLUTION)
+        while self._done < now:  # every slot that has come, a late timer's too
+            self._done += 1
+            members = self._slots.pop(self._done, None)
+            if members is None:
+                continue
+            for parked in members:
+                parked._slot = None
+                parked._on_tick()  # which puts it back, unless it ended
+        if not self._slots:
+            self._running = False
+            self._timer.stop()
+
+    def close(self) -> None:
+        self._slots.clear()
+        self._running = False
+        self._timer.stop()
+        self._timer.close()
+
+
 def _chunk(data: bytes) -> bytes:
     """``data`` as one HTTP/1.1 chunk."""
     if data is _framed[0]:
@@ -97,8 +162,8 @@ class _Parked:
         "_loop_thread",
         "_out",
         "_reader",
+        "_slot",
         "_sock",
-        "_timer",
         "_worker",
         "_writer",
         "body",
@@ -122,7 +187,7 @@ class _Parked:
         self._out: bytearray | None = None  # bytes the socket has not taken yet
         self._closing: str | None = None  # why the stream ends, once it does
         self._writer: Any = None
-        self._timer: Any = None
+        self._slot: int | None = None  # where it is on the worker's timer wheel
         self._reader: Any = loop.io(sock.fileno(), 1)  # 1: readable
         self._loop_thread: int = worker._hub_thread
         now = time.monotonic()
@@ -284,17 +349,13 @@ class _Parked:
     # -- writing and ending --------------------------------------------------
 
     def _arm(self) -> None:
-        """Start the timer for the next keepalive or the deadline, whichever is first."""
+        """Be called back for the next keepalive or the deadline, whichever is first."""
         keepalive = self.stream.keepalive
         due = None if keepalive is None else self._last + keepalive
         if self._deadline is not None:
             due = self._deadline if due is None else min(due, self._deadline)
-        if due is None:
-            return
-        if self._timer is not None:
-            self._timer.close()
-        timer = self._timer = self._loop.timer(max(0.0, due - time.monotonic()))
-        timer.start(self._on_tick, update=True)
+        if due is not None:
+            self._worker._wheel.add(self, due)
 
     def _write(self, data: bytes, *, framed: bool = False) -> None:
         """Send ``data`` (whole frames; ``framed``: bytes of the HTTP framing itself)."""
@@ -343,11 +404,12 @@ class _Parked:
         if self._reader is None:
             return None
         self._closing = reason
-        for watcher in (self._reader, self._writer, self._timer):
+        for watcher in (self._reader, self._writer):
             if watcher is not None:
                 watcher.stop()
                 watcher.close()
-        self._reader = self._writer = self._timer = None
+        self._reader = self._writer = None
+        self._worker._wheel.discard(self)
         self._out = None
         self.stream._pushed = self.stream._direct = None
         with contextlib.suppress(OSError):
@@ -384,6 +446,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         self._parked: set[_Parked] = set()
         self._stopped_at: float | None = None
         self._hub_thread = 0  # the hub's OS thread, known once the worker runs
+        self._wheel: _Wheel  # the parked streams' timers, made once the worker runs
         # The metrics' count of a frame written at once: looked up once (in
         # the worker's process, when it loads the app), not per event.
         self.sent_at_once: Callable[[], object] = METRICS.event_sent_at_once
@@ -465,10 +528,15 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         return True
 
     def run(self) -> None:
-        self._hub_thread = gevent.get_hub().thread_ident
+        hub = gevent.get_hub()
+        self._hub_thread = hub.thread_ident
+        self._wheel = _Wheel(hub.loop)
         gevent.spawn(self._note_stop)
-        super().run()
-        self._drain()
+        try:
+            super().run()
+            self._drain()
+        finally:
+            self._wheel.close()
 
     def _note_stop(self) -> None:
         while self.alive:
