@@ -4,7 +4,7 @@ Its streams run through the whole real-server matrix (``gunicorn-stream``
 in ``tests/conftest.py``), and ``make test-stream-worker`` runs the whole
 suite on it. These tests look at what only it does: the stream really is
 parked (no greenlet holds it), a hang-up lets it go at once, keepalives
-and rotation come from the loop's timer, a slow client's socket fills and
+and rotation come from the worker's timer wheel, a slow client's socket fills and
 drains without losing a frame, and an idle stream costs less memory than a
 greenlet's.
 """
@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,51 @@ def test_keepalives_and_rotation_come_from_the_loop(stream_server: Server) -> No
     assert 0.2 <= keepalives[0] <= 0.8, arrivals
     assert arrivals[-1][1].startswith(b"retry: "), arrivals  # rotated, with a hint
     assert 1.1 <= arrivals[-1][0] <= 2.5, arrivals
+
+
+def test_keepalives_follow_each_streams_last_write(stream_server: Server) -> None:
+    """The worker's timer wheel: a stream written to more often than its
+    keepalive period gets no keepalive; once silent, it gets one each period
+    after its last write, never sooner, with other parked streams waiting on
+    the same wheel; and a stream that ends leaves nothing on it."""
+    keepalive = 0.4
+    with contextlib.ExitStack() as stack:
+        others = [
+            stack.enter_context(raw_get(stream_server.port, f"/idle?keepalive={keepalive}"))
+            for _ in range(20)
+        ]
+        watched = stack.enter_context(raw_get(stream_server.port, f"/idle?keepalive={keepalive}"))
+        wait_for_parked(stream_server, len(others) + 1)
+        arrivals: list[tuple[float, bytes]] = []
+
+        def read() -> None:
+            for chunk in watched.body_chunks():
+                arrivals.append((time.monotonic(), chunk))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        busy_until = time.monotonic() + 1.5
+        while time.monotonic() < busy_until:  # busier than the keepalive
+            with raw_get(stream_server.port, "/idle/send") as sent:
+                assert sent.status == 200
+            time.sleep(keepalive / 4)
+        time.sleep(3 * keepalive + 0.3)  # silent: keepalives
+        with raw_get(stream_server.port, "/idle/send?close=1") as sent:
+            assert sent.status == 200
+        reader.join(10)
+        assert not reader.is_alive(), "the stream did not end"
+    ticks = [at for at, chunk in arrivals if b"event: tick" in chunk]
+    keepalives = [at for at, chunk in arrivals if chunk == b": keepalive\n\n"]
+    assert len(ticks) >= 8, arrivals
+    last_tick = max(at for at in ticks if at < keepalives[0]) if keepalives else None
+    assert last_tick is not None and last_tick >= busy_until - keepalive, arrivals
+    assert all(at > last_tick for at in keepalives), "a keepalive while the stream was busy"
+    gaps = [b - a for a, b in zip([last_tick, *keepalives], keepalives, strict=False)]
+    assert len(gaps) >= 2, arrivals
+    # Never sooner than the period (less the tick's own way over loopback);
+    # later only by the wheel's 50 ms and what a busy machine adds.
+    assert all(keepalive - 0.05 <= gap <= keepalive + 0.5 for gap in gaps), gaps
+    wait_for_parked(stream_server, 0)
 
 
 def test_a_slow_client_gets_every_frame_once_its_socket_drains(stream_server: Server) -> None:
