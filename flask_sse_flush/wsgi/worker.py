@@ -85,9 +85,10 @@ class _Wheel:
     :attr:`RESOLUTION`, so never early and at most that late. A write does
     not move a stream: when its slot comes and it turns out not due (it
     wrote since), it goes to a later slot. A timer watcher per stream cost
-    more: made anew whenever it fired, ten thousand streams with a 1 s
-    keepalive made ten thousand garbage-collected objects a second, and the
-    collector's full passes over them stalled whole broadcasts.
+    more: each fired once a keepalive period, found its busy stream not due
+    and made a new watcher, and as every stream had written in the same
+    broadcast, ten thousand such callbacks came together and delayed the
+    broadcast they landed on by about 30 ms.
     """
 
     #: How finely due times are told apart, seconds.
