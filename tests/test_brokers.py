@@ -7,6 +7,7 @@ Tests that look inside one broker live in that broker's subclass.
 
 from __future__ import annotations
 
+import logging
 import random
 import subprocess
 import sys
@@ -589,6 +590,27 @@ class TestRedisBroker(BrokerContract):
         one.publish("job", 3, ev("job", 3, "error", {"message": "cancelled"}), final=True)
         until(watcher.closed.is_set)
         assert watcher.seqs == [1, 2, 3]
+
+    def test_a_pool_with_no_connection_free_is_not_an_outage(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # Redis answers; this process's one pooled connection is taken.
+        broker = self.make_broker(max_connections=1, request_timeout=0.3)
+        broker.create("job")
+        holder = threading.Thread(target=lambda: broker._connect().blpop(["nothing"], timeout=3))
+        holder.start()
+        time.sleep(0.5)  # the holder's BLPOP has the connection
+        try:
+            with (
+                caplog.at_level(logging.WARNING, logger="flask_sse_flush"),
+                pytest.raises(BrokerUnavailable, match=r"every connection .* is busy"),
+            ):
+                broker.status("job")
+        finally:
+            holder.join(10)
+        assert "1 Redis connections stayed busy for 0.3 s" in caplog.text
+        assert "unreachable" not in caplog.text
+        assert broker.status("job") is not None  # free again
 
     def test_close_ends_the_reader_before_it_returns(self) -> None:
         before = set(threading.enumerate())

@@ -23,6 +23,7 @@ from flask_sse_flush import Event
 from flask_sse_flush.brokers import RedisBroker
 from flask_sse_flush.brokers.base import event_id, parse_event_id
 from flask_sse_flush.testing import parse_events
+from tests.redis_calls import lua_calls
 from tests.timing import assert_under
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -412,3 +413,68 @@ def test_a_late_keeper_s_streams_count_again(
     assert other.subscribers("counted") == 1
     # Its keeper's next round: counted again, nothing forgotten.
     wait_for(lambda: other.subscribers("counted") == 2, 5, "the late process's streams")
+
+
+def test_a_count_redis_holds_wrong_is_put_right_by_the_next_round(
+    brokers: Callable[..., RedisBroker],
+) -> None:
+    """Each process writes its whole count of a job's streams, never a change
+    to it: a write that never landed (Redis away, every pooled connection
+    busy) leaves nothing wrong past the keeper's next round."""
+    runner, here = brokers(), brokers()
+    runner.create("recount")
+    for _ in range(3):
+        assert here.subscribe("recount", Collector())
+    assert runner.subscribers("recount") == 3
+    # As a decrement that never reached Redis would have left it.
+    here._connect().hset(here._store.key("job", "recount"), f"s:{here._store.process}", 40)
+    assert runner.subscribers("recount") == 40
+    wait_for(lambda: runner.subscribers("recount") == 3, DEADLINE, "the count written whole")
+
+
+def test_writes_of_a_count_that_cross_keep_the_newest(brokers: Callable[..., RedisBroker]) -> None:
+    """Two writes of one process's count on two pooled connections may land in
+    either order: Redis keeps the later one's."""
+    broker = brokers()
+    broker.create("crossed")
+    store = broker._store
+    assert store.set_subscribers("crossed", 5, version=10) == 5
+    assert store.set_subscribers("crossed", 2, version=9) == 5  # sent first, landed last
+    assert store.set_subscribers("crossed", 0, version=11) == 0
+    assert store.set_subscribers("crossed", 7, version=10) == 0  # never brings a count back
+    assert store.set_subscribers("crossed", 1, version=12) == 1
+    assert store.subscribers("crossed") == 1
+
+
+def test_streams_that_leave_together_write_their_count_a_few_times(
+    redis_server: Any, brokers: Callable[..., RedisBroker]
+) -> None:
+    """A crowd of a job's streams ending at once (a deploy, a network blip):
+    the count reaches 0 exactly, and the disconnect policy still sees the last
+    one leave, in far fewer writes than there were streams."""
+    streams = 200
+    runner, here = brokers(), brokers(max_connections=3)
+    runner.create("crowd")
+    crowd = [Collector() for _ in range(streams)]
+    for stream in crowd:
+        assert here.subscribe("crowd", stream)
+    assert runner.subscribers("crowd") == streams
+    barrier = threading.Barrier(streams)
+    remaining: list[int] = []
+
+    def leave(stream: Collector) -> None:
+        barrier.wait()
+        remaining.append(here.unsubscribe("crowd", stream))
+
+    before = lua_calls(redis_server.url)
+    threads = [threading.Thread(target=leave, args=(stream,)) for stream in crowd]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    calls = lua_calls(redis_server.url) - before
+    assert len(remaining) == streams
+    assert remaining.count(0) == 1  # the last to leave, and only it, sees none left
+    assert runner.subscribers("crowd") == 0
+    # One write per stream before; the keepers' rounds add a few.
+    assert calls < streams / 10, f"{calls} script calls for {streams} streams leaving"

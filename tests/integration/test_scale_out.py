@@ -27,6 +27,7 @@ import pytest
 
 from flask_sse_flush.brokers import parse_event_id
 from flask_sse_flush.testing import RedisCluster, RedisServer, parse_events, stop_process
+from tests.redis_calls import lua_calls
 from tests.timing import assert_p95_under, assert_under
 
 from .support import (
@@ -78,11 +79,14 @@ def _payload(log: Path, **fields: Any) -> dict[str, Any]:
     return {"log": str(log), **fields}
 
 
-def _runs(log: Path) -> list[dict[str, Any]]:
+def _records(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line]
-    return [r for r in records if "started" in r]
+    return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+
+def _runs(log: Path) -> list[dict[str, Any]]:
+    return [r for r in _records(log) if "started" in r]
 
 
 def _read(
@@ -414,6 +418,71 @@ def test_a_thousand_streams_hold_at_most_four_redis_connections(tmp_path: Path) 
             from_worker = [c for c in clients if int(c["addr"].rsplit(":", 1)[1]) in ports]
             assert 1 <= len(from_worker) <= 4, from_worker
             flag.touch()
+    finally:
+        for sock in sockets:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_crowd_leaving_together_cancels_its_job_in_a_few_writes(tmp_path: Path) -> None:
+    """1,500 streams of one job on one worker hang up at once (a deploy, a
+    network blip). The worker's count of them reaches Redis in a handful of
+    writes, not one per stream queued on its three pooled connections, and
+    ``on_disconnect="cancel"`` still sees the last client leave."""
+    from flask_sse_flush.brokers import RedisBroker
+
+    streams = 1500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    sockets: list[socket.socket] = []
+    flag, log = tmp_path / "go", tmp_path / "crowd.jsonl"
+    try:
+        with (
+            RedisServer() as redis,
+            scaled_server(
+                redis, tmp_path, workers=1, options=["--worker-connections", "3000"]
+            ) as server,
+        ):
+            body = json.dumps(_payload(log, steps=3, wait_for=str(flag))).encode()
+            with raw_get(server.port, "/cancelling/render", method="POST", body=body) as r:
+                job = r.json()["id"]
+            for _ in range(streams):
+                sock = socket.create_connection((HOST, server.port), 10)
+                sock.sendall(f"GET /cancelling/render/stream?job={job} HTTP/1.1\r\n\r\n".encode())
+                sockets.append(sock)
+            for sock in sockets:
+                assert sock.recv(12).startswith(b"HTTP/1.1 200")
+            counter = RedisBroker(redis.url, prefix=server.env["SCALED_REDIS_PREFIX"])  # type: ignore[attr-defined]
+            polls = 0
+
+            def attached() -> int:  # each a Lua call too, left out of the count below
+                nonlocal polls
+                polls += 1
+                return counter.subscribers(job)
+
+            try:
+                deadline = time.monotonic() + 30
+                while (n := attached()) < streams:
+                    assert time.monotonic() < deadline, f"{n} attached"
+                    time.sleep(0.1)
+                before, polls = lua_calls(redis.url), 0
+                for sock in sockets:
+                    sock.close()
+                while attached() > 0:
+                    assert time.monotonic() < deadline + 30, "the crowd's streams still count"
+                    time.sleep(0.05)
+                calls = lua_calls(redis.url) - before - polls
+                flag.touch()  # the render's next progress() finds it cancelled
+                deadline = time.monotonic() + 30
+                while not any("cancelled" in r for r in _records(log)):
+                    assert time.monotonic() < deadline, "the job was not cancelled"
+                    time.sleep(0.05)
+            finally:
+                counter.close()
+            # One write per stream before (1,502 measured); 33 or 34 now.
+            assert calls < streams / 5, f"{calls} Lua calls for {streams} streams leaving"
+            output = server.log_file("server.out").read_text("utf-8", "replace")
+            assert "Redis unreachable" not in output and "stayed busy" not in output
     finally:
         for sock in sockets:
             sock.close()

@@ -447,7 +447,7 @@ class RedisBroker:
                 running=self._running,
                 handed=self._handed_now,
                 handed_done=self._handed_renewed,
-                attached=self._subscriptions.attached,
+                renew_presence=self._subscriptions.presence.renew,
             )
         self._leases.start()
 

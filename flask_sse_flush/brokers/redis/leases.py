@@ -61,7 +61,8 @@ class Leases:
     :param handed: takes the ids of the jobs this process handed to a queue
         since the last round (their lease becomes the queue's).
     :param handed_done: called with those ids once their queue lease is set.
-    :param attached: the ids of the jobs this process has streams of.
+    :param renew_presence: writes this process's count of each job's
+        streams, renewing its presence there.
     """
 
     def __init__(
@@ -71,10 +72,10 @@ class Leases:
         running: Callable[[], set[str]],
         handed: Callable[[], set[str]],
         handed_done: Callable[[set[str]], None],
-        attached: Callable[[], set[str]],
+        renew_presence: Callable[[], None],
     ) -> None:
         self.store = store
-        self._attached = attached
+        self._renew_presence = renew_presence
         self._running = running
         self._handed = handed
         self._handed_done = handed_done
@@ -124,7 +125,7 @@ class Leases:
         running = self._running()
         for step in (
             lambda: self._renew_handed(handed),
-            lambda: self.store.renew_presence(self._attached()),  # its streams still count
+            self._renew_presence,  # its streams still count
             lambda: self.store.renew(running),
             self.store.check_nodes,
         ):

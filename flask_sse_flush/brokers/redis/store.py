@@ -27,10 +27,11 @@ import importlib.resources
 import json
 import logging
 import os
+import queue
 import secrets
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
@@ -50,6 +51,20 @@ R = TypeVar("R")
 Entry = tuple[int, bytes, "str | None"]
 
 UNAVAILABLE = "the event store (Redis) is unavailable"
+BUSY = "every connection to the event store (Redis) is busy"
+#: What the log says when this process's pool had no connection free for a
+#: call's whole wait; said at most every ``BUSY_LOG_EVERY`` seconds.
+BUSY_LOG = (
+    "every one of this process's %d Redis connections stayed busy for %.1f s "
+    "(Redis answers; raise the broker's max_connections if this goes on); retrying"
+)
+BUSY_LOG_EVERY = 10.0
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py's blocking pool giving up its wait for a free
+    connection: a busy process, not an unreachable Redis."""
+    return isinstance(exc.__context__, queue.Empty) or str(exc) == "No connection available."
 
 
 @functools.cache
@@ -66,7 +81,7 @@ class _Scripts:
     publish: Any
     update: Any
     cancel: Any
-    count_subscribers: Any
+    subscribers: Any
     append: Any
     position: Any
     renew: Any
@@ -85,7 +100,7 @@ class _Scripts:
             publish=client.register_script(_lua("publish")),
             update=client.register_script(_lua("update")),
             cancel=client.register_script(_lua("cancel")),
-            count_subscribers=client.register_script(_lua("count_subscribers")),
+            subscribers=client.register_script(_lua("subscribers")),
             append=client.register_script(_lua("append")),
             position=client.register_script(_lua("position")),
             renew=client.register_script(_lua("renew")),
@@ -437,6 +452,8 @@ class Store:
         self.down_since: float | None = None
         #: Since when (monotonic) Redis has answered again after its last outage.
         self.up_since = time.monotonic()
+        #: When (monotonic) the log last said the pool was exhausted.
+        self._busy_logged = -BUSY_LOG_EVERY
         self.closed = False
         self._client: Any = None
         self._scripts: _Scripts | None = None
@@ -566,14 +583,20 @@ class Store:
                 if self.closed:
                     raise BrokerUnavailable("the RedisBroker was closed") from exc
                 now = time.monotonic()
-                if self.down_since is None:
+                busy = pool_exhausted(exc)
+                if busy:  # Redis answers: no outage begins
+                    if now - self._busy_logged >= BUSY_LOG_EVERY:
+                        self._busy_logged = now
+                        log.warning(BUSY_LOG, self.max_connections, self.request_timeout)
+                elif self.down_since is None:
                     self.down_since = now
                     log.warning("Redis unreachable (%s); retrying", exc)
                 limit = self.outage_timeout if persistent else self.request_timeout
+                down = self.down_since
                 if now - started >= limit or (
-                    not persistent and now - self.down_since >= self.outage_timeout
+                    not persistent and down is not None and now - down >= self.outage_timeout
                 ):
-                    raise BrokerUnavailable(UNAVAILABLE) from exc
+                    raise BrokerUnavailable(BUSY if busy else UNAVAILABLE) from exc
                 time.sleep(delay)  # gevent's under gevent: the hub goes on
                 delay = min(delay * 2, 1.0)
             except self.redis.RedisError as exc:
@@ -963,33 +986,37 @@ class Store:
         status = _status(job_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         return status, ([] if status is None else _entries(raw))
 
-    def count_subscribers(self, job_id: str, delta: int) -> int:
-        """Add ``delta`` to this process's streams of a job; return every live process's."""
-        self.ready()
-        keys = [self.key("job", job_id)]
-        args = [delta, self.process, self.lease_ms]
-        count = self.run(lambda client: self.scripts.count_subscribers(keys=keys, args=args))
-        return max(0, int(count))
+    def set_subscribers(self, job_id: str, count: int, version: int) -> int:
+        """Set this process's streams of a job to ``count`` (unless a write of a
+        later ``version`` came first); return every live process's."""
+        return self._subscribers(job_id, str(count), version)
 
     def subscribers(self, job_id: str) -> int:
         """The streams attached to a job now, on every live process."""
-        return self.count_subscribers(job_id, 0)
+        return self._subscribers(job_id, "", 0)
 
-    def renew_presence(self, job_ids: Collection[str]) -> None:
-        """Keep this process's streams of ``job_ids`` counted for another lease."""
+    def _subscribers(self, job_id: str, count: str, version: int) -> int:
         self.ready()
-        ids = list(job_ids)
-        if not ids:
+        keys = [self.key("job", job_id)]
+        args = [count, self.process, version, self.lease_ms]
+        total = self.run(lambda client: self.scripts.subscribers(keys=keys, args=args))
+        return max(0, int(total))
+
+    def renew_presence(self, counts: Mapping[str, tuple[int, int]]) -> None:
+        """Write this process's streams of each job (count, version), renewing its presence."""
+        self.ready()
+        if not counts:
             return
-        args = [0, self.process, self.lease_ms]
 
         def renew(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
-                self._queue(pipe, "count_subscribers", [self.key("job", job_id)], args)
+                count, version = counts[job_id]
+                args = [str(count), self.process, version, self.lease_ms]
+                self._queue(pipe, "subscribers", [self.key("job", job_id)], args)
             return list(pipe.execute())
 
-        self._per_node(ids, renew)
+        self._per_node(list(counts), renew)
 
     def cancel(self, job_id: str) -> bool:
         """Mark a running job cancelled and tell every worker; ``False`` if none runs."""

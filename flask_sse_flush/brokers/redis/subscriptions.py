@@ -26,6 +26,7 @@ from ...exceptions import BrokerUnavailable, StreamClosed, UnknownJob
 from ...runtime import new_lock
 from ...wire.frames import Event
 from ..base import JobStatus, Subscriber, close_subscriber, fan_out, gap_event
+from .presence import Presence
 from .store import UNAVAILABLE, Entry, Store
 
 __all__ = ["Local", "Subscriptions"]
@@ -164,6 +165,8 @@ class Subscriptions:
         self.jobs: dict[str, Local] = {}
         self.channels: dict[str, Local] = {}  # by name
         self.cancel_callbacks: dict[str, list[Callable[[], Any]]] = {}
+        #: This process's count of each job's streams, in Redis.
+        self.presence = Presence(store)
 
     # -- jobs ----------------------------------------------------------------------
 
@@ -181,8 +184,8 @@ class Subscriptions:
                 if status.final_seq is not None:
                     break  # the replay held the terminal event
                 if not counted:
-                    self.store.count_subscribers(job_id, +1)
                     counted = True
+                    self.presence.change(job_id, +1)
                 if self._join(job_id, subscriber, last):
                     return True
                 # The reader delivered events past our replay meanwhile: read on.
@@ -191,8 +194,13 @@ class Subscriptions:
                     break
         except StreamClosed:
             gone = True
+        except BaseException:
+            if counted:  # the keeper's next round writes it: no second wait on Redis
+                self.presence.change(job_id, -1, write=False)
+            raise
         if counted:
-            self.store.count_subscribers(job_id, -1)
+            with contextlib.suppress(BrokerUnavailable):  # the count here is right: see Presence
+                self.presence.change(job_id, -1)
         if not gone:
             close_subscriber(subscriber)
         return True
@@ -236,7 +244,7 @@ class Subscriptions:
         try:
             if not attached:
                 return self.store.subscribers(job_id)
-            return self.store.count_subscribers(job_id, -1)
+            return self.presence.change(job_id, -1)
         except BrokerUnavailable:
             return 1  # unknown while Redis is away: never count a job as abandoned
 
@@ -501,11 +509,6 @@ class Subscriptions:
                 callback()
             except Exception:
                 log.exception("cancel callback of job %s failed", job_id)
-
-    def attached(self) -> set[str]:
-        """The jobs this process has streams of (their presence is renewed)."""
-        with self.lock:
-            return set(self.jobs)
 
     # -- for the reader ------------------------------------------------------------
 
