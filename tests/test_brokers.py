@@ -597,9 +597,8 @@ class TestRedisBroker(BrokerContract):
         # Redis answers; this process's one pooled connection is taken.
         broker = self.make_broker(max_connections=1, request_timeout=0.3)
         broker.create("job")
-        holder = threading.Thread(target=lambda: broker._connect().blpop(["nothing"], timeout=3))
-        holder.start()
-        time.sleep(0.5)  # the holder's BLPOP has the connection
+        pool = broker._connect().connection_pool
+        taken = pool.get_connection()
         try:
             with (
                 caplog.at_level(logging.WARNING, logger="flask_sse_flush"),
@@ -607,7 +606,7 @@ class TestRedisBroker(BrokerContract):
             ):
                 broker.status("job")
         finally:
-            holder.join(10)
+            pool.release(taken)
         assert "1 Redis connections stayed busy for 0.3 s" in caplog.text
         assert "unreachable" not in caplog.text
         assert broker.status("job") is not None  # free again

@@ -52,7 +52,7 @@ ALLOWED: dict[str, set[str]] = {
     "brokers/base": {"channels", "exceptions", "wire/frames"},
     "brokers/memory": {"brokers/base", "channels", "exceptions", "runtime", "wire/frames"},
     "brokers/redis/store": {"brokers/base", "channels", "exceptions", "runtime"},
-    "brokers/redis/presence": {"brokers/redis/store", "exceptions", "runtime"},
+    "brokers/redis/presence": {"brokers/base", "brokers/redis/store", "exceptions", "runtime"},
     "brokers/redis/subscriptions": {
         "brokers/base",
         "brokers/redis/presence",

@@ -428,8 +428,26 @@ def test_a_count_redis_holds_wrong_is_put_right_by_the_next_round(
     assert runner.subscribers("recount") == 3
     # As a decrement that never reached Redis would have left it.
     here._connect().hset(here._store.key("job", "recount"), f"s:{here._store.process}", 40)
-    assert runner.subscribers("recount") == 40
     wait_for(lambda: runner.subscribers("recount") == 3, DEADLINE, "the count written whole")
+
+
+def test_a_job_s_end_uncounts_its_streams(brokers: Callable[..., RedisBroker]) -> None:
+    """Streams a job's end closes are counted no more, without their clients'
+    unsubscribe: nothing of them is renewed afterwards."""
+    runner, here = brokers(), brokers()
+    runner.create("ends")
+    streams = [Collector(), Collector()]
+    for stream in streams:
+        assert here.subscribe("ends", stream)
+    assert runner.subscribers("ends") == 2
+    complete = Event({"filename": "a", "url": "/a"}, event="complete", id=event_id("ends", 1))
+    runner.publish("ends", 1, complete, change={"state": "complete"}, final=True)
+    wait_for(lambda: all(s.closed.is_set() for s in streams), 10, "the streams' end")
+    wait_for(lambda: runner.subscribers("ends") == 0, DEADLINE, "the ended job's streams")
+    fields = here._connect().hgetall(here._store.key("job", "ends"))
+    assert f"s:{here._store.process}".encode() not in fields
+    time.sleep(LEASE)  # keeper rounds: none brings them back
+    assert runner.subscribers("ends") == 0
 
 
 def test_writes_of_a_count_that_cross_keep_the_newest(brokers: Callable[..., RedisBroker]) -> None:
@@ -453,7 +471,8 @@ def test_streams_that_leave_together_write_their_count_a_few_times(
     the count reaches 0 exactly, and the disconnect policy still sees the last
     one leave, in far fewer writes than there were streams."""
     streams = 200
-    runner, here = brokers(), brokers(max_connections=3)
+    # Keepers that sweep once in a while: the calls counted are the crowd's.
+    runner, here = brokers(lease=60), brokers(lease=60, max_connections=3)
     runner.create("crowd")
     crowd = [Collector() for _ in range(streams)]
     for stream in crowd:

@@ -13,7 +13,8 @@ the highest version. So:
   writes every count this process holds, puts it right;
 - writes coalesce. While one is in flight for a job, a change that leaves
   the job with streams here does not write: it marks the job, and the
-  writer in flight writes again with the newest count. When a worker's
+  writer in flight writes again with the newest count (up to eight writes
+  in a row; past that, the next change or the keeper's round). When a worker's
   thousands of streams of one job end at once (a deploy, a network blip),
   that is a few round trips, not one per stream through a pool of three
   connections. A change that leaves none here always writes, and waits for
@@ -24,99 +25,136 @@ the highest version. So:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from ...exceptions import BrokerUnavailable
 from ...runtime import new_lock
+from ..base import Subscriber
 from .store import Store
 
 __all__ = ["Presence"]
 
-#: The most writes one caller makes for the changes of others before it
-#: returns (the next change, or the lease keeper, writes the rest).
+#: The most writes one caller makes in a row: its own, then those for the
+#: changes of others meanwhile (the next change, or the keeper, writes the rest).
 MAX_ROUNDS = 8
 
 
 class Presence:
-    """This process's count of each job's streams, written to Redis (see the module).
+    """This process's streams of each job, counted in Redis (see the module).
 
-    No I/O under its lock: under gevent it is a native lock, and a greenlet
-    that yielded holding it would freeze the hub.
+    It holds the streams themselves, not a number: a stream is counted once
+    however it leaves (its client's unsubscribe, the fan-out finding it
+    gone, the job's end, an outage). No I/O under its lock: under gevent it
+    is a native lock, and a greenlet that yielded holding it would freeze
+    the hub.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._lock = new_lock()
-        self._counts: dict[str, int] = {}
+        self._streams: dict[str, set[Subscriber]] = {}
         #: Writes in flight per job.
         self._writing: dict[str, int] = {}
-        #: Jobs whose count changed while a write of theirs was in flight.
+        #: Jobs whose count changed since their last write began.
         self._dirty: set[str] = set()
         #: The total Redis last answered, per job with streams here.
         self._known: dict[str, int] = {}
         self._versions: Iterator[int] = itertools.count(1)
 
-    def change(self, job_id: str, delta: int, *, write: bool = True) -> int:
-        """Add ``delta`` (``+1`` or ``-1``) to this process's streams of ``job_id``.
+    def add(self, job_id: str, subscriber: Subscriber) -> int:
+        """Count ``subscriber`` among this process's streams of ``job_id``.
 
-        ``write=False`` changes the count here only, for the lease keeper's
-        next round to write (undoing a change whose request failed).
+        :returns: the job's streams on every live process, at least this
+            process's own.
+        :raises BrokerUnavailable: Redis stayed away past the store's
+            ``request_timeout`` (the stream stays counted here, and reaches
+            Redis with a later write).
+        """
+        with self._lock:
+            self._streams.setdefault(job_id, set()).add(subscriber)
+        return self._changed(job_id)
+
+    def remove(self, job_id: str, subscriber: Subscriber) -> int | None:
+        """Count ``subscriber`` no more; ``None`` if it was not counted.
 
         :returns: the job's streams on every live process: exact when none
             is left here, else at least this process's own.
-        :raises BrokerUnavailable: Redis stayed away past the store's
-            ``request_timeout`` (the count here is right regardless, and
-            reaches Redis with a later write).
+        :raises BrokerUnavailable: as :meth:`add`.
         """
         with self._lock:
-            count = max(0, self._counts.get(job_id, 0) + delta)
-            if count:
-                self._counts[job_id] = count
-            else:
-                self._counts.pop(job_id, None)
-                self._known.pop(job_id, None)
-            if not write or (count and self._writing.get(job_id)):
-                self._dirty.add(job_id)  # the writer in flight, or the keeper, writes it
-                return max(count, self._known.get(job_id, count))
+            streams = self._streams.get(job_id)
+            if streams is None or subscriber not in streams:
+                return None
+            streams.discard(subscriber)
+        return self._changed(job_id)
+
+    def drop(self, job_id: str, subscribers: Iterable[Subscriber]) -> None:
+        """Count these streams no more, writing nothing now: the keeper's
+        next round does (an ended job, an outage, a failed request)."""
+        with self._lock:
+            streams = self._streams.get(job_id)
+            if streams is None:
+                return
+            streams.difference_update(subscribers)
+            self._settle(job_id, streams)
+            self._dirty.add(job_id)
+
+    def _settle(self, job_id: str, streams: set[Subscriber]) -> int:
+        """Forget a job with no stream here; its count. Lock held."""
+        if not streams:
+            self._streams.pop(job_id, None)
+            self._known.pop(job_id, None)
+        return len(streams)
+
+    def _changed(self, job_id: str) -> int:
+        """Write the job's count, unless a write in flight will; the total."""
+        with self._lock:
+            count = self._settle(job_id, self._streams.get(job_id, set()))
+            self._dirty.add(job_id)
+            if count and self._writing.get(job_id):
+                return max(count, self._known.get(job_id, count))  # the writer in flight writes it
             self._writing[job_id] = self._writing.get(job_id, 0) + 1
-        try:
-            return self._write(job_id)
-        finally:
-            with self._lock:
-                left = self._writing[job_id] - 1
-                if left:
-                    self._writing[job_id] = left
-                else:
-                    del self._writing[job_id]
+        total = self._write(job_id)
+        return max(count, total) if count else total
 
     def _write(self, job_id: str) -> int:
-        """Write the job's count, then again while others changed it meanwhile."""
-        total = self._write_once(job_id)  # the caller's own change: its failure is the caller's
-        for _ in range(MAX_ROUNDS - 1):
+        """Write the job's count while it changed meanwhile, at most ``MAX_ROUNDS`` times.
+
+        The caller is counted in ``_writing``; it leaves in the same locked
+        step that finds nothing more to write, so a change made after that
+        step writes for itself.
+        """
+        total = 0
+        for round_ in range(MAX_ROUNDS):
             with self._lock:
-                if job_id not in self._dirty:
-                    break
+                if round_ and job_id not in self._dirty:  # the first write is the caller's own
+                    self._left(job_id)
+                    return total
+                self._dirty.discard(job_id)
+                count = len(self._streams.get(job_id, ()))
+                version = next(self._versions)
             try:
-                total = self._write_once(job_id)
-            except BrokerUnavailable:
-                break  # still marked: the lease keeper's round writes it
+                total = self.store.set_subscribers(job_id, count, version)
+            except BaseException:
+                with self._lock:
+                    self._dirty.add(job_id)  # the keeper's next round writes it
+                    self._left(job_id)
+                if round_:
+                    return total  # the caller's own change was written
+                raise
+            with self._lock:
+                if job_id in self._streams:
+                    self._known[job_id] = total
+        with self._lock:
+            self._left(job_id)
         return total
 
-    def _write_once(self, job_id: str) -> int:
-        with self._lock:
-            self._dirty.discard(job_id)
-            count = self._counts.get(job_id, 0)
-            version = next(self._versions)
-        try:
-            total = self.store.set_subscribers(job_id, count, version)
-        except BrokerUnavailable:
-            with self._lock:
-                self._dirty.add(job_id)
-            raise
-        with self._lock:
-            if job_id in self._counts:  # still has streams here
-                self._known[job_id] = total
-        return total
+    def _left(self, job_id: str) -> None:
+        """A writer of ``job_id`` is done; lock held."""
+        left = self._writing[job_id] - 1
+        if left:
+            self._writing[job_id] = left
+        else:
+            del self._writing[job_id]
 
     def renew(self) -> None:
         """Write every count this process holds, and those not yet written.
@@ -125,14 +163,16 @@ class Presence:
         job it has streams of, and puts right a count a failed write left.
         """
         with self._lock:
-            due = set(self._counts) | self._dirty
+            due = set(self._streams) | self._dirty
             self._dirty.clear()
-            counts = {job_id: (self._counts.get(job_id, 0), next(self._versions)) for job_id in due}
+            counts = {
+                job_id: (len(self._streams.get(job_id, ())), next(self._versions)) for job_id in due
+            }
         if not counts:
             return
+        written: set[str] = set()
         try:
-            self.store.renew_presence(counts)
-        except BrokerUnavailable:
+            written = self.store.renew_presence(counts)
+        finally:
             with self._lock:
-                self._dirty.update(counts)
-            raise
+                self._dirty.update(set(counts) - written)

@@ -56,7 +56,7 @@ BUSY = "every connection to the event store (Redis) is busy"
 #: call's whole wait; said at most every ``BUSY_LOG_EVERY`` seconds.
 BUSY_LOG = (
     "every one of this process's %d Redis connections stayed busy for %.1f s "
-    "(Redis answers; raise the broker's max_connections if this goes on); retrying"
+    "(Redis answers; raise the broker's max_connections if this goes on)"
 )
 BUSY_LOG_EVERY = 10.0
 
@@ -596,7 +596,7 @@ class Store:
                 if now - started >= limit or (
                     not persistent and down is not None and now - down >= self.outage_timeout
                 ):
-                    raise BrokerUnavailable(BUSY if busy else UNAVAILABLE) from exc
+                    raise BrokerUnavailable(BUSY if busy and down is None else UNAVAILABLE) from exc
                 time.sleep(delay)  # gevent's under gevent: the hub goes on
                 delay = min(delay * 2, 1.0)
             except self.redis.RedisError as exc:
@@ -1002,11 +1002,15 @@ class Store:
         total = self.run(lambda client: self.scripts.subscribers(keys=keys, args=args))
         return max(0, int(total))
 
-    def renew_presence(self, counts: Mapping[str, tuple[int, int]]) -> None:
-        """Write this process's streams of each job (count, version), renewing its presence."""
+    def renew_presence(self, counts: Mapping[str, tuple[int, int]]) -> set[str]:
+        """Write this process's streams of each job (count, version), renewing its
+        presence; return the jobs written (on a cluster, a node away leaves its out).
+
+        :raises BrokerUnavailable: no node could be written.
+        """
         self.ready()
         if not counts:
-            return
+            return set()
 
         def renew(client: Any, ids: list[str]) -> list[Any]:
             pipe = client.pipeline(transaction=False)
@@ -1016,7 +1020,7 @@ class Store:
                 self._queue(pipe, "subscribers", [self.key("job", job_id)], args)
             return list(pipe.execute())
 
-        self._per_node(list(counts), renew)
+        return set(self._per_node(list(counts), renew))
 
     def cancel(self, job_id: str) -> bool:
         """Mark a running job cancelled and tell every worker; ``False`` if none runs."""

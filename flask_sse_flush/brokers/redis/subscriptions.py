@@ -185,7 +185,7 @@ class Subscriptions:
                     break  # the replay held the terminal event
                 if not counted:
                     counted = True
-                    self.presence.change(job_id, +1)
+                    self.presence.add(job_id, subscriber)
                 if self._join(job_id, subscriber, last):
                     return True
                 # The reader delivered events past our replay meanwhile: read on.
@@ -196,11 +196,11 @@ class Subscriptions:
             gone = True
         except BaseException:
             if counted:  # the keeper's next round writes it: no second wait on Redis
-                self.presence.change(job_id, -1, write=False)
+                self.presence.drop(job_id, [subscriber])
             raise
         if counted:
             with contextlib.suppress(BrokerUnavailable):  # the count here is right: see Presence
-                self.presence.change(job_id, -1)
+                self.presence.remove(job_id, subscriber)
         if not gone:
             close_subscriber(subscriber)
         return True
@@ -229,12 +229,11 @@ class Subscriptions:
 
     def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
         """Detach ``subscriber``; the job's streams on every worker left."""
-        attached = emptied = False
+        emptied = False
         with self.lock:
             local = self.jobs.get(job_id)
             if local is not None:
                 with local.lock:
-                    attached = subscriber in local.members or subscriber in local.joining
                     local.drop(subscriber)
                     if not local.count():
                         del self.jobs[job_id]
@@ -242,9 +241,9 @@ class Subscriptions:
         if emptied:
             self._changed()
         try:
-            if not attached:
-                return self.store.subscribers(job_id)
-            return self.presence.change(job_id, -1)
+            left = self.presence.remove(job_id, subscriber)
+            # Not counted here (any more): ended with its job, or forgotten by the fan-out.
+            return self.store.subscribers(job_id) if left is None else left
         except BrokerUnavailable:
             return 1  # unknown while Redis is away: never count a job as abandoned
 
@@ -313,7 +312,9 @@ class Subscriptions:
         with self.lock:
             if self.jobs.get(local.job_id) is local:
                 del self.jobs[local.job_id]
-        for subscriber in local.take_all():
+        subscribers = local.take_all()
+        self.presence.drop(local.job_id, subscribers)
+        for subscriber in subscribers:
             close_subscriber(subscriber)
         self._wake()
 
@@ -608,7 +609,10 @@ class Subscriptions:
             len(locals_),
         )
         for local in locals_:
-            for subscriber in local.take_all():
+            subscribers = local.take_all()
+            if local.name is None:
+                self.presence.drop(local.job_id, subscribers)
+            for subscriber in subscribers:
                 with contextlib.suppress(Exception):
                     subscriber.deliver(frame, None)
                 close_subscriber(subscriber)
@@ -619,5 +623,8 @@ class Subscriptions:
             locals_ = [*self.jobs.values(), *self.channels.values()]
             self.jobs, self.channels = {}, {}
         for local in locals_:
-            for subscriber in local.take_all():
+            subscribers = local.take_all()
+            if local.name is None:
+                self.presence.drop(local.job_id, subscribers)
+            for subscriber in subscribers:
                 close_subscriber(subscriber)
