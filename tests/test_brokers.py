@@ -598,7 +598,10 @@ class TestRedisBroker(BrokerContract):
         broker = self.make_broker(max_connections=1, request_timeout=0.3)
         broker.create("job")
         pool = broker._connect().connection_pool
-        taken = pool.get_connection()
+        try:
+            taken = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants a command's name
+            taken = pool.get_connection("PING")
         try:
             with (
                 caplog.at_level(logging.WARNING, logger="flask_sse_flush"),

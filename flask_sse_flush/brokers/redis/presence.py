@@ -11,10 +11,12 @@ the highest version. So:
 - a write that failed (Redis away, every pooled connection busy) costs
   nothing lasting: the next one, or the lease keeper's next round, which
   writes every count this process holds, puts it right;
-- writes coalesce. While one is in flight for a job, a change that leaves
-  the job with streams here does not write: it marks the job, and the
-  writer in flight writes again with the newest count (up to eight writes
-  in a row; past that, the next change or the keeper's round). When a worker's
+- a stream's leaving coalesces. While a write is in flight for a job, a
+  stream that leaves with others of the job still here does not write: it
+  marks the job, and the writer in flight writes again with the newest
+  count (up to eight writes in a row, within 0.1 s; past that, the next
+  change or the keeper's round). A stream that comes always writes before
+  it is served. When a worker's
   thousands of streams of one job end at once (a deploy, a network blip),
   that is a few round trips, not one per stream through a pool of three
   connections. A change that leaves none here always writes, and waits for
@@ -25,8 +27,10 @@ the highest version. So:
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator
 
+from ...exceptions import BrokerUnavailable
 from ...runtime import new_lock
 from ..base import Subscriber
 from .store import Store
@@ -34,8 +38,10 @@ from .store import Store
 __all__ = ["Presence"]
 
 #: The most writes one caller makes in a row: its own, then those for the
-#: changes of others meanwhile (the next change, or the keeper, writes the rest).
+#: changes of others meanwhile (the next change, or the keeper, writes the rest)...
 MAX_ROUNDS = 8
+#: ... and for how long it goes on making them (seconds).
+FOLLOW_UP_SECONDS = 0.1
 
 
 class Presence:
@@ -63,6 +69,10 @@ class Presence:
     def add(self, job_id: str, subscriber: Subscriber) -> int:
         """Count ``subscriber`` among this process's streams of ``job_id``.
 
+        Always written before it returns, so a stream is counted in Redis
+        before it is served (another worker's last client leaving must not
+        see none here).
+
         :returns: the job's streams on every live process, at least this
             process's own.
         :raises BrokerUnavailable: Redis stayed away past the store's
@@ -71,25 +81,26 @@ class Presence:
         """
         with self._lock:
             self._streams.setdefault(job_id, set()).add(subscriber)
-        return self._changed(job_id)
+        return self._changed(job_id, coalesce=False)
 
-    def remove(self, job_id: str, subscriber: Subscriber) -> int | None:
-        """Count ``subscriber`` no more; ``None`` if it was not counted.
+    def remove(self, job_id: str, subscriber: Subscriber) -> int:
+        """Count ``subscriber`` no more (if it still is).
 
         :returns: the job's streams on every live process: exact when none
-            is left here, else at least this process's own.
+            is left here (then always written and read back: this is what
+            the disconnect policy acts on), else at least this process's own.
         :raises BrokerUnavailable: as :meth:`add`.
         """
         with self._lock:
             streams = self._streams.get(job_id)
-            if streams is None or subscriber not in streams:
-                return None
-            streams.discard(subscriber)
-        return self._changed(job_id)
+            if streams is not None:
+                streams.discard(subscriber)
+        return self._changed(job_id, coalesce=True)
 
     def drop(self, job_id: str, subscribers: Iterable[Subscriber]) -> None:
         """Count these streams no more, writing nothing now: the keeper's
-        next round does (an ended job, an outage, a failed request)."""
+        next round does (an ended job, an outage, a stream the fan-out
+        found gone, a failed request). No I/O: safe in the reader."""
         with self._lock:
             streams = self._streams.get(job_id)
             if streams is None:
@@ -105,28 +116,33 @@ class Presence:
             self._known.pop(job_id, None)
         return len(streams)
 
-    def _changed(self, job_id: str) -> int:
-        """Write the job's count, unless a write in flight will; the total."""
+    def _changed(self, job_id: str, *, coalesce: bool) -> int:
+        """Write the job's count (unless ``coalesce`` and a write in flight
+        will, and streams are left here); the total."""
         with self._lock:
             count = self._settle(job_id, self._streams.get(job_id, set()))
             self._dirty.add(job_id)
-            if count and self._writing.get(job_id):
+            if coalesce and count and self._writing.get(job_id):
                 return max(count, self._known.get(job_id, count))  # the writer in flight writes it
             self._writing[job_id] = self._writing.get(job_id, 0) + 1
         total = self._write(job_id)
         return max(count, total) if count else total
 
     def _write(self, job_id: str) -> int:
-        """Write the job's count while it changed meanwhile, at most ``MAX_ROUNDS`` times.
+        """Write the job's count, then again while it changed meanwhile (at
+        most ``MAX_ROUNDS`` writes, for at most ``FOLLOW_UP_SECONDS``).
 
         The caller is counted in ``_writing``; it leaves in the same locked
         step that finds nothing more to write, so a change made after that
         step writes for itself.
         """
         total = 0
+        started = time.monotonic()
         for round_ in range(MAX_ROUNDS):
             with self._lock:
-                if round_ and job_id not in self._dirty:  # the first write is the caller's own
+                if round_ and (
+                    job_id not in self._dirty or time.monotonic() - started > FOLLOW_UP_SECONDS
+                ):  # the first write is the caller's own; the rest, the keeper's if need be
                     self._left(job_id)
                     return total
                 self._dirty.discard(job_id)
@@ -134,11 +150,11 @@ class Presence:
                 version = next(self._versions)
             try:
                 total = self.store.set_subscribers(job_id, count, version)
-            except BaseException:
+            except BaseException as exc:
                 with self._lock:
                     self._dirty.add(job_id)  # the keeper's next round writes it
                     self._left(job_id)
-                if round_:
+                if round_ and isinstance(exc, BrokerUnavailable):
                     return total  # the caller's own change was written
                 raise
             with self._lock:

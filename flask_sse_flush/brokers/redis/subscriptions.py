@@ -229,23 +229,35 @@ class Subscriptions:
 
     def unsubscribe(self, job_id: str, subscriber: Subscriber) -> int:
         """Detach ``subscriber``; the job's streams on every worker left."""
+        self._forget(job_id, [subscriber])
+        try:
+            # Written even if the fan-out or the job's end uncounted it
+            # already: the answer then counts this worker's streams as they are.
+            return self.presence.remove(job_id, subscriber)
+        except BrokerUnavailable:
+            return 1  # unknown while Redis is away: never count a job as abandoned
+
+    def _forget(self, job_id: str, subscribers: list[Subscriber]) -> None:
+        """Drop streams from the job's local entry (no I/O: the reader calls it)."""
         emptied = False
         with self.lock:
             local = self.jobs.get(job_id)
             if local is not None:
                 with local.lock:
-                    local.drop(subscriber)
+                    for subscriber in subscribers:
+                        local.drop(subscriber)
                     if not local.count():
                         del self.jobs[job_id]
                         emptied = True
         if emptied:
             self._changed()
-        try:
-            left = self.presence.remove(job_id, subscriber)
-            # Not counted here (any more): ended with its job, or forgotten by the fan-out.
-            return self.store.subscribers(job_id) if left is None else left
-        except BrokerUnavailable:
-            return 1  # unknown while Redis is away: never count a job as abandoned
+
+    def _gone(self, job_id: str, subscribers: list[Subscriber]) -> None:
+        """Streams the fan-out found gone: forgotten here, uncounted with the
+        keeper's next write or their own unsubscribe (the reader writes nothing)."""
+        if subscribers:
+            self._forget(job_id, subscribers)
+            self.presence.drop(job_id, subscribers)
 
     def _on_job_message(self, job_id: str, data: bytes) -> None:
         local = self.jobs.get(job_id)
@@ -269,9 +281,8 @@ class Subscriptions:
         gone = fan_out(job_id, recipients, frame, level)
         if final:
             self._ended(local)
-        elif gone:
-            for subscriber in gone:
-                self.unsubscribe(job_id, subscriber)
+        else:
+            self._gone(job_id, gone)
 
     def catch_up(self, local: Local) -> None:
         """Bring a job's (or channel's) local streams up to date from its log; mark it synced."""
@@ -305,8 +316,7 @@ class Subscriptions:
         if status.final_seq is not None:
             self._ended(local)
         else:
-            for subscriber in gone:
-                self.unsubscribe(local.job_id, subscriber)
+            self._gone(local.job_id, gone)
 
     def _ended(self, local: Local) -> None:
         with self.lock:
