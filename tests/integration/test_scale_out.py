@@ -385,11 +385,13 @@ def _tcp_ports(pid: int) -> set[int]:
     return ports
 
 
-def test_a_thousand_streams_hold_at_most_four_redis_connections(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def one_worker(tmp_path: Path) -> Iterator[tuple[RedisServer, Server, list[socket.socket]]]:
+    """One gevent worker on a Redis of its own, with room for some thousands
+    of client sockets (the list yielded; each is closed at the end)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     sockets: list[socket.socket] = []
-    flag = tmp_path / "go"
     try:
         with (
             RedisServer() as redis,
@@ -397,93 +399,84 @@ def test_a_thousand_streams_hold_at_most_four_redis_connections(tmp_path: Path) 
                 redis, tmp_path, workers=1, options=["--worker-connections", "3000"]
             ) as server,
         ):
-            jobs = []
-            for n in range(20):
-                body = json.dumps(_payload(tmp_path / f"j{n}.jsonl", steps=2, wait_for=str(flag)))
-                with raw_get(server.port, "/render", method="POST", body=body.encode()) as r:
-                    jobs.append(r.json()["id"])
-            for n in range(1000):
-                sock = socket.create_connection((HOST, server.port), 10)
-                sock.sendall(
-                    f"GET /render/stream?job={jobs[n % 20]} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-                )
-                sockets.append(sock)
-            for sock in sockets:
-                assert sock.recv(12).startswith(b"HTTP/1.1 200")
-            import redis as redis_py
-
-            (pid,) = worker_pids(server)
-            ports = _tcp_ports(pid)
-            clients = redis_py.Redis.from_url(redis.url).client_list()
-            from_worker = [c for c in clients if int(c["addr"].rsplit(":", 1)[1]) in ports]
-            assert 1 <= len(from_worker) <= 4, from_worker
-            flag.touch()
+            yield redis, server, sockets
     finally:
         for sock in sockets:
             sock.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def open_streams(server: Server, paths: list[str], sockets: list[socket.socket]) -> None:
+    """Open a stream of each path on a raw socket (into ``sockets``); each answers 200."""
+    for path in paths:
+        sock = socket.create_connection((HOST, server.port), 10)
+        sockets.append(sock)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    for sock in sockets[-len(paths) :]:
+        assert sock.recv(12).startswith(b"HTTP/1.1 200")
+
+
+def test_a_thousand_streams_hold_at_most_four_redis_connections(tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    with one_worker(tmp_path) as (redis, server, sockets):
+        jobs = []
+        for n in range(20):
+            body = json.dumps(_payload(tmp_path / f"j{n}.jsonl", steps=2, wait_for=str(flag)))
+            with raw_get(server.port, "/render", method="POST", body=body.encode()) as r:
+                jobs.append(r.json()["id"])
+        open_streams(server, [f"/render/stream?job={jobs[n % 20]}" for n in range(1000)], sockets)
+        import redis as redis_py
+
+        (pid,) = worker_pids(server)
+        ports = _tcp_ports(pid)
+        clients = redis_py.Redis.from_url(redis.url).client_list()
+        from_worker = [c for c in clients if int(c["addr"].rsplit(":", 1)[1]) in ports]
+        assert 1 <= len(from_worker) <= 4, from_worker
+        flag.touch()
+
+
 def test_a_crowd_leaving_together_cancels_its_job_in_a_few_writes(tmp_path: Path) -> None:
     """1,500 streams of one job on one worker hang up at once (a deploy, a
-    network blip). The worker's count of them reaches Redis in a handful of
+    network blip). The worker's count of them reaches Redis in a few dozen
     writes, not one per stream queued on its three pooled connections, and
     ``on_disconnect="cancel"`` still sees the last client leave."""
     from flask_sse_flush.brokers import RedisBroker
 
     streams = 1500
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
-    sockets: list[socket.socket] = []
     flag, log = tmp_path / "go", tmp_path / "crowd.jsonl"
-    try:
-        with (
-            RedisServer() as redis,
-            scaled_server(
-                redis, tmp_path, workers=1, options=["--worker-connections", "3000"]
-            ) as server,
-        ):
-            body = json.dumps(_payload(log, steps=3, wait_for=str(flag))).encode()
-            with raw_get(server.port, "/cancelling/render", method="POST", body=body) as r:
-                job = r.json()["id"]
-            for _ in range(streams):
-                sock = socket.create_connection((HOST, server.port), 10)
-                sock.sendall(f"GET /cancelling/render/stream?job={job} HTTP/1.1\r\n\r\n".encode())
-                sockets.append(sock)
+    with one_worker(tmp_path) as (redis, server, sockets):
+        body = json.dumps(_payload(log, steps=3, wait_for=str(flag))).encode()
+        with raw_get(server.port, "/cancelling/render", method="POST", body=body) as r:
+            job = r.json()["id"]
+        open_streams(server, [f"/cancelling/render/stream?job={job}"] * streams, sockets)
+        counter = RedisBroker(redis.url, prefix=server.env["SCALED_REDIS_PREFIX"])  # type: ignore[attr-defined]
+        polls = 0
+
+        def attached() -> int:  # each a Lua call too, left out of the count below
+            nonlocal polls
+            polls += 1
+            return counter.subscribers(job)
+
+        try:
+            deadline = time.monotonic() + 30
+            while (n := attached()) < streams:
+                assert time.monotonic() < deadline, f"{n} attached"
+                time.sleep(0.1)
+            before, polls = lua_calls(redis.url), 0
             for sock in sockets:
-                assert sock.recv(12).startswith(b"HTTP/1.1 200")
-            counter = RedisBroker(redis.url, prefix=server.env["SCALED_REDIS_PREFIX"])  # type: ignore[attr-defined]
-            polls = 0
-
-            def attached() -> int:  # each a Lua call too, left out of the count below
-                nonlocal polls
-                polls += 1
-                return counter.subscribers(job)
-
-            try:
-                deadline = time.monotonic() + 30
-                while (n := attached()) < streams:
-                    assert time.monotonic() < deadline, f"{n} attached"
-                    time.sleep(0.1)
-                before, polls = lua_calls(redis.url), 0
-                for sock in sockets:
-                    sock.close()
-                while attached() > 0:
-                    assert time.monotonic() < deadline + 30, "the crowd's streams still count"
-                    time.sleep(0.05)
-                calls = lua_calls(redis.url) - before - polls
-                flag.touch()  # the render's next progress() finds it cancelled
-                deadline = time.monotonic() + 30
-                while not any("cancelled" in r for r in _records(log)):
-                    assert time.monotonic() < deadline, "the job was not cancelled"
-                    time.sleep(0.05)
-            finally:
-                counter.close()
-            # One write per stream before (1,502 measured); 33 or 34 now.
-            assert calls < streams / 5, f"{calls} Lua calls for {streams} streams leaving"
-            output = server.log_file("server.out").read_text("utf-8", "replace")
-            assert "Redis unreachable" not in output and "stayed busy" not in output
-    finally:
-        for sock in sockets:
-            sock.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+                sock.close()
+            while attached() > 0:
+                assert time.monotonic() < deadline + 30, "the crowd's streams still count"
+                time.sleep(0.05)
+            calls = lua_calls(redis.url) - before - polls
+            flag.touch()  # the render's next progress() finds it cancelled
+            deadline = time.monotonic() + 30
+            while not any("cancelled" in r for r in _records(log)):
+                assert time.monotonic() < deadline, "the job was not cancelled"
+                time.sleep(0.05)
+        finally:
+            counter.close()
+        # One write per stream before (1,502 measured); 33 to 35 now.
+        assert calls < streams / 5, f"{calls} Lua calls for {streams} streams leaving"
+        output = server.log_file("server.out").read_text("utf-8", "replace")
+        assert "Redis unreachable" not in output and "stayed busy" not in output
