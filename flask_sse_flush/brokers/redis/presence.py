@@ -15,13 +15,13 @@ the highest version. So:
   stream that leaves with others of the job still here does not write: it
   marks the job, and the writer in flight writes again with the newest
   count (up to eight writes in a row, within 0.1 s; past that, the next
-  change or the keeper's round). A stream that comes always writes before
-  it is served. When a worker's
-  thousands of streams of one job end at once (a deploy, a network blip),
-  that is a few round trips, not one per stream through a pool of three
-  connections. A change that leaves none here always writes, and waits for
-  the total: that answer (is any stream of the job left, on any worker?) is
-  what the disconnect policy acts on.
+  change or the keeper's round). When a worker's thousands of streams of
+  one job end at once (a deploy, a network blip), that is a few dozen round
+  trips, not one per stream through a pool of three connections;
+- a stream that comes always writes before it is served, and so does a
+  change that leaves none here, which waits for the total: that answer (is
+  any stream of the job left, on any worker?) is what the disconnect
+  policy acts on.
 """
 
 from __future__ import annotations
@@ -62,8 +62,6 @@ class Presence:
         self._writing: dict[str, int] = {}
         #: Jobs whose count changed since their last write began.
         self._dirty: set[str] = set()
-        #: The total Redis last answered, per job with streams here.
-        self._known: dict[str, int] = {}
         self._versions: Iterator[int] = itertools.count(1)
 
     def add(self, job_id: str, subscriber: Subscriber) -> int:
@@ -113,7 +111,6 @@ class Presence:
         """Forget a job with no stream here; its count. Lock held."""
         if not streams:
             self._streams.pop(job_id, None)
-            self._known.pop(job_id, None)
         return len(streams)
 
     def _changed(self, job_id: str, *, coalesce: bool) -> int:
@@ -123,7 +120,7 @@ class Presence:
             count = self._settle(job_id, self._streams.get(job_id, set()))
             self._dirty.add(job_id)
             if coalesce and count and self._writing.get(job_id):
-                return max(count, self._known.get(job_id, count))  # the writer in flight writes it
+                return count  # not 0, which is all a caller acts on; the writer in flight writes it
             self._writing[job_id] = self._writing.get(job_id, 0) + 1
         total = self._write(job_id)
         return max(count, total) if count else total
@@ -157,9 +154,6 @@ class Presence:
                 if round_ and isinstance(exc, BrokerUnavailable):
                     return total  # the caller's own change was written
                 raise
-            with self._lock:
-                if job_id in self._streams:
-                    self._known[job_id] = total
         with self._lock:
             self._left(job_id)
         return total
