@@ -279,6 +279,77 @@ def test_call_on_hub_returns_raises_and_times_out() -> None:
     assert out.strip() == "ok"
 
 
+def test_a_native_thread_the_app_started_finds_the_main_hub() -> None:
+    # A raw OS thread has no hub of the library's: its home is the main
+    # thread's hub (the one serving requests), found even before the main
+    # thread has asked, never a hub of its own that dies with it.
+    out = run_under_gevent(
+        """
+        import gevent
+        from gevent.monkey import get_original
+        from flask_sse_flush.runtime import home_hub, run_in_hub
+        from flask_sse_flush.runtime.hub import _Remembered
+
+        main = gevent.get_hub()
+        assert _Remembered.found is None
+        seen = []
+        done = get_original("_thread", "allocate_lock")()
+
+        def native():
+            seen.append(home_hub())
+            seen.append(run_in_hub(home_hub(), lambda: gevent.get_hub()))
+            done.release()
+
+        for _ in range(2):  # first found by looking, then remembered
+            done.acquire()
+            get_original("_thread", "start_new_thread")(native, ())
+            while not done.acquire(False):
+                gevent.sleep(0.01)
+            done.release()
+        assert seen == [main] * 4, seen
+        assert home_hub() is main and _Remembered.found[1] is main
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_without_a_hub_in_the_main_thread_a_native_thread_keeps_its_own() -> None:
+    # Nothing to route to: the thread's own hub, one warning, one search.
+    out = run_under_gevent(
+        """
+        import logging
+        from gevent.monkey import get_original
+        from flask_sse_flush.runtime import home_hub
+        from flask_sse_flush.runtime.hub import _Remembered
+
+        warnings = []
+        class Collect(logging.Handler):
+            def emit(self, record):
+                warnings.append(record.getMessage())
+        logging.getLogger("flask_sse_flush.runtime.hub").addHandler(Collect())
+        seen = []
+        done = get_original("_thread", "allocate_lock")()
+        done.acquire()
+
+        def native():
+            import gevent
+            seen.extend([home_hub(), home_hub(), gevent.get_hub()])
+            done.release()
+
+        get_original("_thread", "start_new_thread")(native, ())
+        done.acquire()  # the main thread never makes a hub
+        from gevent._hub_local import get_hub_if_exists
+        assert get_hub_if_exists() is None
+        assert seen[0] is seen[1] is seen[2] and not seen[0].main_hub, seen
+        assert len(warnings) == 1 and "no running gevent hub" in warnings[0], warnings
+        assert _Remembered.found is None and _Remembered.searched_pid
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_call_on_hub_does_not_wait_for_a_hub_that_has_gone() -> None:
     out = run_under_gevent(
         """

@@ -116,9 +116,7 @@ def start_native_thread(target: Callable[[], None], name: str) -> None:
     hub that started it with :func:`~flask_sse_flush.runtime.call_on_hub`.
     """
     if gevent_is_active():
-        import gevent
-
-        context = started_by(gevent.get_hub())
+        context = started_by(home_hub())
         _NATIVE_POOL.submit(lambda: context.run(_with_switch_interval(target)))
         return
     threading.Thread(target=target, name=name, daemon=True).start()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import gc
+import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +23,8 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 _MAIN_HUB: contextvars.ContextVar[Any] = contextvars.ContextVar("flask_sse_flush_main_hub")
 
@@ -60,18 +66,69 @@ def home_hub() -> Any:
     """The gevent hub that owns this worker's sockets, as seen from the calling thread.
 
     In a native job thread (:func:`~flask_sse_flush.runtime.start_native_thread`),
-    the hub that started it; elsewhere the calling thread's own hub, which
-    in a gevent worker's main thread is the worker's hub. ``None`` without
-    gevent.
+    the hub that started it; anywhere else the main thread's hub, which in a
+    gevent worker serves every request. A native thread the application
+    started itself gets the main thread's hub too, not one of its own: a hub
+    made for a thread ends with the thread, and a socket made in it (a
+    pooled Redis connection, say) would be useless afterwards. Only when the
+    main thread has no hub at all is it the calling thread's own. ``None``
+    without gevent.
     """
     if not gevent_is_active():
         return None
     hub = _MAIN_HUB.get(None)
     if hub is not None:
         return hub
-    import gevent
+    return _main_thread_hub()
 
+
+class _Remembered:
+    """The main thread's hub, once known: ``(pid, hub)``; a native thread cannot ask for it."""
+
+    found: tuple[int, Any] | None = None
+    searched_pid = 0  # the process whose heap was searched (once is enough)
+
+
+def _main_thread_hub() -> Any:
+    import gevent
+    from gevent.hub import MAIN_THREAD_IDENT
+
+    pid = os.getpid()
+    if native_thread_ident()() == MAIN_THREAD_IDENT:
+        hub = gevent.get_hub()
+        _Remembered.found = (pid, hub)
+        return hub
+    found = _Remembered.found
+    if found is not None and found[0] == pid and _alive(found[1]):
+        return found[1]
+    if _Remembered.searched_pid != pid:
+        hub = _search_main_hub()
+        _Remembered.searched_pid = pid
+        if hub is not None:
+            _Remembered.found = (pid, hub)
+            return hub
+        log.warning(
+            "no running gevent hub in this process's main thread; a native thread "
+            "uses a hub of its own, which ends with it (see flask_sse_flush.runtime.home_hub)"
+        )
     return gevent.get_hub()
+
+
+def _search_main_hub() -> Any:
+    """The main thread's hub, looked for among all objects (a thread-local hides it).
+
+    ``None`` when there is none, when the main thread does not run in this
+    process (forked from another thread), or when ``gc.freeze()`` hid it.
+    """
+    from gevent.hub import Hub
+
+    running = sys._current_frames()  # the live threads of this process
+    hubs = (o for o in gc.get_objects() if isinstance(o, Hub) and o.main_hub and _alive(o))
+    return next((hub for hub in hubs if hub.thread_ident in running), None)
+
+
+def _alive(hub: Any) -> bool:
+    return not hub.dead and getattr(hub, "loop", None) is not None
 
 
 def run_in_hub(hub: Any, function: Callable[[], R], *, timeout: float | None = None) -> R:
@@ -121,7 +178,7 @@ def run_in_hub(hub: Any, function: Callable[[], R], *, timeout: float | None = N
             wait = max(0.0, min(wait, deadline - time.monotonic()))
         if done.acquire(True, wait):
             break
-        if getattr(hub, "loop", None) is None or hub.dead:
+        if not _alive(hub):
             if done.acquire(False):
                 break
             raise RuntimeError("the gevent hub that started this job has stopped")

@@ -15,7 +15,7 @@ from ..brokers.base import Broker
 from ..brokers.memory import MemoryBroker
 from ..brokers.redis import RedisBroker
 from ..jobs.service import JobService
-from ..runtime import install_logging_locks
+from ..runtime import gevent_is_active, home_hub, install_logging_locks
 from ..wire.frames import Coalescing
 from .settings import CONFIG_KEYS, Settings
 
@@ -93,7 +93,10 @@ def gevent_integration(app: Flask) -> bool:
     Installs :func:`~flask_sse_flush.runtime.install_logging_locks` (job
     threads that log never hang on a gevent lock) unless the app's config
     sets ``SSE_FLUSH_GEVENT_LOGGING_LOCKS = False``; once per app, however
-    many blueprints or extensions call it. The extension's ``init_app`` and
+    many blueprints or extensions call it. Under gevent it also notes the
+    main thread's hub, the home of the broker's sockets
+    (:func:`~flask_sse_flush.runtime.home_hub`), for native threads that
+    come before any request. The extension's ``init_app`` and
     the render blueprint's registration call it. See
     :ref:`servers-gevent-logging`.
 
@@ -106,6 +109,8 @@ def gevent_integration(app: Flask) -> bool:
     wanted = Settings(gevent_logging_locks=app.config.get(key, True)).gevent_logging_locks
     if _GEVENT_INTEGRATION not in app.extensions:
         app.extensions[_GEVENT_INTEGRATION] = wanted
+        if gevent_is_active():
+            home_hub()  # in the main thread: remembered for the native threads to come
         if wanted:
             install_logging_locks()
     return bool(app.extensions[_GEVENT_INTEGRATION])

@@ -219,6 +219,24 @@ def test_authorize_guards_the_sse_route(scaled: Server) -> None:
         assert arrival.event.json()["ok"] is True
 
 
+def test_a_worker_whose_first_publish_comes_from_a_native_thread_keeps_serving(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The broker's sockets belong to the worker's hub, whichever thread used it
+    first: a native thread that publishes and exits takes nothing with it."""
+    env = {"FLASK_SSE_FLUSH_REDIS_URL": redis_server.url}
+    channel = unique("first")
+    with running_server("gunicorn-gevent", tmp_path, app_dir=APP_DIR, env=env) as server:
+        ids = [post(server, f"/publish/native?channel={channel}", {"n": 0})["id"]]
+        resume = {"Last-Event-ID": ids[0]}
+        with raw_get(server.port, f"/stream?channel={channel}", resume) as response:
+            for n, how in enumerate(["native", "request", "thread", "native"], start=1):
+                ids.append(post(server, f"/publish/{how}?channel={channel}", {"n": n})["id"])
+            got = headlines(response, 4)
+        assert [a.event.id for a in got] == ids[1:]
+    assert "greenlet.error" not in (tmp_path / "server.out").read_text()
+
+
 @pytest.mark.parametrize("kind", ["gunicorn-gevent", "gunicorn-gthread"])
 def test_a_render_reads_current_app_streamed_and_detached(
     kind: str, redis_server: RedisServer, tmp_path: Path
