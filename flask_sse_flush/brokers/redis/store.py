@@ -998,9 +998,13 @@ class Store:
     def _subscribers(self, job_id: str, count: str, version: int) -> int:
         self.ready()
         keys = [self.key("job", job_id)]
-        args = [count, self.process, version, self.lease_ms]
+        args = self._presence(count, version)
         total = self.run(lambda client: self.scripts.subscribers(keys=keys, args=args))
         return max(0, int(total))
+
+    def _presence(self, count: str, version: int) -> list[Any]:
+        """``subscribers.lua``'s arguments: ``count`` ('' reads), this process, ``version``."""
+        return [count, self.process, version, self.lease_ms]
 
     def renew_presence(self, counts: Mapping[str, tuple[int, int]]) -> set[str]:
         """Write this process's streams of each job (count, version), renewing its
@@ -1016,7 +1020,7 @@ class Store:
             pipe = client.pipeline(transaction=False)
             for job_id in ids:
                 count, version = counts[job_id]
-                args = [str(count), self.process, version, self.lease_ms]
+                args = self._presence(str(count), version)
                 self._queue(pipe, "subscribers", [self.key("job", job_id)], args)
             return list(pipe.execute())
 
