@@ -322,11 +322,16 @@ class Subscriptions:
         with self.lock:
             if self.jobs.get(local.job_id) is local:
                 del self.jobs[local.job_id]
-        subscribers = local.take_all()
-        self.presence.drop(local.job_id, subscribers)
-        for subscriber in subscribers:
+        for subscriber in self._take_all(local):
             close_subscriber(subscriber)
         self._wake()
+
+    def _take_all(self, local: Local) -> list[Subscriber]:
+        """Take every stream off ``local``; a job's are counted here no more (no I/O)."""
+        subscribers = local.take_all()
+        if local.name is None:
+            self.presence.drop(local.job_id, subscribers)
+        return subscribers
 
     # -- channels ------------------------------------------------------------------
 
@@ -619,10 +624,7 @@ class Subscriptions:
             len(locals_),
         )
         for local in locals_:
-            subscribers = local.take_all()
-            if local.name is None:
-                self.presence.drop(local.job_id, subscribers)
-            for subscriber in subscribers:
+            for subscriber in self._take_all(local):
                 with contextlib.suppress(Exception):
                     subscriber.deliver(frame, None)
                 close_subscriber(subscriber)
@@ -633,8 +635,5 @@ class Subscriptions:
             locals_ = [*self.jobs.values(), *self.channels.values()]
             self.jobs, self.channels = {}, {}
         for local in locals_:
-            subscribers = local.take_all()
-            if local.name is None:
-                self.presence.drop(local.job_id, subscribers)
-            for subscriber in subscribers:
+            for subscriber in self._take_all(local):
                 close_subscriber(subscriber)
