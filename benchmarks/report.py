@@ -258,6 +258,36 @@ def goals(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, found
 
 
+def scale_floor(result: dict[str, Any]) -> str:
+    """What the machine's CPUs allow the 40,000-stream fan-out, as a sentence ("" if unmeasured).
+
+    A broadcast is work for the servers, Redis and the clients alike; on a
+    machine of ``n`` CPUs it cannot reach its last client sooner than that
+    work divided by ``n``, however it is spread.
+    """
+    levels = result.get("contenders", {}).get(SCALE, {}).get("levels", {})
+    top = str(level_at_most(result, COMMON_TOP) or "")
+    if result.get("mode") != "full" or not levels or not top:
+        return ""
+    level = max(levels, key=int)
+    cpus = int(result["machine"]["cpu_count"] or 1)
+    work = _get(result, SCALE, "levels", level, "cpu_ms_per_event")
+    one = _get(result, STREAM, "levels", top, "fanout", "median")
+    one_work = _get(result, STREAM, "levels", top, "cpu_ms_per_event")
+    fanout = _get(result, SCALE, "levels", level, "fanout", "median")
+    if any(math.isnan(x) for x in (work, one, one_work, fanout)) or one == 0:
+        return ""
+    floor = work / cpus
+    return (
+        f"A broadcast to {int(level):,} streams kept this machine's CPUs busy for "
+        f"{work:.0f} ms in all (servers, Redis and clients, from ``/proc/stat``; "
+        f"{one_work:.0f} ms for {int(top):,} streams on one stream worker). On {cpus} "
+        f"CPUs its last client cannot have it sooner than {floor:.0f} ms, "
+        f"{floor / one:.2f} times the {int(top):,}-stream fan-out of one worker "
+        f"({one:.1f} ms); it took {fanout:.1f} ms."
+    )
+
+
 def link_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The 20 ms link's rows: ms beyond the one-way delay, per app and server."""
     link = result.get("link") or {}
@@ -324,6 +354,8 @@ def table(result: dict[str, Any]) -> str:
     if found:
         out += ["", "Goals (this run's figures against its own contenders):",
                 *_aligned(header, found)]  # fmt: skip
+        if floor := scale_floor(result):
+            out += [floor.replace("``", "")]
     header, found = link_table(result)
     if found:
         link = result["link"]
@@ -446,10 +478,11 @@ What the numbers say
   see :doc:`buffering`.
 * Latency at high concurrency is mostly fan-out: one worker writes the event
   to N sockets one after another, so the last subscriber waits for N writes.
-  Under ``-k gevent`` each of those writes also wakes the stream's greenlet
-  and goes through the server's response; the stream worker writes a frame
-  published on the hub in the publisher's own call, one ``send()`` per
-  socket, which is why its fan-out comes near the raw asyncio server's.
+  A frame published on the hub goes to each waiting stream's socket in the
+  publisher's own call, one ``send()`` per socket, under ``-k gevent`` as
+  under the stream worker, which is why both come near the raw asyncio
+  server's fan-out; the bare generator wakes each stream's greenlet, which
+  then hands the frame to the server.
 * On a machine with as few cores as clients and servers, where the
   kernel runs the client decides as much as the server does. When a send
   wakes the client on the worker's own CPU, the client preempts the worker
@@ -513,7 +546,7 @@ Goals
 What the close-to-the-wire work aims at, each a ratio of figures of this
 run (or a bound of its own), and whether this run meets it.
 
-{table}"""
+{table}{floor}"""
 
 LINK_TEXT = """
 
@@ -604,7 +637,11 @@ def write_docs(result: dict[str, Any], page: Path = DOCS_PAGE, image: Path = PLO
         table=rst_table(header, body),
         walls=walls,
         targets=TARGETS_TEXT.format(table=rst_table(*goals)) if goals[1] else "",
-        goals=GOALS_TEXT.format(table=rst_table(*aims)) if aims[1] else "",
+        goals=GOALS_TEXT.format(
+            table=rst_table(*aims), floor=f"\n\n{floor}" if (floor := scale_floor(result)) else ""
+        )
+        if aims[1]
+        else "",
         crosscheck=CROSSCHECK_TEXT.format(table=rst_table(*check)) if check[1] else "",
         link=link_text(result),
     )

@@ -101,6 +101,18 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (every CPU, every process) since boot.
+
+    From ``/proc/stat``: all but idle and I/O wait. Over a stretch of a
+    benchmark on an otherwise idle machine, it is what servers, clients and
+    Redis together used, whichever CPU ran them.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def streams_per_worker(master: int, port: int) -> dict[str, int]:
     """How many established connections to ``port`` each child of ``master`` holds."""
     inodes: set[str] = set()
@@ -303,6 +315,7 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
         if probe is not None:
             probe.count_streams()
             probe.sample()  # idle, every stream open
+        busy = busy_cpu_seconds()
         for _ in range(plan.runs):
             get_json(port, f"/pub?count={count}&interval={interval}{query}")
             wait = count * interval + min(2.0, 0.2 + streams / 5_000)
@@ -311,6 +324,7 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
                 probe.sample()
                 wait -= count * interval / 2
             time.sleep(wait)
+        busy = busy_cpu_seconds() - busy
         results = clients.results()
     held = sum(r["complete"] for r in results)
     per_run = []
@@ -328,6 +342,9 @@ def measure_level(port: int, streams: int, count: int, interval: float, plan: Pl
         "streams": streams, "connected": clients.connected, "held": held,
         "rss_kib": rss, "rss_per_stream_kib": (rss - baseline) / max(1, clients.connected),
         "runs": per_run, "placement": describe(where), **summarise_runs(per_run),
+        # The machine's CPU time per broadcast, all of it (between broadcasts
+        # it idles): at 1,000 streams and more, where clients wait in epoll.
+        "cpu_ms_per_event": busy * 1000 / (plan.runs * count),
         **(probe.take() if probe is not None else {}),
     }  # fmt: skip
 

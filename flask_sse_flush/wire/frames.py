@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ENDING_FRAMES",
     "LINE_BREAK",
     "PROGRESS_COALESCING",
     "Coalescing",
@@ -307,6 +308,9 @@ class Coalescing:
 
 #: The default policy: ``progress`` events are levels, all others a log.
 PROGRESS_COALESCING = Coalescing()
+
+#: How the frames that end a job's stream begin: ``complete``, then ``error``.
+ENDING_FRAMES = (b"event: complete\n", b"event: error\n")
 
 
 def comment(text: str = "") -> bytes:

@@ -20,7 +20,8 @@ from flask import Response, has_request_context, request
 from ..exceptions import StreamClosed
 from ..ops.metrics import METRICS, enabled
 from ..runtime import Empty, Overflow, new_channel, new_lock, watch_for_hangup
-from ..wire.frames import PROGRESS_COALESCING, Coalescing, Event, comment
+from ..wire.frames import ENDING_FRAMES, PROGRESS_COALESCING, Coalescing, Event, comment
+from .direct import REST, DirectWriter, direct_writer
 from .headers import KEEPALIVE_HEADER, setup_sse_headers
 from .servers import check_server
 from .transport import client_socket, end_connection, uwsgi_socket
@@ -211,6 +212,9 @@ class EventStream:
         # fan-out's fast path: no queue, no second look at it).
         self._direct: Callable[[bytes], bool] | None = None
         self._server_socket: Any = None  # gunicorn's, to end the connection after a hint
+        # Under gunicorn -k gevent: what writes frames published on the hub
+        # while the body waits (flask_sse_flush.wsgi.direct).
+        self._writer: DirectWriter | None = None
         self._batch = bool(batch)
 
     @property
@@ -336,40 +340,72 @@ class EventStream:
         # Frames already queued when the body comes for the next one go out
         # together, as one chunk (one write, one syscall): nothing waits for
         # more, and a frame is never split. With metrics on, each frame's put
-        # time comes back from the channel as its stamp.
+        # time comes back from the channel as its stamp. While it waits, a
+        # direct writer (gunicorn -k gevent) may write frames published on
+        # the hub itself, and the body only learns of it by the clock.
         measure = self._measure
         if measure:
             METRICS.stream_opened()
         reason = "client_gone"
         deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
         channel = self._channel
+        writer = self._writer
+        yielded = len(self._opening)  # body bytes handed to the server
+        quiet: float | None = None  # a keepalive's wait, shortened by direct writes
         try:
             yield self._opening
             while True:
-                wait = self.keepalive
+                wait = self.keepalive if quiet is None else quiet
+                quiet = None
                 if deadline is not None:
                     left = max(0.0, deadline - time.monotonic())
                     wait = left if wait is None else min(wait, left)
+                writes = 0
+                if writer is not None:
+                    if writer.in_step(yielded):
+                        writes = writer.writes
+                        self._direct = writer
+                    else:  # something between holds the body back: never again
+                        writer = self._writer = None
                 try:
-                    item = channel.get(wait)
+                    try:
+                        item = channel.get(wait)
+                    finally:
+                        self._direct = None
                 except Empty:
+                    keepalive = self.keepalive
+                    if writer is not None and writer.writes != writes and keepalive is not None:
+                        since = time.monotonic() - writer.last
+                        if since < keepalive:  # not silent that long: frames went out directly
+                            quiet = keepalive - since
+                            continue
                     if deadline is not None and time.monotonic() >= deadline:
                         yield self._rotate()
                         return
                     yield self._keepalive_frame
+                    yielded += len(self._keepalive_frame)
                     continue
                 except Overflow:
-                    return  # too slow: the client comes back with its Last-Event-ID
+                    # Too slow: the client comes back with its Last-Event-ID,
+                    # once the frame the socket took in part is whole.
+                    if writer is not None and writer.rest is not None:
+                        self._send_rest(writer)
+                    return
                 if item is _END:
                     reason = self._ending
                     return
+                if item is REST:  # what the socket left of a direct frame, before anything else
+                    if writer is not None and not self._send_rest(writer):
+                        return
+                    continue
                 alone = not self._batch or not channel.pending()
                 if alone and deadline is None:  # the common case: one event, nothing behind
+                    yielded += len(item)
                     if not measure:
                         yield item
                         continue
                     stamp = channel.stamp
-                    if item.startswith(_ENDING_FRAMES):
+                    if item.startswith(ENDING_FRAMES):
                         self._note_ending((item,))
                     yield item
                     now = time.monotonic()
@@ -390,7 +426,9 @@ class EventStream:
                     self._note_ending(frames)
                 # Past the deadline: rotate after these frames, unless the job ended anyway.
                 rotate = deadline is not None and time.monotonic() >= deadline
-                yield frames[0] if len(frames) == 1 else b"".join(frames)
+                out = frames[0] if len(frames) == 1 else b"".join(frames)
+                yielded += len(out)
+                yield out
                 if stamps is not None:
                     now = time.monotonic()
                     for stamp in stamps[: len(frames)]:
@@ -404,9 +442,19 @@ class EventStream:
         finally:
             # Runs on normal end and on GeneratorExit (the server closing the
             # body after a failed write, i.e. a client disconnect).
+            self._direct = self._writer = None
             if measure:
                 self._count_end(reason)
             self._finish()
+
+    def _send_rest(self, writer: DirectWriter) -> bool:
+        """Send what the socket did not take of a frame written directly; ``False``: hung up."""
+        try:
+            writer.sock.sendall(writer.take_rest())
+        except OSError:
+            self.hung_up = True
+            return False
+        return True
 
     def _count_end(self, reason: str) -> None:
         """Count the stream's end in the metrics; ``reason`` unless a flag says more."""
@@ -423,8 +471,8 @@ class EventStream:
     def _note_ending(self, frames: Sequence[bytes]) -> None:
         """Remember a ``complete`` or ``error`` among ``frames``: the stream's end, for metrics."""
         for frame in frames:
-            if frame.startswith(_ENDING_FRAMES):
-                self._ending = "complete" if frame.startswith(_ENDING_FRAMES[0]) else "error"
+            if frame.startswith(ENDING_FRAMES):
+                self._ending = "complete" if frame.startswith(ENDING_FRAMES[0]) else "error"
 
     def _rotate(self) -> bytes:
         """End the stream now, for ``max_seconds``: the ``retry:`` frame to write last.
@@ -443,6 +491,7 @@ class EventStream:
                 return
             self._finished = self._closed = True
             callbacks, self._callbacks = self._callbacks, []
+            self._writer = None  # it holds the server's response: let go of it with the stream
         self._channel.close()
         for callback in callbacks:
             _run_callback(callback)
@@ -499,50 +548,50 @@ class EventStream:
         self.close()
 
 
-#: How the frames that end a job's stream begin: ``complete``, then ``error``.
-_ENDING_FRAMES = (b"event: complete\n", b"event: error\n")
-
 #: The WSGI environ key a server that can park streams sets (to ``True``):
 #: the body of a stream response is then a :class:`StreamBody` it recognises.
 PARK_KEY = "flask_sse_flush.park"
 
 
 class StreamBody:
-    """The WSGI body of an :class:`EventStream` response, under a server that parks streams.
+    """The WSGI body of an :class:`EventStream` response: the stream's frames, nothing between.
 
-    Iterating it iterates the response as ever; a server that knows it
+    Iterating it iterates the stream's frames themselves, with no wrapper
+    between them and the server: each would cost a call per event, and one
+    more level of the stack a greenlet saves while its stream waits.
+    :meth:`close` closes the response (its ``call_on_close`` callbacks
+    too). A server that knows it
     (:class:`~flask_sse_flush.wsgi.worker.StreamWorker`) may instead write
     the stream's frames itself, from its event loop, and call
     :meth:`close` when the stream ends. Middleware that wraps the body
     hides it, and the stream is then served by iteration.
+
+    .. versionchanged:: 1.0
+       The body of every ``GET`` of a stream, under every server.
     """
 
-    __slots__ = ("_inner", "stream")
+    __slots__ = ("_response", "stream")
 
-    def __init__(self, inner: Iterable[bytes], stream: EventStream) -> None:
-        self._inner = inner
+    def __init__(self, response: Response, stream: EventStream) -> None:
+        self._response = response
         self.stream = stream
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._inner)
+        return iter(self.stream)
 
     def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if callable(close):
-            close()
+        self._response.close()
 
 
 class _StreamResponse(Response):
-    """A stream's response: its body is a :class:`StreamBody` where the server parks streams."""
+    """A stream's response: its body is a :class:`StreamBody` when the stream's own."""
 
     event_stream: EventStream
 
     def get_app_iter(self, environ: Any) -> Iterable[bytes]:
-        body = super().get_app_iter(environ)
         stream = self.event_stream
         if (
-            environ.get(PARK_KEY) is True
-            and environ.get("REQUEST_METHOD") == "GET"
+            environ.get("REQUEST_METHOD") == "GET"
             and self.status_code == 200
             # Only the stream's own body, untouched: an after_request hook
             # (compression, say) may have replaced it.
@@ -550,7 +599,15 @@ class _StreamResponse(Response):
             and stream._body is None
             and self.headers.get("Content-Encoding", "identity") == "identity"
         ):
-            return StreamBody(body, stream)
+            return StreamBody(self, stream)
+        return super().get_app_iter(environ)
+
+    def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
+        body = super().__call__(environ, start_response)
+        # A server that parks streams writes them itself; under any other,
+        # frames published on the hub may go out in the publisher's call.
+        if type(body) is StreamBody and environ.get(PARK_KEY) is not True:
+            self.event_stream._writer = direct_writer(environ, start_response, self.event_stream)
         return body
 
     def close(self) -> None:

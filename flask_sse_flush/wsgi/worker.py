@@ -58,7 +58,9 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from ..ops.metrics import METRICS, install
 from ..runtime import hung_up, native_thread_ident
-from .stream import _BATCH_BYTES, _END, _ENDING_FRAMES, PARK_KEY, EventStream, StreamBody
+from ..wire.frames import ENDING_FRAMES
+from .direct import chunk
+from .stream import _BATCH_BYTES, _END, PARK_KEY, EventStream, StreamBody
 
 __all__ = ["StreamWorker"]
 
@@ -72,10 +74,6 @@ _REQUEST: contextvars.ContextVar[tuple[Any, float]] = contextvars.ContextVar(
 _DRAIN_POLL = 0.05
 _LAST_CHUNK = b"0\r\n\r\n"
 _thread_ident = native_thread_ident()
-# The last frame chunk-framed, and its framing: one event fanned out to
-# 10,000 parked streams is framed once, not 10,000 times. Only the hub's
-# thread writes, so one entry needs no lock.
-_framed: list[bytes] = [b"", b"0\r\n\r\n"]
 
 
 class _Wheel:
@@ -140,15 +138,6 @@ class _Wheel:
         self._running = False
         self._timer.stop()
         self._timer.close()
-
-
-def _chunk(data: bytes) -> bytes:
-    """``data`` as one HTTP/1.1 chunk."""
-    if data is _framed[0]:
-        return _framed[1]
-    chunk = b"%X\r\n%b\r\n" % (len(data), data)
-    _framed[0], _framed[1] = data, chunk
-    return chunk
 
 
 class _Parked:
@@ -247,7 +236,7 @@ class _Parked:
             or self.stream._channel.pending()
         ):
             return False
-        data = _chunk(frame) if self._chunked else frame
+        data = chunk(frame) if self._chunked else frame
         try:
             sent = self._sock.send(data)
         except OSError:
@@ -257,7 +246,7 @@ class _Parked:
             self._keep(data, sent)
         stream = self.stream
         if stream._measure:
-            if frame.startswith(_ENDING_FRAMES):  # rare: the call only then
+            if frame.startswith(ENDING_FRAMES):  # rare: the call only then
                 stream._note_ending((frame,))
             self._worker.sent_at_once()  # it never waited in the queue
         return True
@@ -361,7 +350,7 @@ class _Parked:
     def _write(self, data: bytes, *, framed: bool = False) -> None:
         """Send ``data`` (whole frames; ``framed``: bytes of the HTTP framing itself)."""
         if self._chunked and not framed:
-            data = _chunk(data)
+            data = chunk(data)
         self._last = time.monotonic()
         if self._out is not None:
             self._out += data

@@ -22,6 +22,7 @@ from flask_sse_flush import (
     Event,
     EventStream,
     Progress,
+    StreamClosed,
     create_render_blueprint,
     send_event,
 )
@@ -274,13 +275,28 @@ def create_app(log_dir: str | None = None) -> Any:
 
     @app.get("/idle/send")
     def idle_send() -> Any:
-        """Send ``count`` events to every ``/idle`` stream, now; ``close=1`` ends them."""
+        """Send ``count`` events to every ``/idle`` stream, now; ``close=1`` ends them.
+
+        ``from=native``: the events are sent from a native OS thread (under
+        gevent), and the response waits until they are.
+        """
         count = int(request.args.get("count", 1))
-        for stream in list(idle):
-            for i in range(count):
-                stream.send(Event({"i": i, "sent": time.time()}, event="tick"))
-            if request.args.get("close"):
-                stream.close()
+        source = request.args.get("from", "here")
+
+        def send() -> None:
+            for stream in list(idle):
+                for i in range(count):
+                    stream.send(Event({"i": i, "from": source, "sent": time.time()}, event="tick"))
+                if request_args.get("close"):
+                    stream.close()
+
+        request_args = dict(request.args)
+        if source == "native" and gevent_is_active():
+            import gevent
+
+            gevent.get_hub().threadpool.spawn(send).get()
+        else:
+            send()
         return {"streams": len(idle)}
 
     @app.get("/idle/handoff")
@@ -327,14 +343,26 @@ def create_app(log_dir: str | None = None) -> Any:
 
     @app.get("/burst")
     def burst() -> Any:
-        """``count`` events sent back to back, faster than any socket takes them."""
+        """``count`` events sent back to back, faster than any socket takes them.
+
+        ``after``: seconds to wait first, so that the stream is already
+        waiting for its next event when the burst begins. ``buffer``: the
+        stream's (none by default); past it the stream ends as too slow.
+        """
         count = int(request.args.get("count", 2000))
         pad = "x" * int(request.args.get("pad", 60))
-        stream = EventStream(keepalive=1.0, buffer=None)
+        after = float(request.args.get("after", 0))
+        buffer = request.args.get("buffer")
+        stream = EventStream(keepalive=1.0, buffer=None if buffer is None else int(buffer))
 
         def produce() -> None:
-            for i in range(count):
-                stream.send(Event({"i": i, "pad": pad}, event="tick"))
+            if after:
+                time.sleep(after)
+            try:
+                for i in range(count):
+                    stream.send(Event({"i": i, "pad": pad}, event="tick"))
+            except StreamClosed:
+                return  # too slow: the stream ended
             stream.close()
 
         response = stream.response()
@@ -343,7 +371,46 @@ def create_app(log_dir: str | None = None) -> Any:
 
     if log_dir:
         app.wsgi_app = record_nodelay(app.wsgi_app, log_dir)  # type: ignore[method-assign]
+    app.wsgi_app = hold_back(app.wsgi_app)  # type: ignore[method-assign]
     return with_metrics(app)
+
+
+def hold_back(app: Callable[..., Iterable[bytes]]) -> Callable[..., Any]:
+    """WSGI middleware for ``/held/<path>``: ``<path>``'s body, each chunk after the
+    first held back until the next one comes (as a buffering middleware would).
+
+    It passes the server's ``start_response`` on untouched, so only the body
+    tells that something stands between the app and the server.
+    """
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/held/"):
+            return app(environ, start_response)
+        environ["PATH_INFO"] = path[len("/held") :]
+        body = app(environ, start_response)
+
+        def held() -> Iterable[bytes]:
+            try:
+                kept: bytes | None = None
+                for n, chunk in enumerate(body):
+                    if n == 0:
+                        yield chunk  # the head goes out with it
+                    elif kept is None:
+                        kept = chunk
+                    else:
+                        yield kept + chunk
+                        kept = None
+                if kept is not None:
+                    yield kept
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+
+        return held()
+
+    return wrapped
 
 
 def with_metrics(app: Flask) -> Any:

@@ -1,0 +1,200 @@
+"""A frame written in the publisher's own call, to a stream whose greenlet waits.
+
+Under gunicorn's gevent worker every open stream is a greenlet waiting in
+its body for the next frame. A publish wakes it (a greenlet switch), it
+hands the frame to gunicorn, and gunicorn writes it; when one event fans out
+to 10,000 streams, those wake-ups cost most of the broadcast. While a
+stream's greenlet waits, the frame can go to its socket in the publisher's
+own call instead: one non-blocking ``send()`` of the frame, framed as
+gunicorn frames the body (an HTTP/1.1 chunk), and the greenlet sleeps on.
+
+A :class:`DirectWriter` does that only where nothing can tell the
+difference:
+
+- gunicorn's own ``Response`` (not a subclass, which may frame the body
+  its own way) over plain HTTP/1.x with gevent: no TLS, no ``HEAD``, no
+  ``Content-Length``, no rotation (``max_seconds``);
+- the publisher runs in the hub's own OS thread (a greenlet, a request, the
+  broker's fan-out); a native thread's frame is queued and woken for as ever;
+- the stream's greenlet waits, nothing is queued before the frame, and
+  gunicorn has taken every byte the body yielded so far, from the greenlet
+  that iterates it (so it wrote each before it asked for the next): a
+  middleware that holds the body's chunks back, changes them or iterates
+  them elsewhere turns it off for good, and the greenlet then writes every
+  frame itself.
+
+Anything else, a full socket included, queues the frame as before and
+wakes the greenlet. A frame the socket takes only in part is finished by
+the greenlet before anything after it. Keepalives still follow a silence,
+the hang-up watcher still watches, and the metrics count each such frame
+as written without waiting.
+"""
+
+from __future__ import annotations
+
+import _socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..runtime import gevent_is_active, native_thread_ident
+from ..wire.frames import ENDING_FRAMES
+
+__all__ = ["REST", "DirectWriter", "chunk", "direct_writer"]
+
+#: Put in a stream's queue when its socket took a direct frame only in part:
+#: the greenlet sends :attr:`DirectWriter.rest` before anything after it.
+REST = object()
+
+# The last frame chunk-framed, and its framing: one event fanned out to
+# 10,000 streams is framed once, not 10,000 times. Only the hub's thread
+# frames, so one entry needs no lock.
+_framed: list[bytes] = [b"", b"0\r\n\r\n"]
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk."""
+    if data is _framed[0]:
+        return _framed[1]
+    framed = b"%X\r\n%b\r\n" % (len(data), data)
+    _framed[0], _framed[1] = data, framed
+    return framed
+
+
+class DirectWriter:
+    """Writes one stream's frames to gunicorn's socket while its greenlet waits.
+
+    Called by :meth:`EventStream.deliver` under the stream's lock, as
+    ``writer(frame)``; says whether it wrote the frame (or took it over).
+    Kept small: one lives beside each open stream.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_greenlet",
+        "_measure",
+        "_raw",
+        "_response",
+        "_stream",
+        "_thread",
+        "direct_bytes",
+        "last",
+        "rest",
+        "writes",
+    )
+
+    def __init__(self, response: Any, raw: _socket.socket, stream: Any) -> None:
+        # stream: the EventStream (which imports this module, not the other way)
+        self._response = response
+        self._raw = raw
+        self._chunked = bool(response.chunked)
+        self._stream = stream
+        self._measure = stream._measure
+        self._thread = _hub_ident()()  # the hub's: the writer is made in the request
+        self._greenlet = _getcurrent()  # the request's, which gunicorn writes from
+        #: Body bytes written here, which gunicorn counts as its own too.
+        self.direct_bytes = 0
+        #: How many frames went out here, and when the last did.
+        self.writes = 0
+        self.last = 0.0
+        #: What the socket did not take of the last frame written here.
+        self.rest: bytes | None = None
+
+    @property
+    def sock(self) -> Any:
+        """gevent's socket, whose writes wait for room (the greenlet's)."""
+        return self._response.sock
+
+    def in_step(self, yielded: int) -> bool:
+        """Whether gunicorn has taken exactly the ``yielded`` bytes of the body (and these),
+        from the greenlet that called the app: gunicorn writes each chunk before it
+        asks that greenlet for the next, so every one of them is on the wire."""
+        return bool(
+            self._response.sent == yielded + self.direct_bytes and _getcurrent() is self._greenlet
+        )
+
+    def __call__(self, frame: bytes) -> bool:
+        channel: Any = self._stream._channel
+        if self.rest is not None or _ident() != self._thread or channel.pending():
+            return False
+        data = chunk(frame) if self._chunked else frame
+        try:
+            sent = self._raw.send(data)
+        except OSError:  # a full socket, or a client gone: the greenlet's write deals with it
+            return False
+        self._response.sent += len(frame)  # gunicorn's count, for its access log
+        self.direct_bytes += len(frame)
+        self.writes += 1
+        self.last = time.monotonic()
+        if sent < len(data):
+            self.rest = data[sent:]
+            channel.put(REST, bounded=False)  # wakes the greenlet to send it
+        if self._measure:
+            if frame.startswith(ENDING_FRAMES):  # rare: the call only then
+                self._stream._note_ending((frame,))
+            _sent_at_once()
+        return True
+
+    def take_rest(self) -> bytes:
+        rest, self.rest = self.rest, None
+        return rest or b""
+
+
+def _hub_ident() -> Callable[[], int]:
+    """The OS thread id function, chosen once gevent runs (never at import)."""
+    global _ident, _sent_at_once, _getcurrent
+    if _ident is _unset:
+        from gevent import getcurrent
+
+        from ..ops.metrics import install
+
+        _sent_at_once = install().event_sent_at_once  # the process's metrics, as the worker's
+        _getcurrent = getcurrent
+        _ident = native_thread_ident()
+    return _ident
+
+
+def _unset() -> Any:
+    raise AssertionError("no DirectWriter was made")
+
+
+_ident: Callable[[], int] = _unset
+_sent_at_once: Callable[[], object] = _unset
+_getcurrent: Callable[[], object] = _unset
+
+
+def direct_writer(
+    environ: Mapping[str, Any], start_response: Any, stream: Any
+) -> DirectWriter | None:
+    """A :class:`DirectWriter` for ``stream``, if this server and request allow one.
+
+    Call it once the response has started (``start_response`` was called).
+    """
+    response = getattr(start_response, "__self__", None)
+    if (
+        response is None
+        or stream.max_seconds is not None
+        or environ.get("REQUEST_METHOD") != "GET"
+        or not environ.get("SERVER_PROTOCOL", "").startswith("HTTP/1")
+        or not gevent_is_active()
+    ):
+        return None
+    try:
+        from gunicorn.http.wsgi import Response as GunicornResponse
+    except ImportError:  # pragma: no cover - gunicorn is what made this response
+        return None
+    if (
+        type(response) is not GunicornResponse
+        or getattr(response, "response_length", 0) is not None  # a Content-Length
+    ):
+        return None
+    sock = getattr(response, "sock", None)
+    raw = getattr(sock, "_sock", None)  # gevent's socket keeps the C one here
+    if (
+        hasattr(sock, "do_handshake")  # TLS: only the socket's own writes may go out
+        or not isinstance(raw, _socket.socket)
+        or raw.gettimeout() != 0.0  # non-blocking, as gevent keeps it
+        or not isinstance(getattr(response, "sent", None), int)
+    ):
+        return None
+    return DirectWriter(response, raw, stream)
