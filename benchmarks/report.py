@@ -259,11 +259,11 @@ def goals(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def scale_floor(result: dict[str, Any]) -> str:
-    """What the machine's CPUs allow the 40,000-stream fan-out, as a sentence ("" if unmeasured).
+    """The 40,000-stream fan-out against the CPU work it takes, as a sentence ("" if unmeasured).
 
-    A broadcast is work for the servers, Redis and the clients alike; on a
-    machine of ``n`` CPUs it cannot reach its last client sooner than that
-    work divided by ``n``, however it is spread.
+    A broadcast is work for the servers, Redis and the clients alike, all
+    on this machine's CPUs: the fan-out can shrink against one worker's
+    only as far as there are CPUs for the added work.
     """
     levels = result.get("contenders", {}).get(SCALE, {}).get("levels", {})
     top = str(level_at_most(result, COMMON_TOP) or "")
@@ -272,19 +272,21 @@ def scale_floor(result: dict[str, Any]) -> str:
     level = max(levels, key=int)
     cpus = int(result["machine"]["cpu_count"] or 1)
     work = _get(result, SCALE, "levels", level, "cpu_ms_per_event")
-    one = _get(result, STREAM, "levels", top, "fanout", "median")
-    one_work = _get(result, STREAM, "levels", top, "cpu_ms_per_event")
     fanout = _get(result, SCALE, "levels", level, "fanout", "median")
-    if any(math.isnan(x) for x in (work, one, one_work, fanout)) or one == 0:
+    one_work = _get(result, STREAM, "levels", top, "cpu_ms_per_event")
+    one = _get(result, STREAM, "levels", top, "fanout", "median")
+    if any(math.isnan(x) or x <= 0 for x in (work, fanout, one_work, one)):
         return ""
-    floor = work / cpus
+    more = work / one_work
     return (
-        f"A broadcast to {int(level):,} streams kept this machine's CPUs busy for "
-        f"{work:.0f} ms in all (servers, Redis and clients, from ``/proc/stat``; "
-        f"{one_work:.0f} ms for {int(top):,} streams on one stream worker). On {cpus} "
-        f"CPUs its last client cannot have it sooner than {floor:.0f} ms, "
-        f"{floor / one:.2f} times the {int(top):,}-stream fan-out of one worker "
-        f"({one:.1f} ms); it took {fanout:.1f} ms."
+        f"A broadcast to {int(level):,} streams over 4 workers cost this machine "
+        f"{work:.0f} ms of CPU time in all (servers, Redis and clients, from "
+        f"``/proc/stat``), {more:.2f} times the {one_work:.0f} ms of one to "
+        f"{int(top):,} streams on one stream worker; on the same {cpus} CPUs its "
+        f"fan-out took {fanout / one:.2f} times as long ({fanout:.1f} against "
+        f"{one:.1f} ms). Within 1.5 times, the machine would do {more:.2f} times "
+        f"the work in 1.5 times the time: {more / 1.5:.1f} times the CPUs the "
+        f"smaller broadcast kept busy."
     )
 
 
