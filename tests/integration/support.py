@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -352,3 +353,42 @@ def redis_or_cluster(request: Any, redis_server: Any) -> Any:
     if request.param == "redis":
         return redis_server
     return request.getfixturevalue("redis_cluster")
+
+
+def check_keepalives_follow_the_last_write(
+    server: Server, watched: RawResponse, keepalive: float
+) -> None:
+    """Keep ``/idle`` streams busier than ``keepalive`` for 1.5 s, then silent for three
+    periods, then close them: ``watched`` (one of them) must get no keepalive while
+    busy, and once silent one each period after its last write, never sooner."""
+    arrivals: list[tuple[float, bytes]] = []
+
+    def read() -> None:
+        for chunk in watched.body_chunks():
+            arrivals.append((time.monotonic(), chunk))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    busy_until = time.monotonic() + 1.5
+    while time.monotonic() < busy_until:  # busier than the keepalive
+        with raw_get(server.port, "/idle/send") as sent:
+            assert sent.status == 200
+        time.sleep(keepalive / 4)
+    time.sleep(3 * keepalive + 0.3)  # silent: keepalives
+    with raw_get(server.port, "/idle/send?close=1") as sent:
+        assert sent.status == 200
+    reader.join(10)
+    assert not reader.is_alive(), "the stream did not end"
+    ticks = [at for at, chunk in arrivals if b"event: tick" in chunk]
+    keepalives = [at for at, chunk in arrivals if chunk == b": keepalive\n\n"]
+    assert len(ticks) >= 8 and keepalives, arrivals
+    *busy, closing = ticks  # the busy period's ticks, then the one sent with the close
+    last_tick = busy[-1]
+    assert last_tick >= busy_until - keepalive, arrivals
+    assert last_tick < keepalives[0], "a keepalive while the stream was busy"
+    assert keepalives[-1] < closing, arrivals
+    gaps = [b - a for a, b in zip([last_tick, *keepalives], keepalives, strict=False)]
+    assert len(gaps) >= 2, arrivals
+    # Never sooner than the period (less the tick's own way over loopback);
+    # later only by a timer's resolution and what a busy machine adds.
+    assert all(keepalive - 0.05 <= gap <= keepalive + 0.5 for gap in gaps), gaps

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import select
-import threading
 import time
 from collections.abc import Iterator
 
@@ -21,7 +20,13 @@ import pytest
 from flask_sse_flush import Event
 from flask_sse_flush.testing import parse_events
 
-from .support import RawResponse, Server, raw_get, running_server
+from .support import (
+    RawResponse,
+    Server,
+    check_keepalives_follow_the_last_write,
+    raw_get,
+    running_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -143,32 +148,4 @@ def test_keepalives_follow_the_last_write_made_at_once(gevent_server: Server) ->
     keepalive = 0.4
     with raw_get(gevent_server.port, f"/idle?keepalive={keepalive}") as watched:
         wait_for_streams(gevent_server, 1)
-        arrivals: list[tuple[float, bytes]] = []
-
-        def read() -> None:
-            for chunk in watched.body_chunks():
-                arrivals.append((time.monotonic(), chunk))
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        busy_until = time.monotonic() + 1.5
-        while time.monotonic() < busy_until:  # busier than the keepalive
-            with raw_get(gevent_server.port, "/idle/send") as sent:
-                assert sent.status == 200
-            time.sleep(keepalive / 4)
-        time.sleep(3 * keepalive + 0.3)  # silent: keepalives
-        with raw_get(gevent_server.port, "/idle/send?close=1") as sent:
-            assert sent.status == 200
-        reader.join(10)
-        assert not reader.is_alive(), "the stream did not end"
-    ticks_at = [at for at, chunk in arrivals if b"event: tick" in chunk]
-    keepalives = [at for at, chunk in arrivals if chunk == b": keepalive\n\n"]
-    assert len(ticks_at) >= 8 and keepalives, arrivals
-    *busy, closing = ticks_at
-    assert busy[-1] < keepalives[0], "a keepalive while the stream was busy"
-    assert keepalives[-1] < closing, arrivals
-    gaps = [b - a for a, b in zip([busy[-1], *keepalives], keepalives, strict=False)]
-    assert len(gaps) >= 2, arrivals
-    # Never sooner than the period (less the tick's own way over loopback),
-    # later only by what a busy machine adds.
-    assert all(keepalive - 0.05 <= gap <= keepalive + 0.5 for gap in gaps), gaps
+        check_keepalives_follow_the_last_write(gevent_server, watched, keepalive)

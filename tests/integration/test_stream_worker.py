@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from .support import (
     WORKER_ENV,
     RawResponse,
     Server,
+    check_keepalives_follow_the_last_write,
     raw_get,
     rss_kib,
     running_server,
@@ -126,37 +126,7 @@ def test_keepalives_follow_each_streams_last_write(stream_server: Server) -> Non
         ]
         watched = stack.enter_context(raw_get(stream_server.port, f"/idle?keepalive={keepalive}"))
         wait_for_parked(stream_server, len(others) + 1)
-        arrivals: list[tuple[float, bytes]] = []
-
-        def read() -> None:
-            for chunk in watched.body_chunks():
-                arrivals.append((time.monotonic(), chunk))
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        busy_until = time.monotonic() + 1.5
-        while time.monotonic() < busy_until:  # busier than the keepalive
-            with raw_get(stream_server.port, "/idle/send") as sent:
-                assert sent.status == 200
-            time.sleep(keepalive / 4)
-        time.sleep(3 * keepalive + 0.3)  # silent: keepalives
-        with raw_get(stream_server.port, "/idle/send?close=1") as sent:
-            assert sent.status == 200
-        reader.join(10)
-        assert not reader.is_alive(), "the stream did not end"
-    ticks = [at for at, chunk in arrivals if b"event: tick" in chunk]
-    keepalives = [at for at, chunk in arrivals if chunk == b": keepalive\n\n"]
-    assert len(ticks) >= 8 and keepalives, arrivals
-    *busy, closing = ticks  # the busy period's ticks, then the one sent with the close
-    last_tick = busy[-1]
-    assert last_tick >= busy_until - keepalive, arrivals
-    assert last_tick < keepalives[0], "a keepalive while the stream was busy"
-    assert keepalives[-1] < closing, arrivals
-    gaps = [b - a for a, b in zip([last_tick, *keepalives], keepalives, strict=False)]
-    assert len(gaps) >= 2, arrivals
-    # Never sooner than the period (less the tick's own way over loopback);
-    # later only by the wheel's 50 ms and what a busy machine adds.
-    assert all(keepalive - 0.05 <= gap <= keepalive + 0.5 for gap in gaps), gaps
+        check_keepalives_follow_the_last_write(stream_server, watched, keepalive)
     wait_for_parked(stream_server, 0)
 
 
