@@ -80,7 +80,6 @@ class DirectWriter:
         "direct_bytes",
         "last",
         "rest",
-        "writes",
     )
 
     def __init__(self, response: Any, raw: _socket.socket, stream: Any) -> None:
@@ -92,10 +91,10 @@ class DirectWriter:
         self._measure = stream._measure
         self._thread = _hub_ident()()  # the hub's: the writer is made in the request
         self._greenlet = _getcurrent()  # the request's, which gunicorn writes from
-        #: Body bytes written here, which gunicorn counts as its own too.
+        #: Body bytes written here, which gunicorn counts as its own too
+        #: (every frame has some: it grows with each write).
         self.direct_bytes = 0
-        #: How many frames went out here, and when the last did.
-        self.writes = 0
+        #: When the last frame went out here.
         self.last = 0.0
         #: What the socket did not take of the last frame written here.
         self.rest: bytes | None = None
@@ -124,7 +123,6 @@ class DirectWriter:
             return False
         self._response.sent += len(frame)  # gunicorn's count, for its access log
         self.direct_bytes += len(frame)
-        self.writes += 1
         self.last = time.monotonic()
         if sent < len(data):
             self.rest = data[sent:]

@@ -360,10 +360,10 @@ class EventStream:
                 if deadline is not None:
                     left = max(0.0, deadline - time.monotonic())
                     wait = left if wait is None else min(wait, left)
-                writes = 0
+                written = 0  # direct bytes before this wait
                 if writer is not None:
                     if writer.in_step(yielded):
-                        writes = writer.writes
+                        written = writer.direct_bytes
                         self._direct = writer
                     else:  # something between holds the body back: never again
                         writer = self._writer = None
@@ -374,9 +374,13 @@ class EventStream:
                         self._direct = None
                 except Empty:
                     keepalive = self.keepalive
-                    if writer is not None and writer.writes != writes and keepalive is not None:
+                    if (
+                        writer is not None
+                        and keepalive is not None
+                        and writer.direct_bytes != written  # frames went out directly
+                    ):
                         since = time.monotonic() - writer.last
-                        if since < keepalive:  # not silent that long: frames went out directly
+                        if since < keepalive:  # not silent that long
                             quiet = keepalive - since
                             continue
                     if deadline is not None and time.monotonic() >= deadline:

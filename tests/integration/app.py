@@ -282,15 +282,15 @@ def create_app(log_dir: str | None = None) -> Any:
         """
         count = int(request.args.get("count", 1))
         source = request.args.get("from", "here")
+        close = bool(request.args.get("close"))
 
         def send() -> None:
             for stream in list(idle):
                 for i in range(count):
                     stream.send(Event({"i": i, "from": source, "sent": time.time()}, event="tick"))
-                if request_args.get("close"):
+                if close:
                     stream.close()
 
-        request_args = dict(request.args)
         if source == "native" and gevent_is_active():
             import gevent
 
