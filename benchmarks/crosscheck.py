@@ -5,12 +5,12 @@
     python -m benchmarks.crosscheck --quick            # tiny sizes: checks the code runs
 
 ``make bench`` measures with :mod:`benchmarks.client` (non-blocking
-connects in batches, a regular expression over each chunk as it arrives,
-three runs per level). This harness shares none of that code: blocking
-connects, one ``epoll`` loop per process that only stamps and keeps each
-chunk while events flow, every frame split out and every ``tick``'s data
-parsed as JSON afterwards, and one publish of thirty events in place of
-three runs of ten at many streams. What the two share is what is measured,
+connects in batches, a regular expression over the chunks kept, three runs
+per level). This harness shares none of that code: blocking connects, one
+``epoll`` loop per process that only stamps and keeps each chunk while
+events flow, every frame split out and every ``tick``'s data parsed as JSON
+afterwards, and one publish of thirty events in place of three runs of ten
+at many streams. What the two share is what is measured,
 not how: the servers (each contender's own command line, on 127.0.0.1),
 where the processes run (:mod:`benchmarks.placement`), one stream measured
 on three servers of its own, each once, and the figures' definitions.
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -160,19 +161,23 @@ def client(
     left = len(conns)
     deadline = time.monotonic() + timeout
     wait = 0.0 if spin else 0.5
-    while left and time.monotonic() < deadline:
-        for fd, _ in poller.poll(wait):
-            conn = conns[fd]
-            data = conn.sock.recv(65536)
-            arrived.append((conn, time.time_ns(), data))
-            if not data:
-                poller.unregister(fd)
-                left -= counted[fd] < expect
-                continue
-            before = counted[fd]
-            counted[fd] += data.count(b"event: tick")
-            if before < expect <= counted[fd]:
-                left -= 1
+    gc.disable()  # a collection mid-broadcast would walk every chunk kept
+    try:
+        while left and time.monotonic() < deadline:
+            for fd, _ in poller.poll(wait):
+                conn = conns[fd]
+                data = conn.sock.recv(65536)
+                arrived.append((conn, time.time_ns(), data))
+                if not data:
+                    poller.unregister(fd)
+                    left -= counted[fd] < expect
+                    continue
+                before = counted[fd]
+                counted[fd] += data.count(b"event: tick")
+                if before < expect <= counted[fd]:
+                    left -= 1
+    finally:
+        gc.enable()
     for conn in conns.values():
         conn.sock.close()
     poller.close()
