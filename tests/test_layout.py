@@ -40,6 +40,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtime/locks": {"runtime/detect"},
     "runtime/executors": {"runtime/detect", "runtime/hub", "runtime/locks"},
     "runtime/watch": {"runtime/detect"},
+    "runtime/wheel": set(),
     "runtime/__init__": {
         "runtime/channels",
         "runtime/detect",
@@ -91,7 +92,7 @@ ALLOWED: dict[str, set[str]] = {
     "wsgi/transport": set(),
     "wsgi/headers": {"wsgi/transport"},
     "wsgi/servers": {"runtime"},
-    "wsgi/direct": {"ops/metrics", "runtime", "wire/frames"},
+    "wsgi/direct": {"ops/metrics", "runtime", "runtime/wheel", "wire/frames"},
     "wsgi/stream": {
         "exceptions",
         "ops/metrics",
@@ -102,7 +103,14 @@ ALLOWED: dict[str, set[str]] = {
         "wsgi/servers",
         "wsgi/transport",
     },
-    "wsgi/worker": {"ops/metrics", "runtime", "wire/frames", "wsgi/direct", "wsgi/stream"},
+    "wsgi/worker": {
+        "ops/metrics",
+        "runtime",
+        "runtime/wheel",
+        "wire/frames",
+        "wsgi/direct",
+        "wsgi/stream",
+    },
     "wsgi/__init__": set(),
     "ops/metrics": {"runtime"},
     "ops/lifecycle": {"jobs/service", "runtime", "wsgi/servers", "wsgi/stream"},

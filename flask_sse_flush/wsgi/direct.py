@@ -25,26 +25,38 @@ difference:
 
 Anything else, a full socket included, queues the frame as before and
 wakes the greenlet. A frame the socket takes only in part is finished by
-the greenlet before anything after it. Keepalives still follow a silence,
-the hang-up watcher still watches, and the metrics count each such frame
-as written without waiting.
+the greenlet before anything after it. The hang-up watcher still watches,
+and the metrics count each such frame as written without waiting.
+
+Keepalives: while the greenlet waits, the worker's timer wheel
+(:class:`~flask_sse_flush.runtime.wheel.Wheel`) times its stream's
+silence, not a timer of the greenlet's own, and writes the keepalive the
+same way once a whole period has passed since the last write of any kind.
+A busy stream is then never woken to learn that it wrote meanwhile, and an
+idle one not to send its keepalive (the greenlet sends it where the
+writer cannot).
 """
 
 from __future__ import annotations
 
 import _socket
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..runtime import gevent_is_active, native_thread_ident
+from ..runtime.wheel import Wheel
 from ..wire.frames import ENDING_FRAMES
 
-__all__ = ["REST", "DirectWriter", "chunk", "direct_writer"]
+__all__ = ["KEEPALIVE_DUE", "REST", "DirectWriter", "chunk", "direct_writer"]
 
 #: Put in a stream's queue when its socket took a direct frame only in part:
 #: the greenlet sends :attr:`DirectWriter.rest` before anything after it.
 REST = object()
+#: Put in a stream's queue when a keepalive is due and the writer could not
+#: write it: the greenlet sends it.
+KEEPALIVE_DUE = object()
 
 # The last frame chunk-framed, and its framing: one event fanned out to
 # 10,000 streams is framed once, not 10,000 times. Only the hub's thread
@@ -66,17 +78,22 @@ class DirectWriter:
 
     Called by :meth:`EventStream.deliver` under the stream's lock, as
     ``writer(frame)``; says whether it wrote the frame (or took it over).
-    Kept small: one lives beside each open stream.
+    While the greenlet waits, the hub's timer wheel calls it back when a
+    keepalive may be due (:meth:`arm`). Kept small: one lives beside each
+    open stream.
     """
 
     __slots__ = (
         "_chunked",
         "_greenlet",
+        "_keepalive",
         "_measure",
         "_raw",
         "_response",
+        "_slot",
         "_stream",
         "_thread",
+        "_wheel",
         "direct_bytes",
         "last",
         "rest",
@@ -94,10 +111,13 @@ class DirectWriter:
         #: Body bytes written here, which gunicorn counts as its own too
         #: (every frame has some: it grows with each write).
         self.direct_bytes = 0
-        #: When the last frame went out here.
-        self.last = 0.0
+        #: When the stream last wrote: here, or the greenlet (set when it waits).
+        self.last = time.monotonic()
         #: What the socket did not take of the last frame written here.
         self.rest: bytes | None = None
+        self._keepalive: float | None = stream.keepalive
+        self._wheel = _wheel_of_hub()
+        self._slot: int | None = None  # the wheel's
 
     @property
     def sock(self) -> Any:
@@ -113,10 +133,19 @@ class DirectWriter:
         )
 
     def __call__(self, frame: bytes) -> bool:
+        if not self._write(frame, chunk(frame) if self._chunked else frame):
+            return False
+        if self._measure:
+            if frame.startswith(ENDING_FRAMES):  # rare: the call only then
+                self._stream._note_ending((frame,))
+            _sent_at_once()
+        return True
+
+    def _write(self, frame: bytes, data: bytes) -> bool:
+        """Send ``data`` (``frame``, framed) if nothing waits before it; whether it did."""
         channel: Any = self._stream._channel
         if self.rest is not None or _ident() != self._thread or channel.pending():
             return False
-        data = chunk(frame) if self._chunked else frame
         try:
             sent = self._raw.send(data)
         except OSError:  # a full socket, or a client gone: the greenlet's write deals with it
@@ -127,11 +156,42 @@ class DirectWriter:
         if sent < len(data):
             self.rest = data[sent:]
             channel.put(REST, bounded=False)  # wakes the greenlet to send it
-        if self._measure:
-            if frame.startswith(ENDING_FRAMES):  # rare: the call only then
-                self._stream._note_ending((frame,))
-            _sent_at_once()
         return True
+
+    # -- keepalives, while the greenlet waits -----------------------------------
+
+    def arm(self) -> None:
+        """Have the keepalive written once the stream has been silent a whole period.
+
+        Called by the greenlet as it begins to wait, after setting the
+        stream's ``_direct`` to this writer; from then until it wakes, the
+        wheel times the silence.
+        """
+        if self._keepalive is not None:
+            self._wheel.add(self, self.last + self._keepalive)
+
+    def disarm(self) -> None:
+        self._wheel.discard(self)
+
+    def _on_tick(self) -> None:
+        """The wheel: a keepalive may be due."""
+        stream: Any = self._stream
+        keepalive = self._keepalive
+        if stream._direct is not self or keepalive is None:
+            return  # the greenlet is awake: it arms again when it waits
+        due = self.last + keepalive
+        if time.monotonic() < due:  # it wrote since: not silent that long
+            self._wheel.add(self, due)
+            return
+        frame = stream._keepalive_frame
+        with stream._lock:  # in order with any frame a native thread queues
+            if stream._closed or stream._direct is not self:
+                return
+            framed = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
+            if self._write(frame, framed):
+                self._wheel.add(self, self.last + keepalive)
+            elif not stream._channel.pending():
+                stream._channel.put(KEEPALIVE_DUE, bounded=False)  # the greenlet writes it
 
     def take_rest(self) -> bytes:
         rest, self.rest = self.rest, None
@@ -154,6 +214,21 @@ def _hub_ident() -> Callable[[], int]:
 
 def _unset() -> Any:
     raise AssertionError("no DirectWriter was made")
+
+
+# The timer wheel of each hub that has writers (one per gunicorn worker).
+_wheels: weakref.WeakKeyDictionary[Any, Wheel] = weakref.WeakKeyDictionary()
+
+
+def _wheel_of_hub() -> Wheel:
+    """The current hub's timer wheel for writers' keepalives, made the first time."""
+    from gevent import get_hub
+
+    hub = get_hub()
+    wheel = _wheels.get(hub)
+    if wheel is None:
+        wheel = _wheels[hub] = Wheel(hub.loop)
+    return wheel
 
 
 _ident: Callable[[], int] = _unset

@@ -21,7 +21,7 @@ from ..exceptions import StreamClosed
 from ..ops.metrics import METRICS, enabled
 from ..runtime import Empty, Overflow, new_channel, new_lock, watch_for_hangup
 from ..wire.frames import ENDING_FRAMES, PROGRESS_COALESCING, Coalescing, Event, comment
-from .direct import REST, DirectWriter, direct_writer
+from .direct import KEEPALIVE_DUE, REST, DirectWriter, direct_writer
 from .headers import KEEPALIVE_HEADER, setup_sse_headers
 from .servers import check_server
 from .transport import client_socket, end_connection, uwsgi_socket
@@ -342,7 +342,8 @@ class EventStream:
         # more, and a frame is never split. With metrics on, each frame's put
         # time comes back from the channel as its stamp. While it waits, a
         # direct writer (gunicorn -k gevent) may write frames published on
-        # the hub itself, and the body only learns of it by the clock.
+        # the hub itself, and keepalives when the hub's timer wheel finds
+        # the stream silent: the body then waits with no timeout of its own.
         measure = self._measure
         if measure:
             METRICS.stream_opened()
@@ -351,38 +352,31 @@ class EventStream:
         channel = self._channel
         writer = self._writer
         yielded = len(self._opening)  # body bytes handed to the server
-        quiet: float | None = None  # a keepalive's wait, shortened by direct writes
+        waited = 0  # ... as the body began its last wait
         try:
             yield self._opening
             while True:
-                wait = self.keepalive if quiet is None else quiet
-                quiet = None
+                wait = self.keepalive
                 if deadline is not None:
                     left = max(0.0, deadline - time.monotonic())
                     wait = left if wait is None else min(wait, left)
-                written = 0  # direct bytes before this wait
                 if writer is not None:
                     if writer.in_step(yielded):
-                        written = writer.direct_bytes
+                        if yielded != waited:  # the server wrote what the body yielded
+                            writer.last = time.monotonic()
                         self._direct = writer
+                        writer.arm()
+                        wait = None  # the wheel times the keepalive (no deadline here)
                     else:  # something between holds the body back: never again
+                        writer.disarm()
                         writer = self._writer = None
+                waited = yielded
                 try:
                     try:
                         item = channel.get(wait)
                     finally:
                         self._direct = None
                 except Empty:
-                    keepalive = self.keepalive
-                    if (
-                        writer is not None
-                        and keepalive is not None
-                        and writer.direct_bytes != written  # frames went out directly
-                    ):
-                        since = time.monotonic() - writer.last
-                        if since < keepalive:  # not silent that long
-                            quiet = keepalive - since
-                            continue
                     if deadline is not None and time.monotonic() >= deadline:
                         yield self._rotate()
                         return
@@ -401,6 +395,10 @@ class EventStream:
                 if item is REST:  # what the socket left of a direct frame, before anything else
                     if writer is not None and not self._send_rest(writer):
                         return
+                    continue
+                if item is KEEPALIVE_DUE:  # due, and the writer could not write it
+                    yield self._keepalive_frame
+                    yielded += len(self._keepalive_frame)
                     continue
                 alone = not self._batch or not channel.pending()
                 if alone and deadline is None:  # the common case: one event, nothing behind
@@ -446,6 +444,8 @@ class EventStream:
         finally:
             # Runs on normal end and on GeneratorExit (the server closing the
             # body after a failed write, i.e. a client disconnect).
+            if writer is not None:
+                writer.disarm()
             self._direct = self._writer = None
             if measure:
                 self._count_end(reason)

@@ -47,7 +47,6 @@ import _socket
 import contextlib
 import contextvars
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +57,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from ..ops.metrics import METRICS, install
 from ..runtime import hung_up, native_thread_ident
+from ..runtime.wheel import Wheel
 from ..wire.frames import ENDING_FRAMES
 from .direct import chunk
 from .stream import _BATCH_BYTES, _END, PARK_KEY, EventStream, StreamBody
@@ -74,70 +74,6 @@ _REQUEST: contextvars.ContextVar[tuple[Any, float]] = contextvars.ContextVar(
 _DRAIN_POLL = 0.05
 _LAST_CHUNK = b"0\r\n\r\n"
 _thread_ident = native_thread_ident()
-
-
-class _Wheel:
-    """When parked streams are next due (a keepalive, a rotation): one loop timer for all.
-
-    Each stream sits in the slot of the moment it is next due, rounded up to
-    :attr:`RESOLUTION`, so never early and at most that late. A write does
-    not move a stream: when its slot comes and it turns out not due (it
-    wrote since), it goes to a later slot. A timer watcher per stream cost
-    more: each fired once a keepalive period, found its busy stream not due
-    and made a new watcher, and as every stream had written in the same
-    broadcast, ten thousand such callbacks came together and delayed the
-    broadcast they landed on by about 30 ms.
-    """
-
-    #: How finely due times are told apart, seconds.
-    RESOLUTION = 0.05
-
-    def __init__(self, loop: Any) -> None:
-        self._slots: dict[int, dict[_Parked, None]] = {}
-        self._done = math.floor(time.monotonic() / self.RESOLUTION)  # every slot up to it ran
-        self._timer: Any = loop.timer(self.RESOLUTION, self.RESOLUTION)  # repeats
-        self._running = False
-
-    def add(self, parked: _Parked, due: float) -> None:
-        """Have ``parked._on_tick()`` called once ``due`` (``time.monotonic()``) has come."""
-        self.discard(parked)
-        slot = max(math.ceil(due / self.RESOLUTION), self._done + 1)
-        self._slots.setdefault(slot, {})[parked] = None
-        parked._slot = slot
-        if not self._running:
-            self._running = True
-            self._timer.start(self._turn)
-
-    def discard(self, parked: _Parked) -> None:
-        slot = parked._slot
-        if slot is None:
-            return
-        parked._slot = None
-        members = self._slots.get(slot)
-        if members is not None:
-            members.pop(parked, None)
-            if not members:
-                del self._slots[slot]
-
-    def _turn(self) -> None:
-        now = math.floor(time.monotonic() / self.RESOLUTION)
-        while self._done < now:  # every slot that has come, a late timer's too
-            self._done += 1
-            members = self._slots.pop(self._done, None)
-            if members is None:
-                continue
-            for parked in members:
-                parked._slot = None
-                parked._on_tick()  # which puts it back, unless it ended
-        if not self._slots:
-            self._running = False
-            self._timer.stop()
-
-    def close(self) -> None:
-        self._slots.clear()
-        self._running = False
-        self._timer.stop()
-        self._timer.close()
 
 
 class _Parked:
@@ -436,7 +372,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         self._parked: set[_Parked] = set()
         self._stopped_at: float | None = None
         self._hub_thread = 0  # the hub's OS thread, known once the worker runs
-        self._wheel: _Wheel  # the parked streams' timers, made once the worker runs
+        self._wheel: Wheel  # the parked streams' timers, made once the worker runs
         # The metrics' count of a frame written at once: looked up once (in
         # the worker's process, when it loads the app), not per event.
         self.sent_at_once: Callable[[], object] = METRICS.event_sent_at_once
@@ -520,7 +456,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
     def run(self) -> None:
         hub = gevent.get_hub()
         self._hub_thread = hub.thread_ident
-        self._wheel = _Wheel(hub.loop)
+        self._wheel = Wheel(hub.loop)
         gevent.spawn(self._note_stop)
         try:
             super().run()

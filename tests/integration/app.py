@@ -230,6 +230,27 @@ def create_app(log_dir: str | None = None) -> Any:
 
         return {"thread": hex(gevent.get_hub().thread_ident)}
 
+    switches: list[int] = []
+
+    @app.get("/__switches/<action>")
+    def count_switches(action: str) -> Any:
+        """``start``: count greenlet switches into anything but the hub; ``stop``: how many."""
+        import gevent
+        import greenlet
+
+        if action == "start":
+            hub = gevent.get_hub()
+            switches[:] = [0]
+
+            def trace(event: str, args: Any) -> None:
+                if event in ("switch", "throw") and args[1] is not hub:
+                    switches[0] += 1
+
+            greenlet.settrace(trace)
+            return {"n": 0}
+        greenlet.settrace(None)
+        return {"n": switches[0]}
+
     @app.get("/__subscribers/<job_id>")
     def subscribers(job_id: str) -> Any:
         service = app.extensions["sse_flush"][request.args.get("bp", "sse_flush")]

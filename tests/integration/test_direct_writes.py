@@ -142,6 +142,40 @@ def test_a_stream_too_slow_for_its_buffer_still_ends_on_a_whole_frame(
     assert len(events) < 50, "the stream should have ended as too slow"
 
 
+def test_no_greenlet_wakes_for_a_keepalive_busy_or_idle(gevent_server: Server) -> None:
+    """While streams are busier than their keepalive, then silent for several
+    periods, their greenlets sleep on: the hub's timer wheel times each
+    silence and writes each keepalive itself (each stream still gets its own)."""
+    count, keepalive = 300, 0.2
+    with contextlib.ExitStack() as stack:
+        streams = [
+            stack.enter_context(raw_get(gevent_server.port, f"/idle?keepalive={keepalive}"))
+            for _ in range(count)
+        ]
+        wait_for_streams(gevent_server, count)
+        with raw_get(gevent_server.port, "/__switches/start") as started:
+            assert started.status == 200
+        busy_until = time.monotonic() + 1.0
+        while time.monotonic() < busy_until:
+            with raw_get(gevent_server.port, "/idle/send") as sent:
+                assert sent.json() == {"streams": count}
+            time.sleep(keepalive / 4)
+        time.sleep(5 * keepalive)
+        with raw_get(gevent_server.port, "/__switches/stop") as stopped:
+            switches = stopped.json()["n"]
+        with raw_get(gevent_server.port, "/idle/send?count=0&close=1"):
+            pass
+        keepalives = [
+            sum(chunk == b": keepalive\n\n" for chunk in response.body_chunks())
+            for response in streams
+        ]
+    # A greenlet woken per keepalive period, as each used to be, makes
+    # thousands of switches here (300 streams, 10 periods); what is left is
+    # the test's own requests'.
+    assert switches < count, switches
+    assert min(keepalives) >= 3, keepalives
+
+
 def test_keepalives_follow_the_last_write_made_at_once(gevent_server: Server) -> None:
     """The greenlet sleeps through frames written for it; its keepalive still
     comes a whole period after the last of them, never sooner, and only then."""
