@@ -420,8 +420,9 @@ Benchmarks
 Measured by ``make bench`` on {date}, in {seconds:.0f} s, on {cpu} ({cpus} cores),
 Python {python}. Every contender is its own server process on 127.0.0.1; the
 clients are other processes reading raw sockets (one ``epoll`` loop each, no
-more, so that the clients are never what is measured) and timestamping each
-event when its bytes arrive. Each figure is the median of {runs} runs (the JSON in
+more, that only stamps and keeps each chunk while events flow and parses the
+events afterwards, so that the clients are never what is measured) and
+timestamping each event when its bytes arrive. Each figure is the median of {runs} runs (the JSON in
 ``benchmarks/results/latest.json`` has min and max too). Absolute times move
 with the machine's load; the ratios, measured side by side, are what to read.
 

@@ -1,9 +1,10 @@
 """A timer wheel: when many streams are next due (a keepalive, a rotation), with one loop timer.
 
 Each member sits in the slot of the moment it is next due, rounded up to
-:attr:`Wheel.RESOLUTION`, so it is never called early and at most that
-late. A write does not move a member: when its slot comes and it turns out
-not due (it wrote since), it puts itself in a later slot.
+:attr:`Wheel.RESOLUTION`, so it is never called early and at most two
+slots late (the loop timer that turns the wheel runs at its own phase). A
+write does not move a member: when its slot comes and it turns out not due
+(it wrote since), it puts itself in a later slot.
 
 Why not a timer per stream: each fired once a keepalive period, found its
 busy stream not due and made a new watcher (under ``-k gevent``, it also
@@ -12,16 +13,18 @@ in the same broadcast, ten thousand such callbacks came due together and
 held the hub for tens of milliseconds, and the broadcast that fell in
 that time waited for them.
 
-Members whose slot has come are called at most :attr:`Wheel.BATCH` at a time:
-the rest wait for the loop's next turn, after the timers and I/O that came
-due meanwhile (a broadcast's publisher among them), so the hub is never held
-for longer than a batch takes (well under a millisecond).
+Members whose slot has come are called oldest first, at most
+:attr:`Wheel.BATCH` in one turn of the loop: the rest wait for its next
+turn, after the timers and I/O that came due meanwhile (a broadcast's
+publisher among them), so the hub is never held for longer than a batch
+takes (well under a millisecond).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 __all__ = ["Timed", "Wheel"]
@@ -53,10 +56,13 @@ class Wheel:
 
     def __init__(self, loop: Any) -> None:
         self._slots: dict[int, dict[Timed, None]] = {}
-        self._late: dict[Timed, None] = {}  # their slot has come; called a batch at a time
+        # Their slot has come: called a batch a turn, oldest first.
+        self._late: OrderedDict[Timed, None] = OrderedDict()
         self._done = math.floor(time.monotonic() / self.RESOLUTION)  # every slot up to it came
         self._timer: Any = loop.timer(self.RESOLUTION, self.RESOLUTION)  # repeats
-        self._more: Any = loop.timer(0.0)  # the next batch, on the loop's next turn
+        # Runs each batch: a one-shot timer started from its own callback
+        # fires on the loop's next turn, never twice in one.
+        self._batch: Any = loop.timer(0.0)
         self._running = False
 
     def __len__(self) -> int:
@@ -66,6 +72,8 @@ class Wheel:
     def add(self, member: Timed, due: float) -> None:
         """Have ``member._on_tick()`` called once ``due`` (``time.monotonic()``) has come."""
         self.discard(member)
+        if not self._running:  # stopped since: no slot in between to look at
+            self._done = max(self._done, math.floor(time.monotonic() / self.RESOLUTION))
         slot = max(math.ceil(due / self.RESOLUTION), self._done + 1)
         members = self._slots.get(slot)
         if members is None:
@@ -102,17 +110,23 @@ class Wheel:
             for member in members:
                 member._slot = _LATE
             late.update(members)
-        self._call_late()
+        if late:
+            if not self._batch.active:
+                self._batch.start(self._call_late)
+        elif not self._slots:
+            self._running = False
+            self._timer.stop()
 
     def _call_late(self) -> None:
         late = self._late
-        for _ in range(min(self.BATCH, len(late))):
-            member, _ = late.popitem()
+        called = 0
+        while late and called < self.BATCH:  # a call may take others off the wheel
+            member, _ = late.popitem(last=False)
             member._slot = None
             member._on_tick()  # which may put it back
+            called += 1
         if late:
-            if not self._more.active:
-                self._more.start(self._call_late)
+            self._batch.start(self._call_late)
         elif not self._slots and self._running:
             self._running = False
             self._timer.stop()
@@ -124,6 +138,6 @@ class Wheel:
         self._slots.clear()
         self._late.clear()
         self._running = False
-        for timer in (self._timer, self._more):
+        for timer in (self._timer, self._batch):
             timer.stop()
             timer.close()

@@ -133,7 +133,7 @@ class DirectWriter:
         )
 
     def __call__(self, frame: bytes) -> bool:
-        if not self._write(frame, chunk(frame) if self._chunked else frame):
+        if not self._write(frame):
             return False
         if self._measure:
             if frame.startswith(ENDING_FRAMES):  # rare: the call only then
@@ -141,11 +141,13 @@ class DirectWriter:
             _sent_at_once()
         return True
 
-    def _write(self, frame: bytes, data: bytes) -> bool:
-        """Send ``data`` (``frame``, framed) if nothing waits before it; whether it did."""
+    def _write(self, frame: bytes, data: bytes | None = None) -> bool:
+        """Send ``frame`` (``data``: framed already) if nothing waits before it; whether it did."""
         channel: Any = self._stream._channel
         if self.rest is not None or _ident() != self._thread or channel.pending():
             return False
+        if data is None:  # framed only here: chunk()'s one entry is the hub thread's
+            data = chunk(frame) if self._chunked else frame
         try:
             sent = self._raw.send(data)
         except OSError:  # a full socket, or a client gone: the greenlet's write deals with it

@@ -458,6 +458,7 @@ class EventStream:
         except OSError:
             self.hung_up = True
             return False
+        writer.last = time.monotonic()
         return True
 
     def _count_end(self, reason: str) -> None:

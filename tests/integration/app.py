@@ -230,7 +230,7 @@ def create_app(log_dir: str | None = None) -> Any:
 
         return {"thread": hex(gevent.get_hub().thread_ident)}
 
-    switches: list[int] = []
+    switches: list[Any] = [0, None]  # the count, and the tracer it replaced
 
     @app.get("/__switches/<action>")
     def count_switches(action: str) -> Any:
@@ -240,15 +240,15 @@ def create_app(log_dir: str | None = None) -> Any:
 
         if action == "start":
             hub = gevent.get_hub()
-            switches[:] = [0]
+            switches[0] = 0
 
             def trace(event: str, args: Any) -> None:
                 if event in ("switch", "throw") and args[1] is not hub:
                     switches[0] += 1
 
-            greenlet.settrace(trace)
+            switches[1] = greenlet.settrace(trace)
             return {"n": 0}
-        greenlet.settrace(None)
+        greenlet.settrace(switches[1])
         return {"n": switches[0]}
 
     @app.get("/__subscribers/<job_id>")

@@ -1,0 +1,105 @@
+"""What a direct writer (``-k gevent``) does when the timer wheel asks it for a keepalive.
+
+Real sockets (a socketpair) and the hub's real wheel; the stream's greenlet
+is stood in for by setting the stream's ``_direct`` to the writer, which is
+what the body does while it waits.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from flask_sse_flush import EventStream
+from flask_sse_flush.runtime import Empty
+from flask_sse_flush.wsgi.direct import KEEPALIVE_DUE, DirectWriter
+
+KEEPALIVE = 0.2
+FRAMED = b"D\r\n: keepalive\n\n\r\n"  # ": keepalive\n\n", 13 bytes, as one chunk
+
+
+class Setup:
+    def __init__(self) -> None:
+        self.server, self.client = socket.socketpair()
+        self.server.setblocking(False)
+        self.stream = EventStream(keepalive=KEEPALIVE)
+        self.response = types.SimpleNamespace(sent=0, chunked=True, sock=None)
+        self.writer = DirectWriter(self.response, self.server, self.stream)
+
+    def waiting(self, silent_for: float) -> None:
+        """The body waits, and the stream wrote last ``silent_for`` seconds ago."""
+        self.writer.last = time.monotonic() - silent_for
+        self.stream._direct = self.writer
+
+    def received(self) -> bytes:
+        self.client.setblocking(False)
+        try:
+            return self.client.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    def close(self) -> None:
+        self.writer.disarm()
+        self.server.close()
+        self.client.close()
+
+
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    made = Setup()
+    yield made
+    made.close()
+
+
+def test_a_silent_stream_gets_its_keepalive_written_and_is_timed_again(setup: Setup) -> None:
+    setup.waiting(silent_for=KEEPALIVE)
+    setup.writer._on_tick()
+    assert setup.received() == FRAMED
+    # gunicorn's count and the writer's grow alike: the body stays in step.
+    assert setup.response.sent == setup.writer.direct_bytes == 13
+    assert setup.writer._slot is not None  # on the wheel for the next one
+    assert setup.stream.pending == 0
+
+
+def test_a_stream_that_wrote_since_is_timed_again_without_a_keepalive(setup: Setup) -> None:
+    setup.waiting(silent_for=KEEPALIVE / 2)
+    setup.writer._on_tick()
+    assert setup.received() == b""
+    assert setup.writer._slot is not None
+    assert setup.response.sent == 0
+
+
+def test_an_awake_body_is_left_alone(setup: Setup) -> None:
+    setup.waiting(silent_for=KEEPALIVE)
+    setup.stream._direct = None  # the body woke: it arms the wheel again when it waits
+    setup.writer._on_tick()
+    assert setup.received() == b""
+    assert setup.writer._slot is None
+    assert setup.stream.pending == 0
+
+
+def test_a_full_socket_hands_the_keepalive_to_the_body(setup: Setup) -> None:
+    filler = b"x" * 65536
+    while True:
+        try:
+            setup.server.send(filler)
+        except BlockingIOError:
+            break
+    setup.waiting(silent_for=KEEPALIVE)
+    setup.writer._on_tick()
+    assert setup.response.sent == 0
+    assert setup.stream._channel.get(0) is KEEPALIVE_DUE  # the body yields the keepalive
+    with pytest.raises(Empty):
+        setup.stream._channel.get(0)
+
+
+def test_no_keepalive_once_the_stream_is_closed(setup: Setup) -> None:
+    setup.waiting(silent_for=KEEPALIVE)
+    setup.stream.close()
+    setup.writer._on_tick()
+    assert setup.received() == b""
+    assert setup.response.sent == 0
