@@ -464,7 +464,10 @@ what it measures; from {pin_from:,} up a broadcast keeps it busy anyway.
 Servers of several worker processes are not pinned: they are there to use
 every CPU. *One stream* is measured on {runs} servers of their own, each
 started, warmed up and measured once: a server's latency at one stream
-differs more between its processes than between runs of one process.
+differs more between its processes than between runs of one process. The
+contenders take these runs in turn (a run of each, then again), so that a
+slow spell of the machine, which can double every one-stream latency for
+tens of seconds, falls on all of them alike.
 
 {table}
 
