@@ -1,4 +1,4 @@
-"""What a direct writer (``-k gevent``) does when the timer wheel asks it for a keepalive.
+"""What a direct writer (``-k gevent``) does for a keepalive, and when it cannot write.
 
 Real sockets (a socketpair) and the hub's real wheel; the stream's greenlet
 is stood in for by setting the stream's ``_direct`` to the writer, which is
@@ -8,6 +8,7 @@ what the body does while it waits.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from flask_sse_flush import EventStream
 from flask_sse_flush.runtime import Empty
-from flask_sse_flush.wsgi.direct import KEEPALIVE_DUE, DirectWriter
+from flask_sse_flush.wsgi.direct import KEEPALIVE_DUE, REST, DirectWriter
 
 KEEPALIVE = 0.2
 FRAMED = b"D\r\n: keepalive\n\n\r\n"  # ": keepalive\n\n", 13 bytes, as one chunk
@@ -59,8 +60,14 @@ def test_a_silent_stream_gets_its_keepalive_written_and_is_timed_again(setup: Se
     setup.waiting(silent_for=KEEPALIVE)
     setup.writer._on_tick()
     assert setup.received() == FRAMED
-    # gunicorn's count and the writer's grow alike: the body stays in step.
-    assert setup.response.sent == setup.writer.direct_bytes == 13
+    # gunicorn's count gets the writer's bytes as the body wakes: it stays in step.
+    assert setup.writer.direct_bytes == 13
+    assert setup.response.sent == 0
+    setup.writer.settle()
+    assert setup.response.sent == 13
+    assert setup.writer.in_step(0)
+    setup.writer.settle()  # settled once
+    assert setup.response.sent == 13
     assert setup.writer._slot is not None  # on the wheel for the next one
     assert setup.stream.pending == 0
 
@@ -92,6 +99,7 @@ def test_a_full_socket_hands_the_keepalive_to_the_body(setup: Setup) -> None:
     setup.waiting(silent_for=KEEPALIVE)
     setup.writer._on_tick()
     assert setup.response.sent == 0
+    assert setup.stream._direct is None  # unhooked until the body has caught up
     assert setup.stream._channel.get(0) is KEEPALIVE_DUE  # the body yields the keepalive
     with pytest.raises(Empty):
         setup.stream._channel.get(0)
@@ -103,3 +111,57 @@ def test_no_keepalive_once_the_stream_is_closed(setup: Setup) -> None:
     setup.writer._on_tick()
     assert setup.received() == b""
     assert setup.response.sent == 0
+
+
+def fill(sock: socket.socket) -> None:
+    filler = b"x" * 65536
+    while True:
+        try:
+            sock.send(filler)
+        except BlockingIOError:
+            return
+
+
+FRAME = b"data: 1\n\n"
+
+
+def test_a_frame_the_writer_refuses_keeps_every_later_frame_behind_it(setup: Setup) -> None:
+    # A full socket: the frame is queued, and the writer stays unhooked, so
+    # the next frame, socket drained or not, queues behind it.
+    fill(setup.server)
+    setup.waiting(silent_for=0)
+    setup.stream.deliver(FRAME)
+    assert setup.stream._direct is None
+    while setup.received():
+        pass
+    setup.stream.deliver(b"data: 2\n\n")
+    assert setup.received() == b""
+    assert setup.stream._channel.get(0) == FRAME
+    assert setup.stream._channel.get(0) == b"data: 2\n\n"
+
+
+def test_a_native_threads_frame_is_queued_and_later_hub_frames_behind_it(setup: Setup) -> None:
+    setup.waiting(silent_for=0)
+    thread = threading.Thread(target=setup.stream.deliver, args=(FRAME,))
+    thread.start()
+    thread.join()
+    assert setup.stream._direct is None
+    setup.stream.deliver(b"data: 2\n\n")  # this thread: the writer's, but a frame waits
+    assert setup.received() == b""
+    assert setup.stream._channel.get(0) == FRAME
+    assert setup.stream._channel.get(0) == b"data: 2\n\n"
+
+
+def test_a_frame_sent_in_part_leaves_its_rest_first_in_the_queue(setup: Setup) -> None:
+    setup.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # room for a part
+    big = b"data: " + b"y" * 200_000 + b"\n\n"
+    setup.waiting(silent_for=0)
+    setup.stream.deliver(big)
+    assert setup.stream._direct is None
+    rest = setup.writer.rest
+    assert rest is not None and 0 < len(rest) < len(big)
+    setup.stream.deliver(FRAME)
+    assert setup.stream._channel.get(0) is REST
+    assert setup.stream._channel.get(0) == FRAME
+    setup.writer.settle()
+    assert setup.response.sent == setup.writer.direct_bytes == len(big)

@@ -90,6 +90,7 @@ class DirectWriter:
         "_measure",
         "_raw",
         "_response",
+        "_settled",
         "_slot",
         "_stream",
         "_thread",
@@ -108,9 +109,10 @@ class DirectWriter:
         self._measure = stream._measure
         self._thread = _hub_ident()()  # the hub's: the writer is made in the request
         self._greenlet = _getcurrent()  # the request's, which gunicorn writes from
-        #: Body bytes written here, which gunicorn counts as its own too
-        #: (every frame has some: it grows with each write).
+        #: Body bytes written here, which gunicorn counts as its own too once
+        #: :meth:`settle` adds them (every frame has some: it grows with each write).
         self.direct_bytes = 0
+        self._settled = 0
         #: When the stream last wrote: here, or the greenlet (set when it waits).
         self.last = time.monotonic()
         #: What the socket did not take of the last frame written here.
@@ -127,38 +129,61 @@ class DirectWriter:
     def in_step(self, yielded: int) -> bool:
         """Whether gunicorn has taken exactly the ``yielded`` bytes of the body (and these),
         from the greenlet that called the app: gunicorn writes each chunk before it
-        asks that greenlet for the next, so every one of them is on the wire."""
+        asks that greenlet for the next, so every one of them is on the wire.
+
+        Call it once :meth:`settle` has run since the last direct write.
+        """
         return bool(
             self._response.sent == yielded + self.direct_bytes and _getcurrent() is self._greenlet
         )
 
+    def settle(self) -> None:
+        """Add the bytes written here since the last call to gunicorn's count.
+
+        The greenlet calls it as it wakes, before anything can reach
+        gunicorn's access log: a direct write leaves gunicorn's response alone.
+        """
+        response = self._response
+        response.sent += self.direct_bytes - self._settled
+        self._settled = self.direct_bytes
+
     def __call__(self, frame: bytes) -> bool:
-        if not self._write(frame):
+        # The fan-out's hot path, once per stream per event: kept to the one
+        # send() and what it must update. Every refusal (a native thread's
+        # frame, a full socket) or part-sent frame leaves something in the
+        # queue, so it also unhooks the writer until the greenlet has woken,
+        # written what waits and waits again: no later frame overtakes it,
+        # without a look at the queue on every call.
+        if _ident() != self._thread:
+            self._stream._direct = None
             return False
+        if not self._chunked:
+            data = frame
+        elif frame is _framed[0]:  # the same event as the stream before
+            data = _framed[1]
+        else:  # framed only here: chunk()'s one entry is the hub thread's
+            data = chunk(frame)
+        try:
+            sent = self._raw.send(data)
+        except OSError:  # a full socket, or a client gone: the greenlet's write deals with it
+            self._stream._direct = None
+            return False
+        self.direct_bytes += len(frame)
+        self.last = time.monotonic()
+        if sent < len(data):
+            self._leave(data[sent:])
         if self._measure:
             if frame.startswith(ENDING_FRAMES):  # rare: the call only then
                 self._stream._note_ending((frame,))
             _sent_at_once()
         return True
 
-    def _write(self, frame: bytes, data: bytes | None = None) -> bool:
-        """Send ``frame`` (``data``: framed already) if nothing waits before it; whether it did."""
-        channel: Any = self._stream._channel
-        if self.rest is not None or _ident() != self._thread or channel.pending():
-            return False
-        if data is None:  # framed only here: chunk()'s one entry is the hub thread's
-            data = chunk(frame) if self._chunked else frame
-        try:
-            sent = self._raw.send(data)
-        except OSError:  # a full socket, or a client gone: the greenlet's write deals with it
-            return False
-        self._response.sent += len(frame)  # gunicorn's count, for its access log
-        self.direct_bytes += len(frame)
-        self.last = time.monotonic()
-        if sent < len(data):
-            self.rest = data[sent:]
-            channel.put(REST, bounded=False)  # wakes the greenlet to send it
-        return True
+    def _leave(self, rest: bytes) -> None:
+        """The socket took a frame only in part: the greenlet sends ``rest`` before anything."""
+        self.rest = rest
+        stream: Any = self._stream
+        stream._direct = None
+        stream._channel.put(REST, bounded=False)  # wakes the greenlet to send it
 
     # -- keepalives, while the greenlet waits -----------------------------------
 
@@ -189,11 +214,19 @@ class DirectWriter:
         with stream._lock:  # in order with any frame a native thread queues
             if stream._closed or stream._direct is not self:
                 return
-            framed = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
-            if self._write(frame, framed):
+            data = b"%X\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
+            try:
+                sent = self._raw.send(data)
+            except OSError:  # the greenlet writes it, and finds out what is wrong
+                stream._direct = None
+                stream._channel.put(KEEPALIVE_DUE, bounded=False)
+                return
+            self.direct_bytes += len(frame)
+            self.last = time.monotonic()
+            if sent < len(data):
+                self._leave(data[sent:])
+            else:
                 self._wheel.add(self, self.last + keepalive)
-            elif not stream._channel.pending():
-                stream._channel.put(KEEPALIVE_DUE, bounded=False)  # the greenlet writes it
 
     def take_rest(self) -> bytes:
         rest, self.rest = self.rest, None

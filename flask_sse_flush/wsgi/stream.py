@@ -252,13 +252,13 @@ class EventStream:
         # queued under the lock close() takes, so a frame can never land
         # behind the end marker and vanish without an error. A server that
         # parked the stream may write the frame at once instead.
-        pushed = self._pushed
         with self._lock:
             if self._closed:
                 raise StreamClosed("the stream is closed; its client will receive nothing more")
             direct = self._direct
             if direct is not None and direct(frame):
                 return
+            pushed = self._pushed
             stamp = time.monotonic() if self._measure else None
             try:
                 self._channel.put(frame, level, stamp, schedule=pushed is None)
@@ -364,7 +364,8 @@ class EventStream:
                     if writer.in_step(yielded):
                         if yielded != waited:  # the server wrote what the body yielded
                             writer.last = time.monotonic()
-                        self._direct = writer
+                        with self._lock:  # after any put a thread began without the writer
+                            self._direct = writer
                         writer.arm()
                         wait = None  # the wheel times the keepalive (no deadline here)
                     else:  # something between holds the body back: never again
@@ -376,6 +377,8 @@ class EventStream:
                         item = channel.get(wait)
                     finally:
                         self._direct = None
+                        if writer is not None:
+                            writer.settle()
                 except Empty:
                     if deadline is not None and time.monotonic() >= deadline:
                         yield self._rotate()

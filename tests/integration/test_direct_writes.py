@@ -190,3 +190,31 @@ def test_keepalives_follow_the_last_write_made_at_once(gevent_server: Server) ->
     with raw_get(gevent_server.port, f"/idle?keepalive={keepalive}") as watched:
         wait_for_streams(gevent_server, 1)
         check_keepalives_follow_the_last_write(gevent_server, watched, keepalive)
+
+
+def test_gunicorns_access_log_counts_the_frames_written_at_once(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """gunicorn's byte count (``%(B)s``) is every body byte, direct writes included."""
+    work = tmp_path_factory.mktemp("access")
+    log = work / "access.log"
+    options = ["--access-logfile", str(log), "--access-logformat", "%(U)s %(B)s"]
+    with running_server("gunicorn-gevent", work, options=options) as server:
+        with raw_get(server.port, "/idle?keepalive=30") as response:
+            wait_for_streams(server, 1)
+            with raw_get(server.port, "/idle/send?count=5"):
+                pass
+            with raw_get(server.port, "/idle/send?count=0&close=1"):
+                pass
+            body = b"".join(response.body_chunks())
+        assert len(ticks_of(body)) == 5
+        deadline = time.monotonic() + 5
+        while not log.exists() or "/idle " not in log.read_text():
+            assert time.monotonic() < deadline, "no access log line for the stream"
+            time.sleep(0.02)
+    counts = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("/idle ")]
+    assert counts == [str(len(body))]
+
+
+def ticks_of(body: bytes) -> list[Event]:
+    return [e for e in parse_events([body]) if e.event == "tick"]
