@@ -17,7 +17,7 @@ import pytest
 
 from flask_sse_flush import EventStream
 from flask_sse_flush.runtime import Empty
-from flask_sse_flush.wsgi.direct import KEEPALIVE_DUE, REST, DirectWriter
+from flask_sse_flush.wsgi.direct import KEEPALIVE_DUE, REST, DirectWriter, chunk
 
 KEEPALIVE = 0.2
 FRAMED = b"D\r\n: keepalive\n\n\r\n"  # ": keepalive\n\n", 13 bytes, as one chunk
@@ -165,3 +165,13 @@ def test_a_frame_sent_in_part_leaves_its_rest_first_in_the_queue(setup: Setup) -
     assert setup.stream._channel.get(0) == FRAME
     setup.writer.settle()
     assert setup.response.sent == setup.writer.direct_bytes == len(big)
+
+
+def test_an_empty_frame_writes_nothing_not_the_bodys_end(setup: Setup) -> None:
+    # An empty chunk is the body's last; gunicorn skips empty writes, and so does the writer.
+    assert chunk(b"") == b""
+    setup.waiting(silent_for=0)
+    setup.stream.deliver(b"")
+    assert setup.received() == b""
+    setup.stream.deliver(FRAME)
+    assert setup.received() == b"%X\r\n%b\r\n" % (len(FRAME), FRAME)

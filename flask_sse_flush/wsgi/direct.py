@@ -61,13 +61,19 @@ KEEPALIVE_DUE = object()
 # The last frame chunk-framed, and its framing: one event fanned out to
 # 10,000 streams is framed once, not 10,000 times. Only the hub's thread
 # frames, so one entry needs no lock.
-_framed: list[bytes] = [b"", b"0\r\n\r\n"]
+_framed: list[bytes] = [b"", b""]
 
 
 def chunk(data: bytes) -> bytes:
-    """``data`` as one HTTP/1.1 chunk."""
+    """``data`` as one HTTP/1.1 chunk; nothing for no data.
+
+    An empty chunk would be the body's last (``0\r\n\r\n``): gunicorn
+    skips empty writes, and so does this.
+    """
     if data is _framed[0]:
         return _framed[1]
+    if not data:
+        return b""
     framed = b"%X\r\n%b\r\n" % (len(data), data)
     _framed[0], _framed[1] = data, framed
     return framed

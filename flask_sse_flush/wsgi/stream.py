@@ -364,10 +364,16 @@ class EventStream:
                     if writer.in_step(yielded):
                         if yielded != waited:  # the server wrote what the body yielded
                             writer.last = time.monotonic()
-                        with self._lock:  # after any put a thread began without the writer
-                            self._direct = writer
-                        writer.arm()
-                        wait = None  # the wheel times the keepalive (no deadline here)
+                        # Hooked only with nothing queued, checked after any put
+                        # a thread began without the writer: no frame written
+                        # in a publisher's call ever overtakes a queued one.
+                        with self._lock:
+                            hooked = not channel.pending()
+                            if hooked:
+                                self._direct = writer
+                        if hooked:
+                            writer.arm()
+                            wait = None  # the wheel times the keepalive (no deadline here)
                     else:  # something between holds the body back: never again
                         writer.disarm()
                         writer = self._writer = None
