@@ -365,26 +365,6 @@ def warm_up(port: int) -> None:
     time.sleep(0.3)
 
 
-def measure_fresh(
-    contender: Contender,
-    env: dict[str, str],
-    nodes: list[str],
-    level: tuple[int, int, float],
-    plan: Plan,
-) -> dict[str, Any]:
-    """A level whose every run is on a server of its own, started and warmed up for it.
-
-    At one stream, a server's latency differs more between its processes
-    than between runs of one process: measured here, three starts of one
-    command gave 0.057, 0.078 and 0.12 ms, each start's own runs within
-    10 % of each other (a fixed hash seed changed nothing). Runs of one
-    process would agree with each other and not with the next process, as
-    another harness's is. Several processes, each measured once, show that
-    spread in the figures, and their median is not one process's chance.
-    """
-    return fresh_runs([measure_once(contender, env, nodes, level, plan) for _ in range(plan.runs)])
-
-
 def measure_once(
     contender: Contender,
     env: dict[str, str],
@@ -435,7 +415,16 @@ def _measures(contender: Contender, streams: int) -> bool:
 
 
 def fresh_runs(levels: list[dict[str, Any]]) -> dict[str, Any]:
-    """One level out of runs each on a server of its own."""
+    """One level out of runs each on a server of its own (:func:`measure_once`).
+
+    At one stream, a server's latency differs more between its processes
+    than between runs of one process: measured here, three starts of one
+    command gave 0.057, 0.078 and 0.12 ms, each start's own runs within
+    10 % of each other (a fixed hash seed changed nothing). Runs of one
+    process would agree with each other and not with the next process, as
+    another harness's is. Several processes, each measured once, show that
+    spread in the figures, and their median is not one process's chance.
+    """
     per_run = [run for level in levels for run in level["runs"]]
     return {
         **levels[0], "connected": min(level["connected"] for level in levels),
@@ -556,8 +545,11 @@ def measure(
                 continue
             if streams == 1 and ones and contender.name in ones:
                 level = ones[contender.name]
-            elif streams == 1:  # each run on a server of its own: see measure_fresh
-                level = measure_fresh(contender, env, nodes, (streams, count, interval), plan)
+            elif streams == 1:  # each run on a server of its own: see fresh_runs
+                level = fresh_runs([
+                    measure_once(contender, env, nodes, (streams, count, interval), plan)
+                    for _ in range(plan.runs)
+                ])  # fmt: skip
             else:
                 level = measure_level(
                     port, streams, count, interval, plan, process.pid, baseline, probe,

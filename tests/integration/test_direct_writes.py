@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -37,7 +37,11 @@ def gevent_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def ticks(response: RawResponse) -> list[Event]:
-    return [e for e in parse_events(response.body_chunks()) if e.event == "tick"]
+    return ticks_of(response.body_chunks())
+
+
+def ticks_of(chunks: Iterable[bytes]) -> list[Event]:
+    return [e for e in parse_events(chunks) if e.event == "tick"]
 
 
 def wait_for_streams(server: Server, count: int) -> None:
@@ -213,14 +217,10 @@ def test_gunicorns_access_log_counts_the_frames_written_at_once(
             with raw_get(server.port, "/idle/send?count=0&close=1"):
                 pass
             body = b"".join(response.body_chunks())
-        assert len(ticks_of(body)) == 5
+        assert len(ticks_of([body])) == 5
         deadline = time.monotonic() + 5
         while not log.exists() or "/idle " not in log.read_text():
             assert time.monotonic() < deadline, "no access log line for the stream"
             time.sleep(0.02)
     counts = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("/idle ")]
     assert counts == [str(len(body))]
-
-
-def ticks_of(body: bytes) -> list[Event]:
-    return [e for e in parse_events([body]) if e.event == "tick"]
