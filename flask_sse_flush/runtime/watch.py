@@ -56,26 +56,38 @@ def watch_for_hangup(sock: Any, on_hangup: Callable[[], Any]) -> Callable[[], No
         return None
     import gevent
 
-    watcher = gevent.get_hub().loop.io(fd, 1)  # 1: readable
+    return _Watch(gevent.get_hub().loop.io(fd, 1), sock, on_hangup)  # 1: readable
 
-    stopped: list[bool] = []
 
-    def stop() -> None:  # idempotent: the stream's end and its server may both call it
-        if not stopped:
-            stopped.append(True)
+class _Watch:
+    """One socket's watch: calling it stops watching (idempotent).
+
+    Two objects per open stream (this and the watcher's bound callback),
+    where closures would make ten for the collector to walk.
+    """
+
+    __slots__ = ("_on_hangup", "_sock", "_watcher")
+
+    def __init__(self, watcher: Any, sock: Any, on_hangup: Callable[[], Any]) -> None:
+        self._watcher: Any = watcher
+        self._sock = sock
+        self._on_hangup = on_hangup
+        watcher.start(self._ready)
+
+    def __call__(self) -> None:
+        # The stream's end and its server may both call it.
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
             watcher.stop()
             watcher.close()
 
-    def ready() -> None:
-        state = hung_up(sock)
+    def _ready(self) -> None:
+        state = hung_up(self._sock)
         if state is None:
             return  # woken without data (a spurious wake-up): keep watching
-        stop()
+        self()
         if state:
             try:
-                on_hangup()
+                self._on_hangup()
             except Exception:
                 log.exception("a hang-up callback failed")
-
-    watcher.start(ready)
-    return stop

@@ -59,7 +59,7 @@ from ..ops.metrics import METRICS, install
 from ..runtime import hung_up, native_thread_ident
 from ..runtime.wheel import Wheel
 from ..wire.frames import ENDING_FRAMES
-from .direct import chunk
+from .direct import _framed, chunk
 from .stream import _BATCH_BYTES, _END, PARK_KEY, EventStream, StreamBody
 
 __all__ = ["StreamWorker"]
@@ -129,8 +129,7 @@ class _Parked:
         self._arm()
         stream._channel.listen(self._on_ready)  # type: ignore[attr-defined]
         stream._pushed = self._on_pushed
-        stream._direct = self._direct
-        self._on_ready()  # frames may already wait
+        self._on_ready()  # frames may already wait; then it hooks _direct
 
     # -- the loop's callbacks ------------------------------------------------
 
@@ -156,36 +155,54 @@ class _Parked:
         # From another thread the channel's async watcher wakes the loop.
 
     def _direct(self, frame: bytes) -> bool:
-        """Write one frame in the publisher's own call, if nothing waits before it.
+        """Write one frame in the publisher's own call; the fan-out's hot path.
 
-        The fan-out's fast path, called under the stream's lock: on the hub,
-        with no bytes pending, nothing queued and no deadline to check, the
-        frame goes to the socket here and never through the queue. Anything
-        else (another thread, a full socket, an error) says ``False``: the
-        frame is queued and :meth:`_ready` writes it, or finds the error.
+        Called by :meth:`EventStream.deliver` under the stream's lock, and
+        hooked there only while nothing waits to be written before the frame
+        (:meth:`_hook`). Every refusal (another thread, a socket that takes
+        nothing or fails) and every frame sent in part unhooks it, so the
+        frames after it queue behind it until :meth:`_ready` has written what
+        waits and hooks it again: no look at the queue or the stream's state
+        on each call. ``False``: the frame is queued and :meth:`_ready`
+        writes it, or finds the error.
         """
-        if (
-            self._out is not None
-            or self._closing is not None
-            or self._deadline is not None
-            or _thread_ident() != self._loop_thread
-            or self.stream._channel.pending()
-        ):
+        if _thread_ident() != self._loop_thread:
+            self.stream._direct = None
             return False
-        data = chunk(frame) if self._chunked else frame
+        if not self._chunked:
+            data = frame
+        elif frame is _framed[0]:  # the same event as the stream before
+            data = _framed[1]
+        else:
+            data = chunk(frame)
         try:
             sent = self._sock.send(data)
         except OSError:
+            self.stream._direct = None
             return False
         self._last = time.monotonic()
         if sent < len(data):
-            self._keep(data, sent)
+            self._keep(data, sent)  # unhooks
         stream = self.stream
         if stream._measure:
             if frame.startswith(ENDING_FRAMES):  # rare: the call only then
                 stream._note_ending((frame,))
             self._worker.sent_at_once()  # it never waited in the queue
         return True
+
+    def _hook(self) -> None:
+        """Let publishers on the hub write directly (:meth:`_direct`), unless frames wait.
+
+        Hooked under the stream's lock, where another thread queues its
+        frames: none can slip in between the look and the hook. Never for a
+        stream with a deadline, whose every write checks it.
+        """
+        stream = self.stream
+        if stream._direct is not None or self._deadline is not None:
+            return
+        with stream._lock:
+            if not stream._channel.pending():
+                stream._direct = self._direct
 
     def _on_tick(self) -> None:
         self._guard(self._tick)
@@ -212,6 +229,8 @@ class _Parked:
             if not frames:
                 if getattr(channel, "overflowed", False):
                     self._end("slow_client")  # the client comes back with its Last-Event-ID
+                else:
+                    self._hook()
                 return
             ended = frames[-1] is _END
             if ended:
@@ -304,6 +323,7 @@ class _Parked:
 
     def _keep(self, data: bytes, sent: int) -> None:
         """Hold what the socket did not take of ``data``; the writer watcher sends it."""
+        self.stream._direct = None  # until it has gone out, and what queued behind it
         self._out = bytearray(memoryview(data)[sent:])
         if self._writer is None:
             self._writer = self._loop.io(self._sock.fileno(), 2)  # 2: writable
