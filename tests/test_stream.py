@@ -6,12 +6,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
+from flask import Flask, Response
 
 from flask_sse_flush import Event, EventStream, StreamClosed, sse_response
 from flask_sse_flush.testing import parse_events
 from flask_sse_flush.wire.frames import EventDecoder
-from flask_sse_flush.wsgi.stream import KEEPALIVE, opening_frame
+from flask_sse_flush.wsgi.stream import KEEPALIVE, StreamBody, opening_frame
 from tests.timing import assert_under
 
 
@@ -163,6 +163,34 @@ def test_response_closed_without_iteration_still_runs_cleanup() -> None:
         response = stream.response()
     response.close()
     assert calls == ["closed"]
+
+
+def test_a_parked_body_lets_go_of_its_response_and_still_closes_everything() -> None:
+    # What the stream worker does once it wrote the head: the response goes,
+    # its close stays (the stream's close(), every call_on_close callback,
+    # one added later through the response too).
+    app = Flask(__name__)
+    calls: list[str] = []
+    with app.test_request_context():
+        stream = EventStream()
+        stream.on_close(lambda: calls.append("stream"))
+        response = stream.response()
+    response.call_on_close(lambda: calls.append("before"))
+    body = StreamBody(response, stream)
+    body._keep_only_closing()
+    assert body._response is not response
+    response.call_on_close(lambda: calls.append("after"))
+    body.close()
+    assert stream.closed
+    assert calls == ["stream", "before", "after"]
+
+
+def test_a_body_whose_response_was_replaced_keeps_it() -> None:
+    stream = EventStream()
+    response = Response(iter([b"x"]))
+    body = StreamBody(response, stream)  # type: ignore[arg-type]
+    body._keep_only_closing()
+    assert body._response is response
 
 
 def test_no_thread_is_left_behind_after_a_disconnect() -> None:

@@ -468,6 +468,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         # the loop's own watchers wait for it, and it keeps no watchers of its own.
         raw = _socket.socket(fileno=sock.detach())
         raw.setblocking(False)
+        body._keep_only_closing()  # the response's headers and state are written and done
         parked = _Parked(self, body, raw, bool(resp.chunked), gevent.get_hub().loop)
         self._parked.add(parked)
         parked.start()
