@@ -6,6 +6,7 @@ first, as gunicorn's worker does, then calls one scenario.
 
 from __future__ import annotations
 
+import gc
 import socket
 import types
 from collections.abc import Callable
@@ -165,3 +166,44 @@ def run(name: str) -> None:
         scenario(setup)
     finally:
         setup.close()
+
+
+def streams_left() -> int:
+    """Streams and hub channels still in memory, freed or not (the collector is off)."""
+    from flask_sse_flush.runtime.channels import _HubChannel
+
+    return sum(isinstance(o, (EventStream, _HubChannel)) for o in gc.get_objects())
+
+
+def a_finished_parked_stream_is_freed_without_the_collector() -> None:
+    gc.disable()
+    setup = Setup()
+    setup.stream.deliver(FRAME)
+    setup.stream.close()  # the loop writes the end, then lets go
+    with gevent.Timeout(5):
+        while setup.worker._parked or setup.parked._reader is not None:
+            gevent.sleep(0.01)
+    setup.client.close()
+    del setup
+    assert streams_left() == 0
+
+
+def a_finished_stream_under_gevent_is_freed_without_the_collector() -> None:
+    # -k gevent's way: the body is iterated, and the hang-up watch watches the socket.
+    from flask import Flask
+
+    gc.disable()
+    app = Flask(__name__)
+    server, client = socket.socketpair()
+    with server, client:
+        with app.test_request_context(environ_base={"gunicorn.socket": server}):
+            stream = EventStream(keepalive=None)
+            response = stream.response()
+        assert stream._stop_watching is not None  # watching
+        body = iter(stream)
+        stream.deliver(FRAME)
+        stream.close()
+        assert list(body)[1:] == [FRAME]
+        response.close()
+        del stream, response, body
+    assert streams_left() == 0

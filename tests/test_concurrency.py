@@ -6,25 +6,14 @@ the whole process and must happen before anything else is imported.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 import threading
 
 import pytest
 
 from flask_sse_flush.runtime import Empty, gevent_is_active, new_channel
+from tests.gevent_run import run_under_gevent
 
 pytest.importorskip("gevent")
-
-
-def run_under_gevent(code: str) -> str:
-    script = "from gevent import monkey\nmonkey.patch_all()\n" + textwrap.dedent(code)
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_thread_channel_many_writers_one_reader() -> None:

@@ -421,6 +421,9 @@ class _HubChannel(_Queue[T]):
             if self._closed:
                 return
             self._closed = True
+            # The listener (a parked stream's method) keeps the stream that
+            # keeps this channel: let go, or only a full collection frees them.
+            self._listener = None
             if self._watcher is not None:
                 self._watcher.stop()
                 self._watcher.close()

@@ -70,24 +70,31 @@ class _Watch:
 
     def __init__(self, watcher: Any, sock: Any, on_hangup: Callable[[], Any]) -> None:
         self._watcher: Any = watcher
-        self._sock = sock
-        self._on_hangup = on_hangup
+        self._sock: Any = sock
+        self._on_hangup: Callable[[], Any] | None = on_hangup
         watcher.start(self._ready)
 
     def __call__(self) -> None:
-        # The stream's end and its server may both call it.
+        # The stream's end and its server may both call it. Stopped, it lets
+        # go of the socket and the callback too: the stream keeps this watch,
+        # and the callback (its method) keeping the stream would make a
+        # cycle that only a full collection frees.
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()
             watcher.close()
+        self._sock = self._on_hangup = None
 
     def _ready(self) -> None:
+        on_hangup = self._on_hangup
+        if on_hangup is None:
+            return  # stopped meanwhile
         state = hung_up(self._sock)
         if state is None:
             return  # woken without data (a spurious wake-up): keep watching
         self()
         if state:
             try:
-                self._on_hangup()
+                on_hangup()
             except Exception:
                 log.exception("a hang-up callback failed")
