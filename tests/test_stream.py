@@ -154,13 +154,17 @@ def test_body_can_be_iterated_only_once() -> None:
         iter(stream)
 
 
-def test_response_closed_without_iteration_still_runs_cleanup() -> None:
-    app = Flask(__name__)
-    calls: list[str] = []
-    with app.test_request_context():
+def closing_stream(calls: list[str], name: str) -> tuple[EventStream, Response]:
+    """A stream whose end appends ``name`` to ``calls``, and its response (made in a request)."""
+    with Flask(__name__).test_request_context():
         stream = EventStream()
-        stream.on_close(lambda: calls.append("closed"))
-        response = stream.response()
+        stream.on_close(lambda: calls.append(name))
+        return stream, stream.response()
+
+
+def test_response_closed_without_iteration_still_runs_cleanup() -> None:
+    calls: list[str] = []
+    _, response = closing_stream(calls, "closed")
     response.close()
     assert calls == ["closed"]
 
@@ -169,12 +173,8 @@ def test_a_parked_body_lets_go_of_its_response_and_still_closes_everything() -> 
     # What the stream worker does once it wrote the head: the response goes,
     # its close stays (the stream's close(), every call_on_close callback,
     # one added later through the response too).
-    app = Flask(__name__)
     calls: list[str] = []
-    with app.test_request_context():
-        stream = EventStream()
-        stream.on_close(lambda: calls.append("stream"))
-        response = stream.response()
+    stream, response = closing_stream(calls, "stream")
     response.call_on_close(lambda: calls.append("before"))
     body = StreamBody(response, stream)
     body._keep_only_closing()
