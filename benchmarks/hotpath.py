@@ -93,7 +93,7 @@ def measure_parked(streams: int, rounds: int) -> float:
 
     from flask_sse_flush import EventStream
     from flask_sse_flush.wsgi.stream import StreamBody
-    from flask_sse_flush.wsgi.worker import _Parked
+    from flask_sse_flush.wsgi.worker import ParkedStream
 
     hub = gevent.get_hub()
     worker = _Parking(hub.thread_ident)
@@ -106,7 +106,8 @@ def measure_parked(streams: int, rounds: int) -> float:
             stream = EventStream(keepalive=15.0)
             stand_in: Any = _Socket()
             stand_in.fileno = lambda: descriptor
-            one = _Parked(worker, StreamBody(stream.response(), stream), stand_in, True, hub.loop)  # type: ignore[arg-type]
+            body = StreamBody(stream.response(), stream)
+            one = ParkedStream(worker, body, stand_in, True, hub.loop)  # type: ignore[arg-type]
             stream._direct = one._direct  # what the worker does once nothing waits
             subscribers.append(stream)
             parked.append(one)

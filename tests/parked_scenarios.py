@@ -18,7 +18,7 @@ from flask_sse_flush import EventStream
 from flask_sse_flush.runtime.wheel import Wheel
 from flask_sse_flush.wsgi.direct import chunk
 from flask_sse_flush.wsgi.stream import StreamBody
-from flask_sse_flush.wsgi.worker import _Parked
+from flask_sse_flush.wsgi.worker import ParkedStream
 
 FRAME = b"data: 1\n\n"
 SECOND = b"data: 2\n\n"
@@ -38,7 +38,7 @@ class Setup:
         )
         self.stream = EventStream(keepalive=30.0, max_seconds=max_seconds)
         body = StreamBody(self.stream.response(), self.stream)
-        self.parked = _Parked(self.worker, body, self.server, True, hub.loop)  # type: ignore[arg-type]
+        self.parked = ParkedStream(self.worker, body, self.server, True, hub.loop)  # type: ignore[arg-type]
         self.parked.start()
 
     @property
@@ -169,10 +169,8 @@ def run(name: str) -> None:
 
 
 def streams_left() -> int:
-    """Streams and hub channels still in memory, freed or not (the collector is off)."""
-    from flask_sse_flush.runtime.channels import _HubChannel
-
-    return sum(isinstance(o, (EventStream, _HubChannel)) for o in gc.get_objects())
+    """Streams still in memory, freed or not (the collector is off)."""
+    return sum(isinstance(o, EventStream) for o in gc.get_objects())
 
 
 def a_finished_parked_stream_is_freed_without_the_collector() -> None:

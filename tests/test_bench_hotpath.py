@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import hotpath
 from flask_sse_flush.wsgi.direct import DirectWriter
-from flask_sse_flush.wsgi.worker import _Parked
+from flask_sse_flush.wsgi.worker import ParkedStream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ def test_a_parked_stream_that_stopped_writing_directly_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert hotpath.measure_parked(20, 2) > 0
-    monkeypatch.setattr(_Parked, "_direct", lambda self, frame: False)
+    monkeypatch.setattr(ParkedStream, "_direct", lambda self, frame: False)
     with pytest.raises(RuntimeError, match="direct way"):
         hotpath.measure_parked(20, 2)
 

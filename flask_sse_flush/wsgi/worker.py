@@ -76,7 +76,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _thread_ident = native_thread_ident()
 
 
-class _Parked:
+class ParkedStream:
     """One parked stream: its socket, its pending bytes and its watchers; runs on the hub."""
 
     __slots__ = (
@@ -389,7 +389,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._parked: set[_Parked] = set()
+        self._parked: set[ParkedStream] = set()
         self._stopped_at: float | None = None
         self._hub_thread = 0  # the hub's OS thread, known once the worker runs
         self._wheel: Wheel  # the parked streams' timers, made once the worker runs
@@ -469,7 +469,7 @@ class StreamWorker(GeventWorker):  # type: ignore[misc]
         raw = _socket.socket(fileno=sock.detach())
         raw.setblocking(False)
         body._keep_only_closing()  # the response's headers and state are written and done
-        parked = _Parked(self, body, raw, bool(resp.chunked), gevent.get_hub().loop)
+        parked = ParkedStream(self, body, raw, bool(resp.chunked), gevent.get_hub().loop)
         self._parked.add(parked)
         parked.start()
         return True
