@@ -19,6 +19,7 @@ from flask_sse_flush.runtime.wheel import Wheel
 from flask_sse_flush.wsgi.direct import chunk
 from flask_sse_flush.wsgi.stream import StreamBody
 from flask_sse_flush.wsgi.worker import ParkedStream
+from tests.sockets import fill
 
 FRAME = b"data: 1\n\n"
 SECOND = b"data: 2\n\n"
@@ -85,15 +86,6 @@ def native_thread(target: Callable[[], object]) -> None:
 
     get_original("_thread", "start_new_thread")(run, ())
     done.acquire()
-
-
-def fill(sock: socket.socket) -> int:
-    filled, filler = 0, b"x" * 65536
-    while True:
-        try:
-            filled += sock.send(filler)
-        except BlockingIOError:
-            return filled
 
 
 def a_parked_stream_with_nothing_waiting_is_written_in_the_publishers_call(setup: Setup) -> None:

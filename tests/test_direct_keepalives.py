@@ -18,6 +18,7 @@ import pytest
 from flask_sse_flush import EventStream
 from flask_sse_flush.runtime import Empty
 from flask_sse_flush.wsgi.direct import KEEPALIVE_DUE, REST, DirectWriter, chunk
+from tests.sockets import fill
 
 KEEPALIVE = 0.2
 FRAMED = b"D\r\n: keepalive\n\n\r\n"  # ": keepalive\n\n", 13 bytes, as one chunk
@@ -90,12 +91,7 @@ def test_an_awake_body_is_left_alone(setup: Setup) -> None:
 
 
 def test_a_full_socket_hands_the_keepalive_to_the_body(setup: Setup) -> None:
-    filler = b"x" * 65536
-    while True:
-        try:
-            setup.server.send(filler)
-        except BlockingIOError:
-            break
+    fill(setup.server)
     setup.waiting(silent_for=KEEPALIVE)
     setup.writer._on_tick()
     assert setup.response.sent == 0
@@ -111,15 +107,6 @@ def test_no_keepalive_once_the_stream_is_closed(setup: Setup) -> None:
     setup.writer._on_tick()
     assert setup.received() == b""
     assert setup.response.sent == 0
-
-
-def fill(sock: socket.socket) -> None:
-    filler = b"x" * 65536
-    while True:
-        try:
-            sock.send(filler)
-        except BlockingIOError:
-            return
 
 
 FRAME = b"data: 1\n\n"
